@@ -1,0 +1,103 @@
+"""The application factory: routes, lifespan (database, schema, group commit), errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import asyncpg
+from litestar import Litestar, Router, get
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+import ledger
+from ledger.db import SCHEMA_VERSION, UNAVAILABLE, apply_schema, create_pool, queries
+from ledger.embedded import EmbeddedPostgres
+from ledger.group_commit import GroupCommitter
+from ledger.log import EventLog
+from ledger.settings import Settings
+
+from api.auth import require_token
+from api.errors import EXCEPTION_HANDLERS, error_response
+from api.events import list_events
+from api.webhooks import flex_webhook
+
+__all__ = ["create_app"]
+
+_log = logging.getLogger(__name__)
+SCHEMA_RETRY_SECONDS = 2.0
+
+
+@get("/healthz", summary="The process is alive", tags=["operations"])
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz", summary="Database reachable and schema current", tags=["operations"])
+async def readyz(state: State) -> object:
+    try:
+        async with asyncio.timeout(2):
+            async with state.pool.acquire() as conn:
+                version = await conn.fetchval(queries.schema_version)
+    except (*UNAVAILABLE, asyncpg.PostgresError):
+        return error_response(503, "not_ready", "the database is unreachable", {"Retry-After": "5"})
+    if version != SCHEMA_VERSION:
+        return error_response(503, "not_ready", f"schema version is {version}, expected {SCHEMA_VERSION}")
+    return {"status": "ready", "schema_version": version}
+
+
+async def _apply_schema_until_done(pool: asyncpg.Pool) -> None:
+    """Applies the schema, retrying while the database is unreachable."""
+    while True:
+        try:
+            async with pool.acquire() as conn:
+                await apply_schema(conn)
+            return
+        except UNAVAILABLE as exc:
+            _log.warning("database not reachable yet (%s); retrying in %.0fs", type(exc).__name__, SCHEMA_RETRY_SECONDS)
+            await asyncio.sleep(SCHEMA_RETRY_SECONDS)
+
+
+def create_app(settings: Settings, *, api_tokens: tuple[str, ...]) -> Litestar:
+    """The ASGI app. ``settings.database_url`` unset means the embedded PostgreSQL."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        embedded = None
+        dsn = settings.database_url
+        if dsn is None:
+            embedded = EmbeddedPostgres(settings.data_dir)
+            dsn = await asyncio.to_thread(embedded.start)
+        pool = await create_pool(dsn, max_size=10, timeout=5, command_timeout=15)
+        try:
+            schema_task = asyncio.create_task(_apply_schema_until_done(pool))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(schema_task), 10)
+            log = EventLog(pool)
+            async with GroupCommitter(log) as committer:
+                app.state.update(pool=pool, log=log, committer=committer)
+                yield
+            schema_task.cancel()
+        finally:
+            await pool.close()
+            if embedded is not None:
+                await asyncio.to_thread(embedded.stop)
+
+    v1 = Router("/v1", route_handlers=[list_events], guards=[require_token], security=[{"bearer": []}])
+    return Litestar(
+        route_handlers=[flex_webhook, healthz, readyz, v1],
+        lifespan=[lifespan],
+        state=State({"settings": settings, "api_tokens": api_tokens}),
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        request_max_body_size=settings.webhook_max_bytes + 1,
+        openapi_config=OpenAPIConfig(
+            title="flex-ledger",
+            version=ledger.__version__,
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+        debug=False,
+    )

@@ -1,0 +1,41 @@
+"""Bearer-token authentication for everything under ``/v1``."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from pathlib import Path
+
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from ledger.errors import NotAuthenticated
+
+__all__ = ["load_or_create_token", "require_token"]
+
+TOKEN_FILE = "api_token"
+
+
+def load_or_create_token(data_dir: Path) -> tuple[str, bool]:
+    """The token stored under the data dir, made on first use. Returns (token, created)."""
+    path = data_dir / TOKEN_FILE
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            return token, False
+    data_dir.mkdir(parents=True, exist_ok=True)
+    token = "flt_" + secrets.token_urlsafe(32)
+    path.touch(mode=0o600)
+    path.write_text(token + "\n")
+    return token, True
+
+
+def require_token(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    tokens: tuple[str, ...] = connection.app.state.api_tokens
+    header = connection.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented.strip():
+        raise NotAuthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
+    presented_bytes = presented.strip().encode()
+    if not any(hmac.compare_digest(presented_bytes, t.encode()) for t in tokens):
+        raise NotAuthenticated("invalid bearer token")

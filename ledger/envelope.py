@@ -1,0 +1,83 @@
+"""What the log needs from a verified Flex body, checked before it is appended.
+
+Flex's envelope is ``{event_dt, event_id, event_type, object}``. The log keeps the body as
+received; here we only check that it is a JSON object with non-empty string ``event_id`` and
+``event_type`` that PostgreSQL's ``jsonb`` can hold, and pick out ``event_dt``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from ledger.errors import UnusableEvent
+
+__all__ = ["Envelope", "parse_envelope", "event_time"]
+
+_decoder = msgspec.json.Decoder()
+
+# Flex does not document event_dt's unit; values past this are read as milliseconds.
+_MILLISECONDS_FROM = 100_000_000_000
+_MAX_ID_LENGTH = 1024
+
+
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    event_id: str
+    event_type: str
+    event_dt: int | None
+    occurred_at: datetime | None
+    text: str  # the body as UTF-8 text, for the jsonb column
+
+
+def event_time(event_dt: object) -> tuple[int | None, datetime | None]:
+    """``event_dt`` as an integer and a time, when it is a plausible epoch number."""
+    if isinstance(event_dt, bool) or not isinstance(event_dt, int | float):
+        return None, None
+    value = int(event_dt)
+    if not -(2**62) < value < 2**62:
+        return None, None
+    seconds = value / 1000 if abs(value) >= _MILLISECONDS_FROM else float(value)
+    try:
+        return value, datetime.fromtimestamp(seconds, UTC)
+    except (OverflowError, OSError, ValueError):
+        return value, None
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def parse_envelope(body: bytes) -> Envelope:
+    """Checks a verified body. Raises ``UnusableEvent`` saying what is wrong with it."""
+    if not body.strip():
+        raise UnusableEvent("body is empty")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnusableEvent("body is not UTF-8") from None
+    try:
+        data = _decoder.decode(body)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise UnusableEvent(f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise UnusableEvent("body is not a JSON object")
+    event_id, event_type = data.get("event_id"), data.get("event_type")
+    for name, value in (("event_id", event_id), ("event_type", event_type)):
+        if not isinstance(value, str) or not value.strip():
+            raise UnusableEvent(f"{name} must be a non-empty string")
+        if len(value) > _MAX_ID_LENGTH:
+            raise UnusableEvent(f"{name} is longer than {_MAX_ID_LENGTH} characters")
+    # PostgreSQL's jsonb and text cannot hold U+0000; only an escaped one can reach here.
+    if b"\\u0000" in body and _has_nul(data):
+        raise UnusableEvent("body holds a \\u0000 character, which cannot be stored")
+    event_dt, occurred_at = event_time(data.get("event_dt"))
+    assert isinstance(event_id, str) and isinstance(event_type, str)
+    return Envelope(event_id=event_id, event_type=event_type, event_dt=event_dt, occurred_at=occurred_at, text=text)

@@ -1,0 +1,83 @@
+"""Every error the ledger raises on purpose.
+
+    LedgerError
+    ├── ConfigError              a setting is missing or invalid (commands exit non-zero)
+    ├── SignatureError           a webhook is not verifiably from Flex        -> 401
+    ├── PayloadTooLarge          a webhook body is over the limit             -> 413
+    ├── UnusableEvent            verified, but not an event we can log        -> 422
+    ├── DatabaseUnavailable      the database is down, too slow or overloaded -> 503
+    ├── NotAuthenticated         a read-API call without a valid token        -> 401
+    ├── NotFound                 no such resource                             -> 404
+    └── InvalidRequest           bad query parameters                         -> 400
+
+The HTTP mapping lives in one place: ``api/errors.py``. Driver exceptions are translated
+into these in one place too: ``ledger.db.translate_errors``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "DatabaseUnavailable",
+    "InvalidRequest",
+    "LedgerError",
+    "NotAuthenticated",
+    "NotFound",
+    "PayloadTooLarge",
+    "SignatureError",
+    "UnusableEvent",
+]
+
+
+class LedgerError(Exception):
+    """Base of every error the ledger raises on purpose."""
+
+    code: str = "ledger_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(LedgerError):
+    code = "config_error"
+
+
+class SignatureError(LedgerError):
+    """The delivery failed verification. ``code`` says why (for logs and metrics)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class PayloadTooLarge(LedgerError):
+    code = "payload_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"body is larger than {limit} bytes")
+        self.limit = limit
+
+
+class UnusableEvent(LedgerError):
+    code = "unprocessable_event"
+
+
+class DatabaseUnavailable(LedgerError):
+    code = "database_unavailable"
+
+    def __init__(self, message: str = "the database is unavailable; retry later", retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NotAuthenticated(LedgerError):
+    code = "unauthorized"
+
+
+class NotFound(LedgerError):
+    code = "not_found"
+
+
+class InvalidRequest(LedgerError):
+    code = "invalid_request"

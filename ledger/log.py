@@ -1,0 +1,142 @@
+"""The event log: append (serialised, deduplicated, hash-chained), read and verify.
+
+Appends go through the ``ledger_append`` function in ``schema.sql``: it locks the one-row
+``ledger_head``, skips event ids already logged (returning their first position), assigns the
+next contiguous positions, links each row's hash to the previous one, inserts, and sends one
+NOTIFY per batch. PostgreSQL makes a transaction visible before it releases its locks, so a
+reader that reads ``position > checkpoint`` in order never skips an event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+from ledger.db import queries, translate_errors
+
+__all__ = ["AppendResult", "ChainReport", "EventLog", "LoggedEvent", "NewEvent", "GENESIS_HASH"]
+
+GENESIS_HASH = bytes(32)
+NOTIFY_CHANNEL = "ledger_events"
+
+
+class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event to append. ``payload`` is the JSON text to keep; Flex events keep their raw bytes."""
+
+    event_id: str
+    event_type: str
+    payload: str
+    source: str = "flex"
+    event_dt: int | None = None
+    occurred_at: datetime | None = None
+    raw_body: bytes | None = None
+    headers: str | None = None  # JSON object text
+    message_id: str | None = None
+
+
+class AppendResult(msgspec.Struct, frozen=True):
+    position: int
+    duplicate: bool
+
+
+class LoggedEvent(msgspec.Struct, frozen=True, kw_only=True):
+    position: int
+    event_id: str
+    event_type: str
+    source: str
+    occurred_at: datetime | None
+    recorded_at: datetime
+    payload: msgspec.Raw
+
+
+class ChainReport(msgspec.Struct, frozen=True, kw_only=True):
+    ok: bool
+    rows: int
+    head_position: int
+    bad_position: int | None = None
+    problem: str | None = None
+
+
+class EventLog:
+    """The log, over a connection pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def append(self, events: Sequence[NewEvent]) -> list[AppendResult]:
+        """Appends a batch in one transaction; results in input order."""
+        if not events:
+            return []
+        args = (
+            [e.event_id for e in events],
+            [e.event_type for e in events],
+            [e.source for e in events],
+            [e.event_dt for e in events],
+            [e.occurred_at for e in events],
+            [e.payload for e in events],
+            [e.raw_body for e in events],
+            [e.headers for e in events],
+            [e.message_id for e in events],
+        )
+        with translate_errors():
+            async with self.pool.acquire() as conn:
+                rows = await conn.fetch(queries.append, *args)
+        return [AppendResult(r["out_position"], r["out_duplicate"]) for r in rows]
+
+    async def quarantine(self, *, message_id: str | None, headers: str, body: bytes, reason: str) -> int:
+        with translate_errors():
+            async with self.pool.acquire() as conn:
+                return int(await conn.fetchval(queries.quarantine, message_id, headers, body, reason))
+
+    async def head(self) -> int:
+        with translate_errors():
+            async with self.pool.acquire() as conn:
+                return int(await conn.fetchval(queries.head))
+
+    async def list(self, *, after: int, limit: int, event_type: str | None = None) -> list[LoggedEvent]:
+        with translate_errors():
+            async with self.pool.acquire() as conn:
+                rows = await conn.fetch(queries.list_events, after, event_type, limit)
+        return [
+            LoggedEvent(
+                position=r["position"],
+                event_id=r["event_id"],
+                event_type=r["event_type"],
+                source=r["source"],
+                occurred_at=r["occurred_at"],
+                recorded_at=r["recorded_at"],
+                payload=msgspec.Raw(r["payload"].encode()),
+            )
+            for r in rows
+        ]
+
+
+async def verify_chain(conn: asyncpg.Connection, *, segment: int = 20_000, progress=None) -> ChainReport:
+    """Walks the whole log in segments, checking positions, links and hashes, then the head."""
+    after, prev_hash, rows = 0, GENESIS_HASH, 0
+    while True:
+        seg = await conn.fetchrow(queries.verify_chain, after, prev_hash, segment)
+        if seg["bad_position"] is not None:
+            return ChainReport(ok=False, rows=rows, head_position=after, bad_position=seg["bad_position"], problem=seg["problem"])
+        if seg["rows"] == 0:
+            break
+        rows += seg["rows"]
+        after, prev_hash = seg["last_position"], seg["last_hash"]
+        if progress is not None:
+            progress(rows)
+    head = await conn.fetchrow(queries.head)
+    if head["position"] != after or head["hash"] != prev_hash:
+        bad = min(after, head["position"]) + 1 if head["position"] != after else after
+        return ChainReport(
+            ok=False,
+            rows=rows,
+            head_position=after,
+            bad_position=bad,
+            problem=f"the log ends at position {after} but its head says {head['position']}"
+            if head["position"] != after
+            else "the last row's hash does not match the head",
+        )
+    return ChainReport(ok=True, rows=rows, head_position=after)

@@ -1,0 +1,89 @@
+"""Settings, read from the environment once, by the command or app factory that needs them."""
+
+from __future__ import annotations
+
+import binascii
+import base64
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+from ledger.errors import ConfigError
+
+__all__ = ["Settings", "decode_secret", "load_settings"]
+
+DEFAULT_FLEX_API_BASE_URL = "https://api.withflex.com/v1"
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    database_url: str | None = None
+    data_dir: Path = Path(".ledger")
+    webhook_secrets: tuple[bytes, ...] = ()
+    webhook_tolerance: int = 300
+    webhook_max_bytes: int = 1_048_576
+    flex_api_key: str | None = None
+    flex_api_base_url: str = DEFAULT_FLEX_API_BASE_URL
+    api_tokens: tuple[str, ...] = ()
+
+
+def decode_secret(secret: str) -> bytes:
+    """The HMAC key of a Flex signing secret: the base64 after the first ``_``.
+
+    Flex's docs show both ``whsec_…`` and ``fwhsec_…``; a bare base64 secret is accepted too.
+    Missing padding is tolerated, anything else that is not base64 is an error.
+    """
+    body = secret.split("_", 1)[1] if "_" in secret else secret
+    body = body.strip()
+    if not body:
+        raise ConfigError("a webhook secret is empty after its prefix")
+    padded = body + "=" * (-len(body) % 4)
+    try:
+        key = base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"webhook secret {_masked(secret)} is not valid base64 after its prefix") from None
+    if not key:
+        raise ConfigError(f"webhook secret {_masked(secret)} decodes to an empty key")
+    return key
+
+
+def _masked(secret: str) -> str:
+    prefix = secret.split("_", 1)[0] + "_" if "_" in secret else ""
+    return f"'{prefix}…'"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _split(raw: str) -> list[str]:
+    return [part for part in re.split(r"[,\s]+", raw.strip()) if part]
+
+
+def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool = False) -> Settings:
+    """Reads and validates every setting. Raises ``ConfigError`` with a one-line reason."""
+    env = os.environ if env is None else env
+    secrets = tuple(decode_secret(s) for s in _split(env.get("LEDGER_WEBHOOK_SECRETS", "")))
+    if require_secrets and not secrets:
+        raise ConfigError("LEDGER_WEBHOOK_SECRETS is not set: give the endpoint's signing secret (whsec_… or fwhsec_…)")
+    return Settings(
+        database_url=env.get("LEDGER_DATABASE_URL", "").strip() or None,
+        data_dir=Path(env.get("LEDGER_DATA_DIR", "").strip() or ".ledger"),
+        webhook_secrets=secrets,
+        webhook_tolerance=_int(env, "LEDGER_WEBHOOK_TOLERANCE", 300, 0),
+        webhook_max_bytes=_int(env, "LEDGER_WEBHOOK_MAX_BYTES", 1_048_576, 1),
+        flex_api_key=env.get("FLEX_API_KEY", "").strip() or None,
+        flex_api_base_url=(env.get("FLEX_API_BASE_URL", "").strip() or DEFAULT_FLEX_API_BASE_URL).rstrip("/"),
+        api_tokens=tuple(t for t in (p.strip() for p in env.get("LEDGER_API_TOKENS", "").split(",")) if t),
+    )

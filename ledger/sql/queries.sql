@@ -1,0 +1,64 @@
+-- Every runtime query of the ledger, loaded once by ledger.db.Queries.
+-- A query starts at a "-- name:" line and runs to the next one.
+
+-- name: append
+SELECT out_position, out_duplicate
+FROM ledger_append($1::text[], $2::text[], $3::text[], $4::bigint[], $5::timestamptz[],
+                   $6::text[], $7::bytea[], $8::text[], $9::text[]);
+
+-- name: quarantine
+INSERT INTO quarantine (message_id, headers, body, reason)
+VALUES ($1, $2::jsonb, $3, $4)
+RETURNING id;
+
+-- name: head
+SELECT position, hash FROM ledger_head WHERE id = 1;
+
+-- name: schema_version
+SELECT version FROM ledger_schema WHERE id = 1;
+
+-- name: list_events
+SELECT position, event_id, event_type, source, occurred_at, recorded_at, payload::text AS payload
+FROM events
+WHERE position > $1 AND ($2::text IS NULL OR event_type = $2)
+ORDER BY position
+LIMIT $3;
+
+-- name: read_events
+SELECT position, event_id, event_type, source, event_dt, occurred_at, recorded_at, payload::text AS payload
+FROM events
+WHERE position > $1
+ORDER BY position
+LIMIT $2;
+
+-- name: verify_chain
+-- Checks the next $3 rows after position $1 ($2 is the hash of row $1): contiguous positions,
+-- each row linked to the previous row's hash, and each hash matching the row's content.
+WITH segment AS (
+    SELECT * FROM events WHERE position > $1 ORDER BY position LIMIT $3
+), checked AS (
+    SELECT s.position,
+           s.hash,
+           CASE
+               WHEN s.position <> $1 + row_number() OVER w
+                   THEN 'position ' || ($1 + row_number() OVER w) || ' is missing'
+               WHEN s.prev_hash <> coalesce(lag(s.hash) OVER w, $2)
+                   THEN 'its link to the previous row is broken'
+               WHEN s.hash <> ledger_row_hash(s.prev_hash, s.position, s.event_id, s.event_type,
+                                              s.source, s.event_dt, s.occurred_at, s.recorded_at,
+                                              s.payload, s.raw_body, s.headers, s.message_id)
+                   THEN 'its content does not match its hash'
+           END AS problem,
+           $1 + row_number() OVER w AS expected
+    FROM segment s
+    WINDOW w AS (ORDER BY s.position)
+)
+SELECT count(*) AS rows,
+       max(position) AS last_position,
+       (array_agg(hash ORDER BY position DESC))[1] AS last_hash,
+       (array_agg(expected ORDER BY position) FILTER (WHERE problem IS NOT NULL))[1] AS bad_position,
+       (array_agg(problem ORDER BY position) FILTER (WHERE problem IS NOT NULL))[1] AS problem
+FROM checked;
+
+-- name: count_quarantine
+SELECT count(*) FROM quarantine;

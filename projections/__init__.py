@@ -1,0 +1,1 @@
+"""Read models derived from the event log (customers, subscriptions, orders, inventory)."""
