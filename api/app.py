@@ -14,16 +14,15 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 
 import ledger
+from api.auth import require_token
+from api.errors import EXCEPTION_HANDLERS, error_response
+from api.events import list_events
+from api.webhooks import flex_webhook
 from ledger.db import SCHEMA_VERSION, UNAVAILABLE, apply_schema, create_pool, queries
 from ledger.embedded import EmbeddedPostgres
 from ledger.group_commit import GroupCommitter
 from ledger.log import EventLog
 from ledger.settings import Settings
-
-from api.auth import require_token
-from api.errors import EXCEPTION_HANDLERS, error_response
-from api.events import list_events
-from api.webhooks import flex_webhook
 
 __all__ = ["create_app"]
 

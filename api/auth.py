@@ -13,7 +13,7 @@ from ledger.errors import NotAuthenticated
 
 __all__ = ["load_or_create_token", "require_token"]
 
-TOKEN_FILE = "api_token"
+TOKEN_FILE = "api_token"  # noqa: S105 (a file name)
 
 
 def load_or_create_token(data_dir: Path) -> tuple[str, bool]:

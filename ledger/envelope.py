@@ -14,7 +14,7 @@ import msgspec
 
 from ledger.errors import UnusableEvent
 
-__all__ = ["Envelope", "parse_envelope", "event_time"]
+__all__ = ["Envelope", "event_time", "parse_envelope"]
 
 _decoder = msgspec.json.Decoder()
 
@@ -79,5 +79,6 @@ def parse_envelope(body: bytes) -> Envelope:
     if b"\\u0000" in body and _has_nul(data):
         raise UnusableEvent("body holds a \\u0000 character, which cannot be stored")
     event_dt, occurred_at = event_time(data.get("event_dt"))
-    assert isinstance(event_id, str) and isinstance(event_type, str)
+    assert isinstance(event_id, str)
+    assert isinstance(event_type, str)
     return Envelope(event_id=event_id, event_type=event_type, event_dt=event_dt, occurred_at=occurred_at, text=text)

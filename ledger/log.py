@@ -9,7 +9,7 @@ reader that reads ``position > checkpoint`` in order never skips an event.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 import asyncpg
@@ -17,7 +17,7 @@ import msgspec
 
 from ledger.db import queries, translate_errors
 
-__all__ = ["AppendResult", "ChainReport", "EventLog", "LoggedEvent", "NewEvent", "GENESIS_HASH"]
+__all__ = ["GENESIS_HASH", "AppendResult", "ChainReport", "EventLog", "LoggedEvent", "NewEvent"]
 
 GENESIS_HASH = bytes(32)
 NOTIFY_CHANNEL = "ledger_events"
@@ -114,13 +114,17 @@ class EventLog:
         ]
 
 
-async def verify_chain(conn: asyncpg.Connection, *, segment: int = 20_000, progress=None) -> ChainReport:
+async def verify_chain(
+    conn: asyncpg.Connection, *, segment: int = 20_000, progress: Callable[[int], None] | None = None
+) -> ChainReport:
     """Walks the whole log in segments, checking positions, links and hashes, then the head."""
     after, prev_hash, rows = 0, GENESIS_HASH, 0
     while True:
         seg = await conn.fetchrow(queries.verify_chain, after, prev_hash, segment)
         if seg["bad_position"] is not None:
-            return ChainReport(ok=False, rows=rows, head_position=after, bad_position=seg["bad_position"], problem=seg["problem"])
+            return ChainReport(
+                ok=False, rows=rows, head_position=after, bad_position=seg["bad_position"], problem=seg["problem"]
+            )
         if seg["rows"] == 0:
             break
         rows += seg["rows"]

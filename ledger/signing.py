@@ -76,9 +76,7 @@ def _candidates(header: SignatureHeaders) -> list[bytes]:
     if header.names[2] == _LEGACY_SIGNATURE and "," not in header.signature:
         entries = [header.signature.strip()]
     else:
-        entries = [
-            part.split(",", 1)[1] for part in header.signature.split() if part.startswith("v1,")
-        ]
+        entries = [part.split(",", 1)[1] for part in header.signature.split() if part.startswith("v1,")]
     decoded = []
     for entry in entries:
         try:

@@ -37,9 +37,11 @@ async def test_redelivery_with_a_different_body_keeps_the_first_copy(pool: async
     log = EventLog(pool)
     await log.append([ev("a", {"event_id": "a", "event_type": "customer.created", "v": 1})])
     [again] = await log.append([ev("a", {"event_id": "a", "event_type": "customer.updated", "v": 2})])
-    assert again.duplicate and again.position == 1
+    assert again.duplicate
+    assert again.position == 1
     row = await pool.fetchrow("SELECT event_type, payload::text AS p FROM events")
-    assert row["event_type"] == "customer.created" and json.loads(row["p"])["v"] == 1
+    assert row["event_type"] == "customer.created"
+    assert json.loads(row["p"])["v"] == 1
     assert await pool.fetchval("SELECT count(*) FROM events") == 1
 
 
@@ -57,13 +59,15 @@ async def test_verify_passes_on_an_intact_log(pool: asyncpg.Pool) -> None:
         await log.append([ev(f"e{i}-{j}") for j in range(7)])
     async with pool.acquire() as conn:
         report = await verify_chain(conn, segment=4)
-    assert report.ok and report.rows == 35 and report.head_position == 35
+    assert report.ok
+    assert report.rows == 35
+    assert report.head_position == 35
 
 
 @pytest.mark.parametrize(
     ("tamper", "expected_problem"),
     [
-        ("UPDATE events SET payload = '{\"event_id\":\"e3\",\"event_type\":\"forged\"}' WHERE position = 3", "content"),
+        ('UPDATE events SET payload = \'{"event_id":"e3","event_type":"forged"}\' WHERE position = 3', "content"),
         ("UPDATE events SET raw_body = 'forged' WHERE position = 3", "content"),
         ("UPDATE events SET event_type = 'forged' WHERE position = 3", "content"),
         ("UPDATE events SET hash = sha256('x') WHERE position = 3", "content"),
@@ -95,7 +99,9 @@ async def test_verify_catches_a_rehashed_row_at_the_next_link(pool: asyncpg.Pool
                    WHERE position = 2"""
             )
         report = await verify_chain(conn)
-    assert not report.ok and report.bad_position == 3 and "link" in (report.problem or "")
+    assert not report.ok
+    assert report.bad_position == 3
+    assert "link" in (report.problem or "")
 
 
 async def test_rolled_back_append_leaves_no_hole(pool: asyncpg.Pool) -> None:
@@ -156,7 +162,9 @@ async def test_one_event_the_database_rejects_fails_alone(pool: asyncpg.Pool) ->
     bad = NewEvent(event_id="bad", event_type="t", payload='{"a": "\\u0000"}')
     async with GroupCommitter(log, max_wait=0.01) as committer:
         results = await asyncio.gather(
-            committer.append(ev("good-1")), committer.append(bad), committer.append(ev("good-2")),
+            committer.append(ev("good-1")),
+            committer.append(bad),
+            committer.append(ev("good-2")),
             return_exceptions=True,
         )
     assert isinstance(results[1], UnusableEvent)

@@ -52,7 +52,8 @@ def test_escaped_backslash_u0000_text_is_fine() -> None:
 def test_settings_defaults_and_validation() -> None:
     s = load_settings({"LEDGER_WEBHOOK_SECRETS": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw, fwhsec_YWJj"})
     assert len(s.webhook_secrets) == 2
-    assert s.webhook_tolerance == 300 and s.webhook_max_bytes == 1_048_576
+    assert s.webhook_tolerance == 300
+    assert s.webhook_max_bytes == 1_048_576
     assert s.flex_api_base_url == "https://api.withflex.com/v1"
     with pytest.raises(ConfigError, match="LEDGER_WEBHOOK_SECRETS"):
         load_settings({}, require_secrets=True)

@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Bootstrap for a fresh clone: needs only Python >= 3.11.
+
+    python3 dev.py serve [ledger serve options]   run the service (embedded PostgreSQL by default)
+    python3 dev.py test [pytest options]           lint, type-check and run the whole test suite
+    python3 dev.py ledger COMMAND ...              any other ledger command
+
+Creates ``.venv`` and installs the pinned versions from ``requirements*.lock`` (again only
+when a lock file or pyproject.toml changed), then runs the command inside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("LEDGER_VENV", ROOT / ".venv"))
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / "python"
+
+
+def ensure_venv(lock: str) -> None:
+    stamp_file = VENV / f".installed-{lock}"
+    digest = hashlib.sha256(b"".join((ROOT / f).read_bytes() for f in (lock, "pyproject.toml"))).hexdigest()
+    if stamp_file.exists() and stamp_file.read_text() == digest and PYTHON.exists():
+        return
+    if not PYTHON.exists():
+        print(f"dev.py: creating {VENV}", flush=True)
+        venv.create(VENV, with_pip=True)
+    print(f"dev.py: installing {lock} into {VENV}", flush=True)
+    pip = [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, "-r", str(ROOT / lock)], check=True)
+    subprocess.run([*pip, "--no-deps", "-e", str(ROOT)], check=True)
+    for old in VENV.glob(".installed-*"):
+        old.unlink()
+    stamp_file.write_text(digest)
+
+
+def run(*cmd: str, env: dict[str, str] | None = None) -> int:
+    return subprocess.run(cmd, cwd=ROOT, env=env).returncode
+
+
+def dev_secret(env: dict[str, str]) -> None:
+    """For local runs only: a signing secret kept under the data dir when none is configured."""
+    if env.get("LEDGER_WEBHOOK_SECRETS", "").strip():
+        return
+    data_dir = Path(env.get("LEDGER_DATA_DIR") or ".ledger")
+    path = data_dir / "dev_webhook_secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text("whsec_" + __import__("base64").b64encode(secrets.token_bytes(32)).decode() + "\n")
+        path.chmod(0o600)
+    env["LEDGER_WEBHOOK_SECRETS"] = path.read_text().strip()
+    print(f"dev.py: LEDGER_WEBHOOK_SECRETS is unset; using the development secret in {path}:", flush=True)
+    print(f"dev.py:   {env['LEDGER_WEBHOOK_SECRETS']}", flush=True)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(__doc__)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command == "test":
+        ensure_venv("requirements-dev.lock")
+        steps = [
+            [str(BIN / "ruff"), "check", "."],
+            [str(BIN / "mypy")],
+            [str(PYTHON), "-m", "pytest", *rest],
+        ]
+        for step in steps if not rest else steps[-1:]:
+            print("dev.py: $", " ".join(Path(step[0]).name if i == 0 else a for i, a in enumerate(step)), flush=True)
+            code = run(*step)
+            if code != 0:
+                return code
+        return 0
+    ensure_venv("requirements.lock")
+    env = dict(os.environ)
+    if command == "serve":
+        dev_secret(env)
+        return run(str(BIN / "ledger"), "serve", *rest, env=env)
+    if command == "ledger":
+        return run(str(BIN / "ledger"), *rest, env=env)
+    print(f"dev.py: unknown command {command!r}\n{__doc__}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
