@@ -26,14 +26,24 @@ CREATE TABLE IF NOT EXISTS events (
     event_dt     bigint,                   -- Flex's event_dt as sent
     occurred_at  timestamptz,              -- event_dt read as a time
     recorded_at  timestamptz NOT NULL,
-    payload      jsonb NOT NULL,           -- the event as received
-    raw_body     bytea,                    -- the exact bytes that were signed (Flex events)
+    payload      jsonb NOT NULL,           -- the event as received (raw_body parsed)
+    raw_body     bytea NOT NULL,           -- the exact bytes received (signed, for Flex events)
     headers      jsonb,                    -- the signature headers exactly as received
     message_id   text,                     -- Svix message id
     prev_hash    bytea NOT NULL,
     hash         bytea NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_event_type_position_idx ON events (event_type, position);
+-- Keep rows up to a page inline and uncompressed: appends are serialised, so every microsecond
+-- spent compressing a typical 1-4 KiB event is spent by the whole log.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_class
+                   WHERE oid = 'events'::regclass AND 'toast_tuple_target=8160' = ANY (reloptions)) THEN
+        ALTER TABLE events SET (toast_tuple_target = 8160);
+    END IF;
+END
+$$;
 
 -- Verified deliveries whose body is not a usable event: kept for an operator, never in the log.
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -45,17 +55,17 @@ CREATE TABLE IF NOT EXISTS quarantine (
     reason       text NOT NULL
 );
 
--- The hash of one log row: sha256 over the previous row's hash and every stored field,
--- each length-prefixed so that no two different rows can serialise to the same bytes.
-CREATE OR REPLACE FUNCTION ledger_row_hash(
-    p_prev_hash bytea, p_position bigint, p_event_id text, p_event_type text, p_source text,
-    p_event_dt bigint, p_occurred_at timestamptz, p_recorded_at timestamptz, p_payload jsonb,
-    p_raw_body bytea, p_headers jsonb, p_message_id text
+-- The digest of one log row's content: every stored field, each length-prefixed so that no two
+-- different rows serialise to the same bytes. `payload` is not hashed itself: it must equal the
+-- hashed `raw_body` parsed as JSON, which `ledger verify` checks.
+CREATE OR REPLACE FUNCTION ledger_row_digest(
+    p_position bigint, p_event_id text, p_event_type text, p_source text, p_event_dt bigint,
+    p_occurred_at timestamptz, p_recorded_at timestamptz, p_raw_body bytea, p_headers jsonb,
+    p_message_id text
 ) RETURNS bytea
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT sha256(
-        p_prev_hash
-        || convert_to(
+        convert_to(
             concat_ws(E'\n',
                 p_position::text,
                 octet_length(p_event_id) || ':' || p_event_id,
@@ -66,60 +76,83 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
                 (extract(epoch FROM p_recorded_at) * 1000000)::bigint::text,
                 coalesce(octet_length(p_message_id) || ':' || p_message_id, '-'),
                 coalesce(p_headers::text, '-'),
-                p_payload::text),
+                ''),
             'UTF8')
-        || coalesce(sha256(p_raw_body), '\x'::bytea)
+        || p_raw_body
     )
 $$;
 
 -- Appends a batch under the head lock, in one round trip. Returns, for every input in order,
--- its position and whether it was already in the log (a duplicate keeps the first copy).
+-- its position and whether it was already in the log (a duplicate keeps the first copy's
+-- position; within a batch the first copy wins). Set-based except for the hash chain itself.
 CREATE OR REPLACE FUNCTION ledger_append(
     p_event_ids text[], p_event_types text[], p_sources text[], p_event_dts bigint[],
-    p_occurred_ats timestamptz[], p_payloads text[], p_raw_bodies bytea[], p_headers text[],
-    p_message_ids text[]
+    p_occurred_ats timestamptz[], p_raw_bodies bytea[], p_headers jsonb[], p_message_ids text[]
 ) RETURNS TABLE (out_position bigint, out_duplicate boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
-    v_start     bigint;
-    v_position  bigint;
-    v_hash      bytea;
-    v_prev      bytea;
-    v_existing  bigint;
-    v_now       timestamptz := now();
-    v_payload   jsonb;
-    v_headers   jsonb;
+    v_start    bigint;
+    v_hash     bytea;
+    v_now      timestamptz := now();
+    v_new      int[];
+    v_digests  bytea[];
+    v_prevs    bytea[] := '{}';
+    v_hashes   bytea[] := '{}';
+    v_count    int;
 BEGIN
-    SELECT h.position, h.hash INTO v_position, v_hash FROM ledger_head h WHERE h.id = 1 FOR UPDATE;
-    v_start := v_position;
-    FOR i IN 1 .. coalesce(cardinality(p_event_ids), 0) LOOP
-        SELECT e.position INTO v_existing FROM events e WHERE e.event_id = p_event_ids[i];
-        IF FOUND THEN
-            out_position := v_existing;
-            out_duplicate := true;
-            RETURN NEXT;
-            CONTINUE;
-        END IF;
-        v_position := v_position + 1;
-        v_prev := v_hash;
-        v_payload := p_payloads[i]::jsonb;
-        v_headers := p_headers[i]::jsonb;
-        v_hash := ledger_row_hash(v_prev, v_position, p_event_ids[i], p_event_types[i], p_sources[i],
-                                  p_event_dts[i], p_occurred_ats[i], v_now, v_payload,
-                                  p_raw_bodies[i], v_headers, p_message_ids[i]);
-        INSERT INTO events (position, event_id, event_type, source, event_dt, occurred_at,
-                            recorded_at, payload, raw_body, headers, message_id, prev_hash, hash)
-        VALUES (v_position, p_event_ids[i], p_event_types[i], p_sources[i], p_event_dts[i],
-                p_occurred_ats[i], v_now, v_payload, p_raw_bodies[i], v_headers,
-                p_message_ids[i], v_prev, v_hash);
-        out_position := v_position;
-        out_duplicate := false;
-        RETURN NEXT;
-    END LOOP;
-    IF v_position > v_start THEN
-        UPDATE ledger_head SET position = v_position, hash = v_hash WHERE id = 1;
-        PERFORM pg_notify('ledger_events', v_position::text);
+    SELECT h.position, h.hash INTO v_start, v_hash FROM ledger_head h WHERE h.id = 1 FOR UPDATE;
+
+    -- Inputs that are new: not in the log, and the first copy within this batch.
+    SELECT coalesce(array_agg(t.i ORDER BY t.i), '{}') INTO v_new
+    FROM (
+        SELECT u.i, row_number() OVER (PARTITION BY u.id ORDER BY u.i) AS copy
+        FROM unnest(p_event_ids) WITH ORDINALITY AS u(id, i)
+        WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = u.id)
+    ) t
+    WHERE t.copy = 1;
+    v_count := cardinality(v_new);
+
+    IF v_count > 0 THEN
+        -- The arrays are read by unnest (one pass), never by subscript: subscripting a large array
+        -- parameter inside a query copies it for every row.
+        SELECT array_agg(ledger_row_digest(v_start + n.k, u.event_id, u.event_type, u.source, u.event_dt,
+                                           u.occurred_at, v_now, u.raw_body, u.headers, u.message_id)
+                         ORDER BY n.k)
+        INTO v_digests
+        FROM unnest(p_event_ids, p_event_types, p_sources, p_event_dts, p_occurred_ats, p_raw_bodies,
+                    p_headers, p_message_ids)
+                 WITH ORDINALITY AS u(event_id, event_type, source, event_dt, occurred_at, raw_body,
+                                      headers, message_id, i)
+        JOIN unnest(v_new) WITH ORDINALITY AS n(i, k) ON n.i = u.i;
+
+        FOR k IN 1 .. v_count LOOP
+            v_prevs[k] := v_hash;
+            v_hash := sha256(v_hash || v_digests[k]);
+            v_hashes[k] := v_hash;
+        END LOOP;
+
+        INSERT INTO events (position, event_id, event_type, source, event_dt, occurred_at, recorded_at,
+                            payload, raw_body, headers, message_id, prev_hash, hash)
+        SELECT v_start + n.k, u.event_id, u.event_type, u.source, u.event_dt, u.occurred_at, v_now,
+               convert_from(u.raw_body, 'UTF8')::jsonb, u.raw_body, u.headers, u.message_id,
+               v_prevs[n.k], v_hashes[n.k]
+        FROM unnest(p_event_ids, p_event_types, p_sources, p_event_dts, p_occurred_ats, p_raw_bodies,
+                    p_headers, p_message_ids)
+                 WITH ORDINALITY AS u(event_id, event_type, source, event_dt, occurred_at, raw_body,
+                                      headers, message_id, i)
+        JOIN unnest(v_new) WITH ORDINALITY AS n(i, k) ON n.i = u.i;
+
+        UPDATE ledger_head SET position = v_start + v_count, hash = v_hash WHERE id = 1;
+        PERFORM pg_notify('ledger_events', (v_start + v_count)::text);
     END IF;
+
+    -- Every input's answer, in input order: new rows by rank, the rest by their logged position.
+    RETURN QUERY
+    SELECT coalesce(v_start + n.k, e.position), n.k IS NULL
+    FROM unnest(p_event_ids) WITH ORDINALITY AS u(id, i)
+    LEFT JOIN unnest(v_new) WITH ORDINALITY AS n(i, k) ON n.i = u.i
+    LEFT JOIN events e ON n.k IS NULL AND e.event_id = u.id
+    ORDER BY u.i;
 END
 $$;
 

@@ -56,7 +56,6 @@ async def flex_webhook(request: Request, state: State) -> Response[bytes]:
         event = NewEvent(
             event_id=envelope.event_id,
             event_type=envelope.event_type,
-            payload=envelope.text,
             source="flex",
             event_dt=envelope.event_dt,
             occurred_at=envelope.occurred_at,

@@ -28,7 +28,6 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     event_type: str
     event_dt: int | None
     occurred_at: datetime | None
-    text: str  # the body as UTF-8 text, for the jsonb column
 
 
 def event_time(event_dt: object) -> tuple[int | None, datetime | None]:
@@ -60,7 +59,7 @@ def parse_envelope(body: bytes) -> Envelope:
     if not body.strip():
         raise UnusableEvent("body is empty")
     try:
-        text = body.decode("utf-8")
+        body.decode("utf-8")
     except UnicodeDecodeError:
         raise UnusableEvent("body is not UTF-8") from None
     try:
@@ -81,4 +80,4 @@ def parse_envelope(body: bytes) -> Envelope:
     event_dt, occurred_at = event_time(data.get("event_dt"))
     assert isinstance(event_id, str)
     assert isinstance(event_type, str)
-    return Envelope(event_id=event_id, event_type=event_type, event_dt=event_dt, occurred_at=occurred_at, text=text)
+    return Envelope(event_id=event_id, event_type=event_type, event_dt=event_dt, occurred_at=occurred_at)

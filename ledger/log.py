@@ -24,15 +24,15 @@ NOTIFY_CHANNEL = "ledger_events"
 
 
 class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
-    """An event to append. ``payload`` is the JSON text to keep; Flex events keep their raw bytes."""
+    """An event to append: ``raw_body`` is the exact JSON bytes (the signed body, for Flex events);
+    the log stores them and their parsed form (``payload``)."""
 
     event_id: str
     event_type: str
-    payload: str
+    raw_body: bytes
     source: str = "flex"
     event_dt: int | None = None
     occurred_at: datetime | None = None
-    raw_body: bytes | None = None
     headers: str | None = None  # JSON object text
     message_id: str | None = None
 
@@ -76,7 +76,6 @@ class EventLog:
             [e.source for e in events],
             [e.event_dt for e in events],
             [e.occurred_at for e in events],
-            [e.payload for e in events],
             [e.raw_body for e in events],
             [e.headers for e in events],
             [e.message_id for e in events],

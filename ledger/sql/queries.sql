@@ -4,7 +4,7 @@
 -- name: append
 SELECT out_position, out_duplicate
 FROM ledger_append($1::text[], $2::text[], $3::text[], $4::bigint[], $5::timestamptz[],
-                   $6::text[], $7::bytea[], $8::text[], $9::text[]);
+                   $6::bytea[], $7::jsonb[], $8::text[]);
 
 -- name: quarantine
 INSERT INTO quarantine (message_id, headers, body, reason)
@@ -33,7 +33,8 @@ LIMIT $2;
 
 -- name: verify_chain
 -- Checks the next $3 rows after position $1 ($2 is the hash of row $1): contiguous positions,
--- each row linked to the previous row's hash, and each hash matching the row's content.
+-- each row linked to the previous row's hash, each hash matching the row's content, and each
+-- payload equal to its raw body parsed.
 WITH segment AS (
     SELECT * FROM events WHERE position > $1 ORDER BY position LIMIT $3
 ), checked AS (
@@ -44,10 +45,12 @@ WITH segment AS (
                    THEN 'position ' || ($1 + row_number() OVER w) || ' is missing'
                WHEN s.prev_hash <> coalesce(lag(s.hash) OVER w, $2)
                    THEN 'its link to the previous row is broken'
-               WHEN s.hash <> ledger_row_hash(s.prev_hash, s.position, s.event_id, s.event_type,
-                                              s.source, s.event_dt, s.occurred_at, s.recorded_at,
-                                              s.payload, s.raw_body, s.headers, s.message_id)
+               WHEN s.hash <> sha256(s.prev_hash || ledger_row_digest(
+                                   s.position, s.event_id, s.event_type, s.source, s.event_dt, s.occurred_at,
+                                   s.recorded_at, s.raw_body, s.headers, s.message_id))
                    THEN 'its content does not match its hash'
+               WHEN s.payload <> convert_from(s.raw_body, 'UTF8')::jsonb
+                   THEN 'its payload does not match its (hashed) raw body'
            END AS problem,
            $1 + row_number() OVER w AS expected
     FROM segment s

@@ -16,7 +16,7 @@ from ledger.log import EventLog, NewEvent, verify_chain
 
 def ev(event_id: str, body: dict | None = None, event_type: str = "customer.created") -> NewEvent:
     payload = json.dumps(body or {"event_id": event_id, "event_type": event_type})
-    return NewEvent(event_id=event_id, event_type=event_type, payload=payload, raw_body=payload.encode())
+    return NewEvent(event_id=event_id, event_type=event_type, raw_body=payload.encode())
 
 
 async def positions(pool: asyncpg.Pool) -> list[int]:
@@ -67,7 +67,7 @@ async def test_verify_passes_on_an_intact_log(pool: asyncpg.Pool) -> None:
 @pytest.mark.parametrize(
     ("tamper", "expected_problem"),
     [
-        ('UPDATE events SET payload = \'{"event_id":"e3","event_type":"forged"}\' WHERE position = 3', "content"),
+        ('UPDATE events SET payload = \'{"event_id":"e3","event_type":"forged"}\' WHERE position = 3', "payload"),
         ("UPDATE events SET raw_body = 'forged' WHERE position = 3", "content"),
         ("UPDATE events SET event_type = 'forged' WHERE position = 3", "content"),
         ("UPDATE events SET hash = sha256('x') WHERE position = 3", "content"),
@@ -94,8 +94,8 @@ async def test_verify_catches_a_rehashed_row_at_the_next_link(pool: asyncpg.Pool
             await conn.execute("SET LOCAL session_replication_role = replica")
             await conn.execute(
                 """UPDATE events SET event_type = 'forged',
-                   hash = ledger_row_hash(prev_hash, position, event_id, 'forged', source, event_dt, occurred_at,
-                                          recorded_at, payload, raw_body, headers, message_id)
+                   hash = sha256(prev_hash || ledger_row_digest(position, event_id, 'forged', source, event_dt,
+                                                   occurred_at, recorded_at, raw_body, headers, message_id))
                    WHERE position = 2"""
             )
         report = await verify_chain(conn)
@@ -110,7 +110,7 @@ async def test_rolled_back_append_leaves_no_hole(pool: asyncpg.Pool) -> None:
     async with pool.acquire() as conn:
         tx = conn.transaction()
         await tx.start()
-        await conn.fetch(queries.append, ["b"], ["t"], ["flex"], [None], [None], ["{}"], [None], [None], [None])
+        await conn.fetch(queries.append, ["b"], ["t"], ["flex"], [None], [None], [b"{}"], [None], [None])
         await tx.rollback()
     await log.append([ev("c")])
     assert await positions(pool) == [1, 2]
@@ -119,7 +119,7 @@ async def test_rolled_back_append_leaves_no_hole(pool: asyncpg.Pool) -> None:
 
 async def test_two_connections_reader_never_skips(pool: asyncpg.Pool) -> None:
     """A appends and stays open; B appends and commits; a reader polls; A commits."""
-    args = lambda eid: ([eid], ["t"], ["flex"], [None], [None], ["{}"], [None], [None], [None])  # noqa: E731
+    args = lambda eid: ([eid], ["t"], ["flex"], [None], [None], [b"{}"], [None], [None])  # noqa: E731
     a = await pool.acquire()
     b = await pool.acquire()
     try:
@@ -159,7 +159,7 @@ async def test_fifty_concurrent_deliveries_of_ten_events(pool: asyncpg.Pool) -> 
 
 async def test_one_event_the_database_rejects_fails_alone(pool: asyncpg.Pool) -> None:
     log = EventLog(pool)
-    bad = NewEvent(event_id="bad", event_type="t", payload='{"a": "\\u0000"}')
+    bad = NewEvent(event_id="bad", event_type="t", raw_body=b'{"a": "\\u0000"}')
     async with GroupCommitter(log, max_wait=0.01) as committer:
         results = await asyncio.gather(
             committer.append(ev("good-1")),
