@@ -51,12 +51,13 @@ def start_server(dsn: str, port: int, workdir: Path) -> subprocess.Popen[bytes]:
         "LEDGER_API_TOKENS": "bench",
         "LEDGER_DATA_DIR": str(workdir),
     }
-    proc = subprocess.Popen(
-        [str(ledger), "serve", "--port", str(port), "--log-level", "warning"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(workdir / "serve.log", "wb"),
-    )
+    with open(workdir / "serve.log", "wb") as log:
+        proc = subprocess.Popen(
+            [str(ledger), "serve", "--port", str(port), "--log-level", "warning"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
