@@ -12,6 +12,7 @@ from litestar import Litestar, Router, get
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 
 import ledger
 from api.auth import require_token
@@ -97,6 +98,9 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...]) -> Litestar:
             version=ledger.__version__,
             path="/schema",
             render_plugins=[SwaggerRenderPlugin()],
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="API token")}
+            ),
         ),
         debug=False,
     )

@@ -120,7 +120,7 @@ class GroupCommitter:
             return
         except asyncpg.DataError:
             if len(items) == 1:
-                raise_unusable(items[0][1])
+                _reject(items[0][1])
                 return
             for item in items:  # find the event the database would not take
                 await self._commit([item])
@@ -132,6 +132,6 @@ class GroupCommitter:
                 fut.set_result(result)
 
 
-def raise_unusable(fut: asyncio.Future[AppendResult]) -> None:
+def _reject(fut: asyncio.Future[AppendResult]) -> None:
     if not fut.done():
         fut.set_exception(UnusableEvent("the database cannot store this event's JSON"))

@@ -156,3 +156,37 @@ def test_after_sigkill_the_next_start_works_and_stops_the_embedded_server(tmp_pa
         reply = second.post_event(flex_event())
         assert reply.json() == {"status": "accepted", "position": 2}
     assert not _postgres_running_on(pgdata), "a clean stop must stop the embedded server"
+
+
+def test_fifty_concurrent_deliveries_of_ten_events_over_http(db_dsn: str, tmp_path: Path) -> None:
+    from tests.support import signed_headers
+
+    bodies = [flex_event(event_id=f"evt_concurrent_{i}") for i in range(10)]
+
+    async def deliver_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=50)) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(server.url + "/webhooks/flex", content=body, headers=signed_headers(body), timeout=30)
+                    for body in bodies * 5
+                )
+            )
+
+    with run_server(tmp_path, {"LEDGER_DATABASE_URL": db_dsn}) as server:
+        replies = asyncio.run(deliver_all())
+    assert all(r.status_code == 200 for r in replies)
+    assert sorted(r.json()["status"] for r in replies).count("accepted") == 10
+
+    async def stored() -> list[tuple[int, str]]:
+        conn = await asyncpg.connect(db_dsn)
+        try:
+            return [(r[0], r[1]) for r in await conn.fetch("SELECT position, event_id FROM events ORDER BY position")]
+        finally:
+            await conn.close()
+
+    rows = asyncio.run(stored())
+    assert [p for p, _ in rows] == list(range(1, 11))
+    assert sorted(e for _, e in rows) == sorted(f"evt_concurrent_{i}" for i in range(10))
+    position_of = {e: p for p, e in rows}
+    for body, reply in zip(bodies * 5, replies, strict=True):
+        assert reply.json()["position"] == position_of[__import__("json").loads(body)["event_id"]]

@@ -266,4 +266,7 @@ def test_body_at_the_limit_is_accepted(server: RunningServer) -> None:
 def test_never_500_and_wrong_method_is_405(server: RunningServer) -> None:
     assert httpx.get(server.url + "/webhooks/flex").status_code == 405
     assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
-    assert httpx.get(server.url + "/schema/openapi.json").status_code == 200
+    spec = httpx.get(server.url + "/schema/openapi.json").json()
+    assert "/webhooks/flex" in spec["paths"]
+    assert "/v1/events" in spec["paths"]
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
