@@ -169,6 +169,75 @@ CREATE OR REPLACE TRIGGER events_no_update_delete
 CREATE OR REPLACE TRIGGER events_no_truncate
     BEFORE TRUNCATE ON events FOR EACH STATEMENT EXECUTE FUNCTION ledger_forbid_change();
 
-INSERT INTO ledger_schema (id, version) VALUES (1, 1)
+-- Projections: one checkpoint row each, advanced in the same transaction as their tables.
+CREATE TABLE IF NOT EXISTS projection_state (
+    name                 text PRIMARY KEY,
+    position             bigint NOT NULL DEFAULT 0,
+    generation           int NOT NULL DEFAULT 1,     -- bumped by every rebuild switch
+    applied_events       bigint NOT NULL DEFAULT 0,
+    ignored_events       bigint NOT NULL DEFAULT 0,
+    failed_events        bigint NOT NULL DEFAULT 0,
+    last_error           text,
+    last_error_position  bigint,
+    last_error_at        timestamptz,
+    rebuild_position     bigint,
+    rebuild_started_at   timestamptz,
+    rebuilt_at           timestamptz,
+    updated_at           timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO projection_state (name) VALUES ('orders'), ('customers'), ('subscriptions')
+ON CONFLICT (name) DO NOTHING;
+
+-- Each projection's tables sit between "-- projection: NAME" and "-- end projection: NAME"
+-- with unqualified names: `ledger rebuild` runs the same block in a build schema.
+
+-- projection: orders
+CREATE TABLE IF NOT EXISTS orders (
+    checkout_session_id  text PRIMARY KEY,
+    status               text,
+    customer_id          text,
+    client_reference_id  text,
+    subscription_id      text,
+    sort_at              bigint NOT NULL,          -- microseconds: created_at, else first seen
+    position             bigint NOT NULL,          -- last log position applied to this order
+    state                jsonb NOT NULL
+);
+CREATE INDEX IF NOT EXISTS orders_sort_idx ON orders (sort_at DESC, checkout_session_id DESC);
+CREATE INDEX IF NOT EXISTS orders_customer_idx ON orders (customer_id, sort_at DESC, checkout_session_id DESC);
+CREATE INDEX IF NOT EXISTS orders_reference_idx ON orders (client_reference_id, sort_at DESC, checkout_session_id DESC);
+CREATE INDEX IF NOT EXISTS orders_status_idx ON orders (status, sort_at DESC, checkout_session_id DESC);
+CREATE INDEX IF NOT EXISTS orders_subscription_idx ON orders (subscription_id);
+CREATE TABLE IF NOT EXISTS order_payment_intents (
+    payment_intent_id    text PRIMARY KEY,
+    checkout_session_id  text,
+    position             bigint NOT NULL,
+    state                jsonb NOT NULL
+);
+CREATE INDEX IF NOT EXISTS order_payment_intents_session_idx ON order_payment_intents (checkout_session_id);
+-- end projection: orders
+
+-- projection: customers
+CREATE TABLE IF NOT EXISTS customers (
+    customer_id  text PRIMARY KEY,
+    email        text,
+    deleted      boolean NOT NULL DEFAULT false,
+    position     bigint NOT NULL,
+    state        jsonb NOT NULL
+);
+CREATE INDEX IF NOT EXISTS customers_email_idx ON customers (email);
+-- end projection: customers
+
+-- projection: subscriptions
+CREATE TABLE IF NOT EXISTS subscriptions (
+    subscription_id  text PRIMARY KEY,
+    customer_id      text,
+    status           text,
+    position         bigint NOT NULL,
+    state            jsonb NOT NULL
+);
+CREATE INDEX IF NOT EXISTS subscriptions_customer_idx ON subscriptions (customer_id);
+-- end projection: subscriptions
+
+INSERT INTO ledger_schema (id, version) VALUES (1, 2)
 ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
 WHERE ledger_schema.version < EXCLUDED.version;

@@ -18,12 +18,15 @@ import ledger
 from api.auth import require_token
 from api.errors import EXCEPTION_HANDLERS, error_response
 from api.events import list_events
+from api.reads import READ_ROUTES
 from api.webhooks import flex_webhook
 from ledger.db import SCHEMA_VERSION, UNAVAILABLE, apply_schema, create_pool, queries
 from ledger.embedded import EmbeddedPostgres
 from ledger.group_commit import GroupCommitter
 from ledger.log import EventLog
 from ledger.settings import Settings
+from projections.registry import PROJECTIONS
+from projections.runner import ProjectionRunner, Wakeup
 
 __all__ = ["create_app"]
 
@@ -77,16 +80,24 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...]) -> Litestar:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(schema_task), 10)
             log = EventLog(pool)
-            async with GroupCommitter(log) as committer:
-                app.state.update(pool=pool, log=log, committer=committer)
-                yield
-            schema_task.cancel()
+            wakeup = Wakeup(dsn)
+            runners = [ProjectionRunner(dsn, p, wakeup.subscribe()) for p in PROJECTIONS.values()]
+            workers = [asyncio.create_task(wakeup.run(), name="wakeup")]
+            workers += [asyncio.create_task(r.run(), name=f"projection-{r.projection.name}") for r in runners]
+            try:
+                async with GroupCommitter(log) as committer:
+                    app.state.update(pool=pool, log=log, committer=committer, runners=runners)
+                    yield
+            finally:
+                for task in [schema_task, *workers]:
+                    task.cancel()
+                await asyncio.gather(schema_task, *workers, return_exceptions=True)
         finally:
             await pool.close()
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
 
-    v1 = Router("/v1", route_handlers=[list_events], guards=[require_token], security=[{"bearer": []}])
+    v1 = Router("/v1", route_handlers=[list_events, *READ_ROUTES], guards=[require_token], security=[{"bearer": []}])
     return Litestar(
         route_handlers=[flex_webhook, healthz, readyz, v1],
         lifespan=[lifespan],

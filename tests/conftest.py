@@ -88,6 +88,28 @@ def template_db(pg_server_dsn: str) -> Iterator[str]:
         asyncio.run(_run(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+class DatabaseFactory:
+    """Fresh databases cloned from the template, for tests that need several (hypothesis)."""
+
+    def __init__(self, server_dsn: str, template: str) -> None:
+        self.server_dsn = server_dsn
+        self.template = template
+
+    @contextlib.asynccontextmanager
+    async def fresh(self) -> AsyncIterator[str]:
+        name = unique_name("ledger_test")
+        await _run(self.server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+        try:
+            yield with_database(self.server_dsn, name)
+        finally:
+            await _run(self.server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def databases(pg_server_dsn: str, template_db: str) -> DatabaseFactory:
+    return DatabaseFactory(pg_server_dsn, template_db)
+
+
 @pytest.fixture
 def db_dsn(pg_server_dsn: str, template_db: str) -> Iterator[str]:
     """A fresh database for one test, with the schema applied."""

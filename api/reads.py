@@ -1,0 +1,92 @@
+"""Read routes under ``/v1``: orders, customers, subscriptions and projection status.
+
+Every route accepts ``?min_position=N`` (the position a webhook reply returned) and waits, up
+to a few seconds, until the projections it reads from have applied it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Response, get
+from litestar.datastructures import State
+from litestar.params import Parameter
+
+from ledger.errors import NotFound
+from projections import read
+
+__all__ = ["READ_ROUTES"]
+
+MinPosition = Annotated[
+    int | None, Parameter(ge=0, description="wait (up to a few seconds) until this log position is applied")
+]
+FRESHNESS_HEADER = "Ledger-Projection-Fresh"
+
+
+async def _fresh(state: State, names: list[str], min_position: int | None) -> dict[str, str]:
+    if min_position is None:
+        return {}
+    reached = await read.wait_for_position(state.pool, names, min_position)
+    return {FRESHNESS_HEADER: "true" if reached else "false"}
+
+
+@get("/orders/{checkout_session_id:str}", summary="One order (checkout session)", tags=["orders"])
+async def get_order(state: State, checkout_session_id: str, min_position: MinPosition = None) -> Response[Any]:
+    headers = await _fresh(state, ["orders"], min_position)
+    order = await read.get_order(state.pool, checkout_session_id)
+    if order is None:
+        raise NotFound(f"no order for checkout session {checkout_session_id!r}")
+    return Response(order, headers=headers)
+
+
+@get("/orders", summary="Orders, newest first", tags=["orders"])
+async def list_orders(
+    state: State,
+    customer_id: str | None = None,
+    status: str | None = None,
+    client_reference_id: str | None = None,
+    limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
+    cursor: str | None = None,
+    min_position: MinPosition = None,
+) -> Response[Any]:
+    headers = await _fresh(state, ["orders"], min_position)
+    data, next_cursor = await read.list_orders(
+        state.pool,
+        customer_id=customer_id,
+        status=status,
+        client_reference_id=client_reference_id,
+        limit=limit,
+        cursor=cursor,
+    )
+    return Response({"data": data, "next_cursor": next_cursor}, headers=headers)
+
+
+@get("/customers/{customer_id:str}", summary="One customer", tags=["customers"])
+async def get_customer(state: State, customer_id: str, min_position: MinPosition = None) -> Response[Any]:
+    headers = await _fresh(state, ["customers"], min_position)
+    customer = await read.get_customer(state.pool, customer_id)
+    if customer is None:
+        raise NotFound(f"no customer {customer_id!r}")
+    return Response(customer, headers=headers)
+
+
+@get("/subscriptions/{subscription_id:str}", summary="One subscription", tags=["subscriptions"])
+async def get_subscription(state: State, subscription_id: str, min_position: MinPosition = None) -> Response[Any]:
+    headers = await _fresh(state, ["subscriptions"], min_position)
+    subscription = await read.get_subscription(state.pool, subscription_id)
+    if subscription is None:
+        raise NotFound(f"no subscription {subscription_id!r}")
+    return Response(subscription, headers=headers)
+
+
+@get("/projections", summary="Every projection's position, lag and state", tags=["operations"])
+async def list_projections(state: State, min_position: MinPosition = None) -> Response[Any]:
+    from ledger.db import translate_errors
+
+    with translate_errors():
+        async with state.pool.acquire() as conn:
+            data = await read.projection_status(conn)
+    return Response({"data": data})
+
+
+READ_ROUTES = [get_order, list_orders, get_customer, get_subscription, list_projections]

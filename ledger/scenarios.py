@@ -1,0 +1,166 @@
+"""Realistic Flex events for a checkout, as Flex would send them (field names per Flex's docs).
+
+Used by the tests, the benchmarks, ``ledger send`` and ``ledger demo``. Every event carries its
+own ``event_dt``; a scenario's events are returned in the order Flex would emit them.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Checkout", "checkout_events"]
+
+
+def _ulid(rng: random.Random) -> str:
+    return uuid.UUID(int=rng.getrandbits(128)).hex[:26].upper()
+
+
+@dataclass
+class Checkout:
+    """One shopper's checkout: what a scenario is built from."""
+
+    seed: int = 0
+    mode: str = "payment"  # or "subscription"
+    split: bool = False  # two payment intents (HSA/FSA card + regular card)
+    items: int = 1
+    start: int = 1_767_225_600  # 2026-01-01T00:00:00Z
+    ids: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        rng = random.Random(self.seed)
+        self.rng = rng
+        self.session_id = f"fcs_{_ulid(rng)}"
+        self.customer_id = f"fcus_{_ulid(rng)}"
+        self.email = f"shopper{self.seed}@example.com"
+        self.reference = f"order-{self.seed}"
+        self.prices = [
+            {
+                "price_id": f"fprice_{_ulid(rng)}",
+                "unit_amount": rng.randint(5, 200) * 100,
+                "product": f"fprod_{_ulid(rng)}",
+            }
+            for _ in range(self.items)
+        ]
+        self.quantities = [rng.randint(1, 3) for _ in range(self.items)]
+        self.total = sum(p["unit_amount"] * q for p, q in zip(self.prices, self.quantities, strict=True))
+        self.intents = [f"fpi_{_ulid(rng)}" for _ in range(2 if self.split else 1)]
+        hsa = self.total if not self.split else (self.total * 2) // 3
+        self.amounts = [hsa] if not self.split else [hsa, self.total - hsa]
+        self.subscription_id = f"fsub_{_ulid(rng)}" if self.mode == "subscription" else None
+        self.invoice_id = f"in_{_ulid(rng)}" if self.mode == "subscription" else None
+        self._n = 0
+
+    def _event(self, event_type: str, at: int, obj: dict[str, Any]) -> dict[str, Any]:
+        self._n += 1
+        return {
+            "event_dt": at,
+            "event_id": f"evt_{uuid.UUID(int=self.rng.getrandbits(128)).hex}",
+            "event_type": event_type,
+            "object": obj,
+        }
+
+    def line_items(self) -> list[dict[str, Any]]:
+        """What the Line Items API returns for this session."""
+        return [
+            {
+                "line_item_id": f"li_{self.session_id[4:]}_{i}",
+                "description": f"Item {i + 1}",
+                "quantity": q,
+                "amount_subtotal": p["unit_amount"] * q,
+                "amount_total": p["unit_amount"] * q,
+                "amount_discount": 0,
+                "amount_tax": 0,
+                "price": {
+                    "price_id": p["price_id"],
+                    "unit_amount": p["unit_amount"],
+                    "product": {"product_id": p["product"], "name": f"Product {i + 1}", "upc_code": f"0{i:011d}"},
+                },
+            }
+            for i, (p, q) in enumerate(zip(self.prices, self.quantities, strict=True))
+        ]
+
+    def session(self, status: str) -> dict[str, Any]:
+        return {
+            "checkout_session_id": self.session_id,
+            "status": status,
+            "mode": self.mode,
+            "amount_total": self.total,
+            "amount_subtotal": self.total,
+            "client_reference_id": self.reference,
+            "customer": self.customer_id,
+            "customer_email": self.email,
+            "payment_intents": list(self.intents) if status == "complete" else [],
+            "subscription": self.subscription_id,
+            "created_at": self.start,
+            "expires_at": self.start + 3600,
+            "success_url": "https://shop.example.com/thanks?session={CHECKOUT_SESSION_ID}",
+            "test_mode": True,
+        }
+
+
+def checkout_events(c: Checkout) -> list[dict[str, Any]]:
+    """The events of one completed checkout, in emission order, each a second apart."""
+    t = c.start
+    events = [
+        c._event(
+            "customer.created",
+            t + 1,
+            {
+                "customer": {
+                    "customer_id": c.customer_id,
+                    "email": c.email,
+                    "first_name": "Sam",
+                    "last_name": f"Shopper{c.seed}",
+                    "test_mode": True,
+                }
+            },
+        )
+    ]
+    for i, (pi, amount) in enumerate(zip(c.intents, c.amounts, strict=True)):
+        card = "primary" if i == 0 else "secondary"
+        base = {"payment_intent_id": pi, "amount": amount, "customer": c.customer_id, "payment_card_type": card}
+        events.append(
+            c._event(
+                "payment_intent.created", t + 2 + i, {"payment_intent": {**base, "status": "requires_payment_method"}}
+            )
+        )
+    for i, (pi, amount) in enumerate(zip(c.intents, c.amounts, strict=True)):
+        base = {"payment_intent_id": pi, "amount": amount, "amount_received": amount, "customer": c.customer_id}
+        events.append(
+            c._event("payment_intent.succeeded", t + 10 + i, {"payment_intent": {**base, "status": "succeeded"}})
+        )
+    if c.mode == "subscription":
+        sub = {
+            "subscription_id": c.subscription_id,
+            "customer": c.customer_id,
+            "latest_invoice": c.invoice_id,
+            "items": [{"price": p["price_id"], "quantity": 1} for p in c.prices],
+            "test_mode": True,
+            "current_period_start": t + 12,
+            "current_period_end": t + 12 + 30 * 86400,
+            "created_at": t + 12,
+        }
+        events.append(
+            c._event("customer.subscription.created", t + 12, {"subscription": {**sub, "status": "incomplete"}})
+        )
+        events.append(
+            c._event(
+                "invoice.payment_succeeded",
+                t + 13,
+                {
+                    "invoice": {
+                        "invoice_id": c.invoice_id,
+                        "subscription": c.subscription_id,
+                        "customer": c.customer_id,
+                        "amount_paid": c.total,
+                        "status": "paid",
+                    }
+                },
+            )
+        )
+        events.append(c._event("customer.subscription.updated", t + 14, {"subscription": {**sub, "status": "active"}}))
+    events.append(c._event("checkout.session.completed", t + 20, {"checkout_session": c.session("complete")}))
+    return events

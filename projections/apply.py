@@ -1,0 +1,100 @@
+"""Applying a batch of logged events to a projection's tables, in the caller's transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from importlib import resources
+
+import asyncpg
+import msgspec
+
+from ledger.db import Queries
+from projections.base import Deltas, LogRow, Projection, merge
+from projections.state import State
+
+__all__ = ["BatchResult", "ProjectionFailed", "apply_batch", "decode_rows", "queries"]
+
+_log = logging.getLogger(__name__)
+
+queries = Queries(resources.files("projections").joinpath("sql/queries.sql").read_text(encoding="utf-8"))
+_decode = msgspec.json.Decoder()
+_encode = msgspec.json.Encoder()
+
+
+class ProjectionFailed(Exception):
+    """An event a projection could not apply (raised in rebuild mode, recorded in live mode)."""
+
+    def __init__(self, projection: str, position: int, reason: str) -> None:
+        super().__init__(f"{projection}: cannot apply the event at position {position}: {reason}")
+        self.projection = projection
+        self.position = position
+        self.reason = reason
+
+
+class BatchResult(msgspec.Struct, kw_only=True):
+    applied: int = 0
+    ignored: int = 0
+    failures: list[ProjectionFailed] = msgspec.field(default_factory=list)
+
+
+def decode_rows(records: Sequence[asyncpg.Record]) -> tuple[list[LogRow], int]:
+    """Logged rows whose body is a JSON object; returns them and how many were not."""
+    rows: list[LogRow] = []
+    for record in records:
+        try:
+            payload = _decode.decode(record["raw_body"])
+        except msgspec.DecodeError:
+            continue
+        if isinstance(payload, dict):
+            rows.append(LogRow(position=record["position"], event_type=record["event_type"], payload=payload))
+    return rows, len(records) - len(rows)
+
+
+async def apply_batch(
+    conn: asyncpg.Connection, projection: Projection, rows: Sequence[LogRow], *, strict: bool
+) -> BatchResult:
+    """Folds ``rows`` into deltas, merges them with the stored states and writes them back.
+
+    ``strict`` (rebuild mode) raises ``ProjectionFailed`` on the first event that cannot be
+    applied; otherwise that event is skipped and reported in the result.
+    """
+    result = BatchResult()
+    deltas = Deltas()
+    for row in rows:
+        try:
+            if projection.fold(row, deltas):
+                result.applied += 1
+            else:
+                result.ignored += 1
+        except Exception as exc:  # a projection bug or an input it cannot handle
+            failure = ProjectionFailed(projection.name, row.position, f"{type(exc).__name__}: {exc}")
+            if strict:
+                raise failure from exc
+            _log.warning("%s", failure)
+            result.failures.append(failure)
+    for table in projection.tables:
+        states = deltas.by_table.get(table.name)
+        if not states:
+            continue
+        positions = deltas.positions[table.name]
+        ids = sorted(states)
+        stored = {r["id"]: r for r in await conn.fetch(getattr(queries, table.load), ids)}
+        columns: list[list[object]] = []
+        out_positions: list[int] = []
+        out_states: list[str] = []
+        for entity_id in ids:
+            state, position = states[entity_id], positions[entity_id]
+            previous = stored.get(entity_id)
+            if previous is not None:
+                state = merge(State(_decode.decode(previous["state"])), state)
+                position = max(position, previous["position"])
+            values = table.row(entity_id, state)
+            if not columns:
+                columns = [[] for _ in values]
+            for column, value in zip(columns, values, strict=True):
+                column.append(value)
+            out_positions.append(position)
+            out_states.append(_encode.encode(state.doc).decode())
+        await conn.execute(getattr(queries, table.upsert), ids, *columns, out_positions, out_states)
+    return result

@@ -1,0 +1,88 @@
+"""What a projection is: a pure fold from logged events into mergeable per-entity state.
+
+A projection names the event types it reads (SQL ``LIKE`` patterns), folds each event into
+*delta* states (no database, no clock), and says how a state becomes a table row. The runner
+loads the current states of the entities a batch touched, merges the deltas in, and writes the
+rows back with one statement per table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from projections.state import State
+
+__all__ = ["Deltas", "LogRow", "Projection", "Table", "merge"]
+
+
+class LogRow(msgspec.Struct, frozen=True, kw_only=True):
+    position: int
+    event_type: str
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Table:
+    """A projection table: ``load``/``upsert`` are query names in ``projections/sql/queries.sql``;
+    ``row`` gives the upsert's column values (after the key and before ``position, state``)."""
+
+    name: str
+    load: str
+    upsert: str
+    row: Callable[[str, State], tuple[Any, ...]]
+
+
+class Deltas:
+    """The states one batch contributes, per table and entity id."""
+
+    def __init__(self) -> None:
+        self.by_table: dict[str, dict[str, State]] = {}
+        self.positions: dict[str, dict[str, int]] = {}
+
+    def state(self, table: str, entity_id: str, position: int) -> State:
+        states = self.by_table.setdefault(table, {})
+        positions = self.positions.setdefault(table, {})
+        positions[entity_id] = max(position, positions.get(entity_id, 0))
+        existing = states.get(entity_id)
+        if existing is None:
+            existing = states[entity_id] = State()
+        return existing
+
+
+def merge(into: State, other: State) -> State:
+    """The join of two states (commutative, associative, idempotent)."""
+    doc = other.doc
+    for fld, value in doc["v"].items():
+        into.offer(fld, value, tuple(doc["k"][fld]))
+    for name, items in doc["s"].items():
+        for item in items:
+            into.add(name, item)
+    for mark, value in doc["m"].items():
+        kind, _, name = mark.partition(":")
+        if kind == "min":
+            into.earliest(name, value)
+        elif kind == "max":
+            into.latest(name, value)
+        elif kind == "flag" and value:
+            into.flag(name)
+    return into
+
+
+@dataclass
+class Projection:
+    name: str
+    patterns: tuple[str, ...]
+    tables: tuple[Table, ...]
+    fold: Callable[[LogRow, Deltas], bool]
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def table(self, name: str) -> Table:
+        return next(t for t in self.tables if t.name == name)
+
+    def fold_all(self, rows: Iterable[LogRow], deltas: Deltas) -> int:
+        return sum(1 for row in rows if self.fold(row, deltas))

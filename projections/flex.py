@@ -1,0 +1,106 @@
+"""Permissive reading of Flex objects inside logged events.
+
+Flex adds fields without notice and documents several shapes for the same thing (an id or an
+expanded object; epoch integers or ISO strings), so every accessor here tolerates what it does
+not expect and returns ``None`` rather than failing.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = [
+    "as_bool",
+    "as_int",
+    "as_str",
+    "dict_of",
+    "epoch_micros",
+    "event_micros",
+    "id_of",
+    "iso",
+    "resource",
+]
+
+_BIGINT = 2**63 - 1
+_MILLISECONDS_FROM = 100_000_000_000
+
+
+def resource(payload: dict[str, Any], name: str, id_field: str) -> dict[str, Any] | None:
+    """``object.<name>`` of an event (or ``object`` itself when it already is the resource)."""
+    obj = payload.get("object")
+    if not isinstance(obj, dict):
+        return None
+    inner = obj.get(name)
+    if isinstance(inner, dict):
+        return inner
+    if id_field in obj:
+        return obj
+    return None
+
+
+def dict_of(value: Any) -> dict[str, Any]:
+    """``value`` when it is a JSON object, else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def as_str(value: Any) -> str | None:
+    if isinstance(value, str) and value.strip():
+        return value
+    return None
+
+
+def as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and -_BIGINT <= value <= _BIGINT:
+        return value
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _BIGINT:
+        return int(value)
+    return None
+
+
+def as_bool(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def id_of(value: Any, id_field: str) -> str | None:
+    """An object's id, whether Flex sent the id itself or the expanded object."""
+    if isinstance(value, dict):
+        return as_str(value.get(id_field)) or as_str(value.get("id"))
+    return as_str(value)
+
+
+def epoch_micros(value: Any) -> int | None:
+    """Microseconds since the epoch from epoch seconds/milliseconds or an ISO-8601 string."""
+    number = as_int(value)
+    if number is not None:
+        if abs(number) >= _MILLISECONDS_FROM:
+            return number * 1000
+        return number * 1_000_000
+    text = as_str(value)
+    if text is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1_000_000)
+
+
+def event_micros(payload: dict[str, Any]) -> int:
+    """The event's own time (``event_dt``), 0 when Flex did not send a usable one."""
+    micros = epoch_micros(payload.get("event_dt"))
+    return micros if micros is not None else 0
+
+
+def iso(micros: int | None) -> str | None:
+    if micros is None:
+        return None
+    try:
+        moment = datetime.fromtimestamp(micros / 1_000_000, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+    return moment.isoformat().replace("+00:00", "Z")

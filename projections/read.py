@@ -1,0 +1,248 @@
+"""The read side: orders, customers, subscriptions and projection status, as API documents."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from ledger.db import translate_errors
+from ledger.errors import InvalidRequest
+from projections.apply import queries
+from projections.flex import iso
+from projections.state import State
+
+__all__ = [
+    "decode_cursor",
+    "encode_cursor",
+    "get_customer",
+    "get_order",
+    "get_subscription",
+    "list_orders",
+    "projection_status",
+    "wait_for_position",
+]
+
+_decode = msgspec.json.Decoder()
+
+
+async def wait_for_position(pool: asyncpg.Pool, names: list[str], position: int, wait: float = 5.0) -> bool:
+    """Read-your-writes: waits until every named projection has applied ``position``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    with translate_errors():
+        while True:
+            async with pool.acquire() as conn:
+                reached = await conn.fetchval(queries.min_position, names)
+            if reached >= position:
+                return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+
+
+def _state(text: str) -> State:
+    return State(_decode.decode(text))
+
+
+def _intent(payment_intent_id: str, state: State | None) -> dict[str, Any]:
+    get = state.get if state is not None else (lambda *_: None)
+    return {
+        "payment_intent_id": payment_intent_id,
+        "status": get("status"),
+        "amount": get("amount"),
+        "payment_card_type": get("payment_card_type"),
+    }
+
+
+def _order(record: asyncpg.Record, intents: list[tuple[str, int, State | None]]) -> dict[str, Any]:
+    state = _state(record["state"])
+    status = state.get("status")
+    return {
+        "checkout_session_id": record["checkout_session_id"],
+        "status": status,
+        "mode": state.get("mode"),
+        "customer_id": state.get("customer_id"),
+        "customer_email": state.get("customer_email"),
+        "client_reference_id": state.get("client_reference_id"),
+        "amount_total": state.get("amount_total"),
+        "amount_subtotal": state.get("amount_subtotal"),
+        "payment_intents": [_intent(pi_id, pi_state) for pi_id, _, pi_state in intents],
+        "subscription_id": state.get("subscription_id"),
+        "fulfillment": {
+            "status": "pending" if status == "complete" else None,
+            "line_items": [],
+            "error": None,
+            "fulfilled_at": None,
+        },
+        "created_at": iso(state.get("created_at")),
+        "completed_at": iso(state.min_of("completed_at")),
+        "test_mode": state.get("test_mode"),
+        "position": max([record["position"], *(p for _, p, _ in intents)]),
+    }
+
+
+async def _with_intents(conn: asyncpg.Connection, records: list[asyncpg.Record]) -> list[dict[str, Any]]:
+    sessions: list[str] = []
+    listed: list[str | None] = []
+    listed_by_session: dict[str, list[str]] = {}
+    for record in records:
+        ids = _state(record["state"]).items("payment_intent_ids")
+        listed_by_session[record["checkout_session_id"]] = ids
+        listed_or_none: list[str | None] = list(ids) or [None]
+        for pi_id in listed_or_none:
+            sessions.append(record["checkout_session_id"])
+            listed.append(pi_id)
+    found: dict[str, dict[str, tuple[int, State]]] = {}
+    for row in await conn.fetch(queries.order_intents, sessions, listed):
+        found.setdefault(row["checkout_session_id"], {})[row["payment_intent_id"]] = (
+            row["position"],
+            _state(row["state"]),
+        )
+    out = []
+    for record in records:
+        session_id = record["checkout_session_id"]
+        known = found.get(session_id, {})
+        ids = sorted(set(listed_by_session[session_id]) | set(known))
+        intents = [(pi, known[pi][0] if pi in known else 0, known[pi][1] if pi in known else None) for pi in ids]
+        out.append(_order(record, intents))
+    return out
+
+
+async def get_order(pool: asyncpg.Pool, checkout_session_id: str) -> dict[str, Any] | None:
+    with translate_errors():
+        async with pool.acquire() as conn:
+            record = await conn.fetchrow(queries.order_get, checkout_session_id)
+            if record is None:
+                return None
+            return (await _with_intents(conn, [record]))[0]
+
+
+def encode_cursor(sort_at: int, checkout_session_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{sort_at}:{checkout_session_id}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        sort_at, _, session_id = raw.partition(":")
+        return int(sort_at), session_id
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidRequest("cursor is not one this API returned") from None
+
+
+async def list_orders(
+    pool: asyncpg.Pool,
+    *,
+    customer_id: str | None,
+    status: str | None,
+    client_reference_id: str | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    after = decode_cursor(cursor) if cursor else (None, None)
+    with translate_errors():
+        async with pool.acquire() as conn:
+            records = await conn.fetch(
+                queries.orders_list, customer_id, status, client_reference_id, after[0], after[1], limit
+            )
+            orders = await _with_intents(conn, list(records))
+    next_cursor = None
+    if len(records) == limit:
+        last = records[-1]
+        next_cursor = encode_cursor(last["sort_at"], last["checkout_session_id"])
+    return orders, next_cursor
+
+
+async def get_customer(pool: asyncpg.Pool, customer_id: str) -> dict[str, Any] | None:
+    with translate_errors():
+        async with pool.acquire() as conn:
+            record = await conn.fetchrow(queries.customer_get, customer_id)
+    if record is None:
+        return None
+    state = _state(record["state"])
+    return {
+        "customer_id": customer_id,
+        "email": state.get("email"),
+        "first_name": state.get("first_name"),
+        "last_name": state.get("last_name"),
+        "phone": state.get("phone"),
+        "order_ids": state.items("order_ids"),
+        "subscription_ids": state.items("subscription_ids"),
+        "deleted": state.flagged("deleted"),
+        "deleted_at": iso(state.min_of("deleted_at")),
+        "created_at": iso(state.get("created_at")),
+        "position": record["position"],
+    }
+
+
+async def get_subscription(pool: asyncpg.Pool, subscription_id: str) -> dict[str, Any] | None:
+    with translate_errors():
+        async with pool.acquire() as conn:
+            record = await conn.fetchrow(queries.subscription_get, subscription_id)
+    if record is None:
+        return None
+    state = _state(record["state"])
+    return {
+        "subscription_id": subscription_id,
+        "customer_id": state.get("customer_id"),
+        "status": state.get("status"),
+        "checkout_session_id": state.get("checkout_session_id"),
+        "payment_status": state.get("payment_status"),
+        "latest_invoice": state.get("latest_invoice"),
+        "last_paid_at": iso(state.max_of("last_paid_at")),
+        "current_period_start": iso(state.get("current_period_start")),
+        "current_period_end": iso(state.get("current_period_end")),
+        "cancel_at_period_end": state.get("cancel_at_period_end"),
+        "canceled_at": iso(state.min_of("canceled_at")),
+        "price_ids": state.items("price_ids"),
+        "created_at": iso(state.get("created_at")),
+        "test_mode": state.get("test_mode"),
+        "position": record["position"],
+    }
+
+
+async def projection_status(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    """Every projection's checkpoint, lag and health; ``state`` says whether a runner holds it."""
+    from projections.runner import LOCK_NAMESPACE, REBUILD_LOCK_OFFSET, lock_id
+
+    held = {
+        (r["classid"], r["objid"])
+        for r in await conn.fetch(
+            "SELECT classid::bigint AS classid, objid::bigint AS objid FROM pg_locks "
+            "WHERE locktype = 'advisory' AND objsubid = 2 AND granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+    }
+    out = []
+    for r in await conn.fetch(queries.state_all):
+        name = r["name"]
+        running = (LOCK_NAMESPACE, lock_id(name)) in held
+        rebuilding = (LOCK_NAMESPACE, REBUILD_LOCK_OFFSET + lock_id(name)) in held
+        state = "rebuilding" if rebuilding else "running" if running else "stopped"
+        if r["failed_events"] and state == "running":
+            state = "degraded"
+        out.append(
+            {
+                "name": name,
+                "position": r["position"],
+                "head": r["head"],
+                "lag": max(r["head"] - r["position"], 0),
+                "state": state,
+                "generation": r["generation"],
+                "applied_events": r["applied_events"],
+                "ignored_events": r["ignored_events"],
+                "failed_events": r["failed_events"],
+                "last_error": r["last_error"],
+                "last_error_position": r["last_error_position"],
+                "last_error_at": r["last_error_at"].isoformat() if r["last_error_at"] else None,
+                "rebuild_position": r["rebuild_position"],
+                "rebuilt_at": r["rebuilt_at"].isoformat() if r["rebuilt_at"] else None,
+                "updated_at": r["updated_at"].isoformat(),
+            }
+        )
+    return out

@@ -1,0 +1,157 @@
+"""The projection runner: one active runner per projection across every process.
+
+Each runner holds a session advisory lock on its own connection (a second ``ledger serve``
+waits as a standby and takes over if the first goes away). It reads the log in batches after
+its checkpoint, applies each batch and advances the checkpoint by compare-and-set in the same
+transaction. ``NOTIFY ledger_events`` only wakes it; polling from the checkpoint is the truth.
+In live mode an event that cannot be applied is recorded (``ledger status``) and skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+
+from ledger.db import SERVER_SETTINGS, UNAVAILABLE
+from ledger.db import queries as ledger_queries
+from ledger.log import NOTIFY_CHANNEL
+from projections.apply import apply_batch, decode_rows, queries
+from projections.base import Projection
+
+__all__ = ["LOCK_NAMESPACE", "ProjectionRunner", "Wakeup", "catch_up_once", "lock_id"]
+
+_log = logging.getLogger(__name__)
+
+LOCK_NAMESPACE = 0x4C454447  # "LEDG": advisory locks of this service are (namespace, id) pairs
+_LOCK_IDS = {"orders": 1, "customers": 2, "subscriptions": 3, "fulfillment": 4}
+REBUILD_LOCK_OFFSET = 1000
+
+
+def lock_id(name: str) -> int:
+    return _LOCK_IDS[name]
+
+
+class CheckpointMoved(Exception):
+    """Another writer (a rebuild switch) moved the checkpoint: reload and go on."""
+
+
+async def catch_up_once(conn: asyncpg.Connection, projection: Projection, batch_size: int) -> int:
+    """Applies at most one batch after the checkpoint. Returns how far the checkpoint moved."""
+    state = await conn.fetchrow(queries.state_get, projection.name)
+    head = await conn.fetchval(ledger_queries.head)
+    start = state["position"]
+    if start >= head:
+        return 0
+    end = min(head, start + batch_size)
+    records = await conn.fetch(queries.read_batch, start, end, list(projection.patterns))
+    rows, undecodable = decode_rows(records)
+    async with conn.transaction():
+        result = await apply_batch(conn, projection, rows, strict=False)
+        skipped = (end - start) - len(records) + undecodable + result.ignored
+        status = await conn.execute(
+            queries.checkpoint_advance, projection.name, start, state["generation"], end, result.applied, skipped
+        )
+        if status != "UPDATE 1":
+            raise CheckpointMoved
+        for failure in result.failures:
+            await conn.execute(queries.record_failure, projection.name, failure.reason, failure.position)
+    return int(end - start)
+
+
+class Wakeup:
+    """LISTEN on the log's channel, fanned out to every runner of this process."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.events: list[asyncio.Event] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def subscribe(self) -> asyncio.Event:
+        event = asyncio.Event()
+        self.events.append(event)
+        return event
+
+    def _notify(self, *_: object) -> None:
+        for event in self.events:
+            event.set()
+
+    async def run(self) -> None:
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self.dsn, server_settings=SERVER_SETTINGS)
+                await conn.add_listener(NOTIFY_CHANNEL, self._notify)
+                self._notify()  # anything missed while disconnected is found by polling
+                while not conn.is_closed():
+                    await asyncio.sleep(5)
+                    await conn.execute("SELECT 1")
+            except asyncio.CancelledError:
+                raise
+            except (*UNAVAILABLE, asyncpg.PostgresError):
+                await asyncio.sleep(1)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+
+
+class ProjectionRunner:
+    def __init__(
+        self,
+        dsn: str,
+        projection: Projection,
+        wake: asyncio.Event,
+        *,
+        batch_size: int = 1000,
+        poll_interval: float = 1.0,
+        standby_interval: float = 2.0,
+    ) -> None:
+        self.dsn = dsn
+        self.projection = projection
+        self.wake = wake
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.standby_interval = standby_interval
+        self.active = False
+
+    async def run(self) -> None:
+        """Runs until cancelled, surviving database outages."""
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self.dsn, server_settings=SERVER_SETTINGS)
+                locked = await conn.fetchval(
+                    "SELECT pg_try_advisory_lock($1, $2)", LOCK_NAMESPACE, lock_id(self.projection.name)
+                )
+                if not locked:
+                    await asyncio.sleep(self.standby_interval)
+                    continue
+                self.active = True
+                _log.info("projection %s: running", self.projection.name)
+                await self._loop(conn)
+            except asyncio.CancelledError:
+                raise
+            except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+                _log.warning("projection %s: %s; retrying", self.projection.name, exc)
+                await asyncio.sleep(1)
+            finally:
+                self.active = False
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 5)
+
+    async def _loop(self, conn: asyncpg.Connection) -> None:
+        while True:
+            self.wake.clear()
+            try:
+                moved = await catch_up_once(conn, self.projection, self.batch_size)
+            except CheckpointMoved:
+                _log.info("projection %s: checkpoint moved by a rebuild; reloading", self.projection.name)
+                continue
+            if moved:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.poll_interval)

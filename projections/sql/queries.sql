@@ -1,0 +1,108 @@
+-- Every runtime query of the projections, loaded once by ledger.db.Queries.
+-- Table names are unqualified on purpose: `ledger rebuild` runs the same statements with the
+-- build schema first on its search_path.
+
+-- name: read_batch
+SELECT position, event_type, raw_body
+FROM events
+WHERE position > $1 AND position <= $2 AND event_type LIKE ANY ($3::text[])
+ORDER BY position;
+
+-- name: state_get
+SELECT name, position, generation, applied_events, ignored_events, failed_events
+FROM public.projection_state
+WHERE name = $1;
+
+-- name: state_all
+SELECT s.name, s.position, s.generation, s.applied_events, s.ignored_events, s.failed_events,
+       s.last_error, s.last_error_position, s.last_error_at, s.rebuild_position, s.rebuild_started_at,
+       s.rebuilt_at, s.updated_at, h.position AS head
+FROM public.projection_state s CROSS JOIN public.ledger_head h
+ORDER BY s.name;
+
+-- name: checkpoint_advance
+-- Compare-and-set: only the runner that read position $2 in generation $3 may move it.
+UPDATE public.projection_state
+SET position = $4, applied_events = applied_events + $5, ignored_events = ignored_events + $6,
+    updated_at = now()
+WHERE name = $1 AND position = $2 AND generation = $3;
+
+-- name: record_failure
+UPDATE public.projection_state
+SET failed_events = failed_events + 1, last_error = $2, last_error_position = $3, last_error_at = now()
+WHERE name = $1;
+
+-- name: min_position
+SELECT coalesce(min(position), 0) FROM public.projection_state WHERE name = ANY ($1::text[]);
+
+-- name: orders_load
+SELECT checkout_session_id AS id, position, state::text AS state
+FROM orders WHERE checkout_session_id = ANY ($1::text[]);
+
+-- name: orders_upsert
+INSERT INTO orders (checkout_session_id, status, customer_id, client_reference_id, subscription_id, sort_at,
+                    position, state)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
+                     $8::jsonb[])
+ON CONFLICT (checkout_session_id) DO UPDATE
+SET status = EXCLUDED.status, customer_id = EXCLUDED.customer_id,
+    client_reference_id = EXCLUDED.client_reference_id, subscription_id = EXCLUDED.subscription_id,
+    sort_at = EXCLUDED.sort_at, position = EXCLUDED.position, state = EXCLUDED.state;
+
+-- name: intents_load
+SELECT payment_intent_id AS id, position, state::text AS state
+FROM order_payment_intents WHERE payment_intent_id = ANY ($1::text[]);
+
+-- name: intents_upsert
+INSERT INTO order_payment_intents (payment_intent_id, checkout_session_id, position, state)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::jsonb[])
+ON CONFLICT (payment_intent_id) DO UPDATE
+SET checkout_session_id = EXCLUDED.checkout_session_id, position = EXCLUDED.position, state = EXCLUDED.state;
+
+-- name: customers_load
+SELECT customer_id AS id, position, state::text AS state FROM customers WHERE customer_id = ANY ($1::text[]);
+
+-- name: customers_upsert
+INSERT INTO customers (customer_id, email, deleted, position, state)
+SELECT * FROM unnest($1::text[], $2::text[], $3::boolean[], $4::bigint[], $5::jsonb[])
+ON CONFLICT (customer_id) DO UPDATE
+SET email = EXCLUDED.email, deleted = EXCLUDED.deleted, position = EXCLUDED.position, state = EXCLUDED.state;
+
+-- name: subscriptions_load
+SELECT subscription_id AS id, position, state::text AS state
+FROM subscriptions WHERE subscription_id = ANY ($1::text[]);
+
+-- name: subscriptions_upsert
+INSERT INTO subscriptions (subscription_id, customer_id, status, position, state)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::jsonb[])
+ON CONFLICT (subscription_id) DO UPDATE
+SET customer_id = EXCLUDED.customer_id, status = EXCLUDED.status, position = EXCLUDED.position,
+    state = EXCLUDED.state;
+
+-- name: order_get
+SELECT checkout_session_id, position, state::text AS state FROM orders WHERE checkout_session_id = $1;
+
+-- name: order_intents
+-- The intents the sessions list, and the intents that name the sessions themselves.
+SELECT o.checkout_session_id, pi.payment_intent_id, pi.position, pi.state::text AS state
+FROM unnest($1::text[], $2::text[]) AS o(checkout_session_id, listed)
+JOIN order_payment_intents pi
+  ON pi.payment_intent_id = o.listed OR pi.checkout_session_id = o.checkout_session_id
+ORDER BY o.checkout_session_id, pi.payment_intent_id;
+
+-- name: orders_list
+-- Newest first; the cursor is (sort_at, checkout_session_id) of the last row of the previous page.
+SELECT checkout_session_id, position, state::text AS state, sort_at
+FROM orders
+WHERE ($1::text IS NULL OR customer_id = $1)
+  AND ($2::text IS NULL OR status = $2)
+  AND ($3::text IS NULL OR client_reference_id = $3)
+  AND ($4::bigint IS NULL OR (sort_at, checkout_session_id) < ($4, $5::text))
+ORDER BY sort_at DESC, checkout_session_id DESC
+LIMIT $6;
+
+-- name: customer_get
+SELECT customer_id, position, state::text AS state FROM customers WHERE customer_id = $1;
+
+-- name: subscription_get
+SELECT subscription_id, position, state::text AS state FROM subscriptions WHERE subscription_id = $1;

@@ -1,0 +1,93 @@
+"""Mergeable entity state: the reason projections give the same answer for any delivery order.
+
+Every fact an event contributes is merged with a join that is commutative, associative and
+idempotent, so replaying any permutation of the same events, with any number of duplicates and
+in any batching, gives the same state:
+
+* ``offer(field, value, key)``: the value with the largest ``key`` wins (last-writer-wins, where
+  "last" is defined by the event's own time and lifecycle rank, never by arrival);
+* ``add(name, item)``: set union;
+* ``earliest(name, when)`` / ``latest(name, when)``: min / max;
+* ``flag(name)``: once true, true.
+
+The whole state is kept as one JSON document per entity, next to a few indexed columns.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["Key", "State"]
+
+Key = tuple[int, ...]
+
+
+class State:
+    __slots__ = ("_doc",)
+
+    def __init__(self, doc: dict[str, Any] | None = None) -> None:
+        self._doc: dict[str, Any] = doc if doc is not None else {"v": {}, "k": {}, "s": {}, "m": {}}
+
+    @property
+    def doc(self) -> dict[str, Any]:
+        return self._doc
+
+    # last-writer-wins fields ---------------------------------------------------------------
+    def offer(self, field: str, value: Any, key: Key) -> None:
+        if value is None:
+            return
+        keys = self._doc["k"]
+        current = keys.get(field)
+        if current is None or list(key) > current:
+            keys[field] = list(key)
+            self._doc["v"][field] = value
+
+    def get(self, field: str, default: Any = None) -> Any:
+        return self._doc["v"].get(field, default)
+
+    def key_of(self, field: str) -> list[int] | None:
+        key = self._doc["k"].get(field)
+        return list(key) if key is not None else None
+
+    # sets -----------------------------------------------------------------------------------
+    def add(self, name: str, item: str | None) -> None:
+        if item is None:
+            return
+        items: list[str] = self._doc["s"].setdefault(name, [])
+        if item not in items:
+            items.append(item)
+            items.sort()
+
+    def items(self, name: str) -> list[str]:
+        return list(self._doc["s"].get(name, []))
+
+    # min / max / flags ---------------------------------------------------------------------
+    def earliest(self, name: str, value: int | None) -> None:
+        if value is None:
+            return
+        marks = self._doc["m"]
+        current = marks.get("min:" + name)
+        if current is None or value < current:
+            marks["min:" + name] = value
+
+    def latest(self, name: str, value: int | None) -> None:
+        if value is None:
+            return
+        marks = self._doc["m"]
+        current = marks.get("max:" + name)
+        if current is None or value > current:
+            marks["max:" + name] = value
+
+    def flag(self, name: str) -> None:
+        self._doc["m"]["flag:" + name] = True
+
+    def min_of(self, name: str) -> int | None:
+        value = self._doc["m"].get("min:" + name)
+        return int(value) if value is not None else None
+
+    def max_of(self, name: str) -> int | None:
+        value = self._doc["m"].get("max:" + name)
+        return int(value) if value is not None else None
+
+    def flagged(self, name: str) -> bool:
+        return bool(self._doc["m"].get("flag:" + name, False))

@@ -1,0 +1,128 @@
+"""The ``subscriptions`` projection: lifecycle status and payment state per subscription.
+
+Among conflicting updates the larger ``event_dt`` wins, then the lifecycle rank, then the log
+position: deterministic, never arrival order. ``customer.subscription.deleted`` means
+``canceled``. ``invoice.*`` events that name a subscription update its payment state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from projections.base import Deltas, LogRow, Projection, Table
+from projections.flex import as_bool, as_int, as_str, epoch_micros, event_micros, id_of, resource
+from projections.orders import SESSION_STATUS_RANK
+from projections.state import State
+
+__all__ = ["STATUS_RANK", "SUBSCRIPTIONS"]
+
+STATUS_RANK = {
+    "incomplete": 0,
+    "incomplete_expired": 1,
+    "trialing": 2,
+    "active": 3,
+    "past_due": 4,
+    "unpaid": 5,
+    "paused": 6,
+    "canceled": 7,
+}
+_INVOICE_PAYMENT = {
+    "invoice.created": "open",
+    "invoice.finalized": "open",
+    "invoice.updated": None,
+    "invoice.paid": "paid",
+    "invoice.payment_succeeded": "paid",
+    "invoice.payment_failed": "failed",
+    "invoice.payment_action_required": "action_required",
+    "invoice.voided": "void",
+    "invoice.marked_uncollectible": "uncollectible",
+}
+_PAYMENT_RANK = {"open": 0, "action_required": 1, "failed": 2, "uncollectible": 3, "void": 3, "paid": 4}
+
+
+def _subscription(row: LogRow, deltas: Deltas) -> bool:
+    sub = resource(row.payload, "subscription", "subscription_id")
+    if sub is None:
+        return False
+    subscription_id = as_str(sub.get("subscription_id")) or as_str(sub.get("id"))
+    if subscription_id is None:
+        return False
+    when = event_micros(row.payload)
+    status = "canceled" if row.event_type == "customer.subscription.deleted" else as_str(sub.get("status"))
+    key = (when, STATUS_RANK.get(status or "", -1), row.position)
+    state = deltas.state("subscriptions", subscription_id, row.position)
+    state.offer("status", status, key)
+    state.offer("customer_id", id_of(sub.get("customer"), "customer_id"), (1, *key))
+    for field in ("current_period_start", "current_period_end", "trial_start", "trial_end", "cancel_at"):
+        state.offer(field, epoch_micros(sub.get(field)), key)
+    state.offer("cancel_at_period_end", as_bool(sub.get("cancel_at_period_end")), key)
+    state.offer("latest_invoice", id_of(sub.get("latest_invoice"), "invoice_id"), key)
+    state.offer("test_mode", as_bool(sub.get("test_mode")), key)
+    state.offer("created_at", epoch_micros(sub.get("created_at")), key)
+    items = sub.get("items")
+    if isinstance(items, list):
+        for item in items:
+            if isinstance(item, dict):
+                state.add("price_ids", id_of(item.get("price"), "price_id"))
+    if status == "canceled":
+        state.earliest("canceled_at", when or None)
+    return True
+
+
+def _invoice(row: LogRow, deltas: Deltas) -> bool:
+    invoice = resource(row.payload, "invoice", "invoice_id")
+    if invoice is None:
+        return False
+    subscription_id = id_of(invoice.get("subscription"), "subscription_id") or as_str(invoice.get("subscription_id"))
+    if subscription_id is None:
+        return False
+    when = event_micros(row.payload)
+    payment = _INVOICE_PAYMENT.get(row.event_type) or as_str(invoice.get("status"))
+    key = (when, _PAYMENT_RANK.get(payment or "", -1), row.position)
+    state = deltas.state("subscriptions", subscription_id, row.position)
+    state.offer("payment_status", payment, key)
+    state.offer("latest_invoice", as_str(invoice.get("invoice_id")), key)
+    state.offer("latest_invoice_amount", as_int(invoice.get("amount_paid", invoice.get("total"))), key)
+    state.offer("customer_id", id_of(invoice.get("customer"), "customer_id"), (0, *key))
+    if payment == "paid":
+        state.latest("last_paid_at", when or None)
+    return True
+
+
+def _session(row: LogRow, deltas: Deltas) -> bool:
+    session = resource(row.payload, "checkout_session", "checkout_session_id")
+    if session is None:
+        return False
+    subscription_id = id_of(session.get("subscription"), "subscription_id")
+    session_id = as_str(session.get("checkout_session_id"))
+    if subscription_id is None or session_id is None:
+        return False
+    status = as_str(session.get("status"))
+    key = (SESSION_STATUS_RANK.get(status or "", -1), event_micros(row.payload), row.position)
+    state = deltas.state("subscriptions", subscription_id, row.position)
+    state.offer("checkout_session_id", session_id, key)
+    state.offer("customer_id", id_of(session.get("customer"), "customer_id"), (0, *key))
+    return True
+
+
+def fold(row: LogRow, deltas: Deltas) -> bool:
+    if row.event_type.startswith("customer.subscription."):
+        return _subscription(row, deltas)
+    if row.event_type.startswith("invoice."):
+        return _invoice(row, deltas)
+    if row.event_type.startswith("checkout.session."):
+        return _session(row, deltas)
+    return False
+
+
+def _row(_: str, state: State) -> tuple[Any, ...]:
+    return (state.get("customer_id"), state.get("status"))
+
+
+SUBSCRIPTIONS = Projection(
+    name="subscriptions",
+    patterns=("customer.subscription.%", "invoice.%", "checkout.session.%"),
+    tables=(Table("subscriptions", load="subscriptions_load", upsert="subscriptions_upsert", row=_row),),
+    fold=fold,
+    description="subscriptions with lifecycle status and payment state",
+)

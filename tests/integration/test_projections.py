@@ -1,0 +1,184 @@
+"""Projections: the same state for any delivery order, duplicates and batching."""
+
+from __future__ import annotations
+
+import copy
+import random
+import uuid
+
+import asyncpg
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ledger.scenarios import Checkout, checkout_events
+from tests.conftest import DatabaseFactory
+from tests.projection_support import append, project, snapshot
+
+
+async def test_split_cart_is_one_order_with_two_payments(pool: asyncpg.Pool) -> None:
+    c = Checkout(seed=1, split=True)
+    await append(pool, checkout_events(c))
+    await project(pool)
+    state = await snapshot(pool)
+    [order] = state["orders"]
+    assert order["status"] == "complete"
+    assert order["checkout_session_id"] == c.session_id
+    assert order["customer_id"] == c.customer_id
+    assert order["customer_email"] == c.email
+    assert order["amount_total"] == c.total
+    assert [p["payment_intent_id"] for p in order["payment_intents"]] == sorted(c.intents)
+    assert {p["status"] for p in order["payment_intents"]} == {"succeeded"}
+    assert sum(p["amount"] for p in order["payment_intents"]) == c.total
+    assert order["fulfillment"]["status"] == "pending"
+    assert order["completed_at"] == "2026-01-01T00:00:20Z"
+    [customer] = state["customers"]
+    assert customer["order_ids"] == [c.session_id]
+    assert customer["first_name"] == "Sam"
+
+
+async def test_payments_before_the_session_still_attach(pool: asyncpg.Pool) -> None:
+    c = Checkout(seed=2)
+    events = checkout_events(c)
+    payments = [e for e in events if e["event_type"].startswith("payment_intent.")]
+    await append(pool, payments)
+    await project(pool)
+    assert (await snapshot(pool))["orders"] == []
+    await append(pool, [e for e in events if e not in payments])
+    await project(pool)
+    [order] = (await snapshot(pool))["orders"]
+    assert [p["status"] for p in order["payment_intents"]] == ["succeeded"]
+
+
+async def test_late_open_event_never_downgrades_a_completed_order(pool: asyncpg.Pool) -> None:
+    c = Checkout(seed=3)
+    completed = checkout_events(c)[-1]
+    stale = copy.deepcopy(completed)
+    stale.update(event_id="evt_stale", event_type="checkout.session.updated", event_dt=c.start + 99)
+    stale["object"]["checkout_session"].update(status="open", amount_total=1)
+    await append(pool, [completed, stale])
+    await project(pool)
+    [order] = (await snapshot(pool))["orders"]
+    assert order["status"] == "complete"
+    assert order["amount_total"] == c.total
+
+
+async def test_subscription_lifecycle_and_payment_state(pool: asyncpg.Pool) -> None:
+    c = Checkout(seed=4, mode="subscription")
+    events = checkout_events(c)
+    await append(pool, list(reversed(events)))
+    await project(pool)
+    state = await snapshot(pool)
+    [sub] = state["subscriptions"]
+    assert sub["status"] == "active"
+    assert sub["payment_status"] == "paid"
+    assert sub["checkout_session_id"] == c.session_id
+    assert sub["customer_id"] == c.customer_id
+    assert state["customers"][0]["subscription_ids"] == [c.subscription_id]
+    deleted = {
+        "event_dt": c.start + 500,
+        "event_id": "evt_del",
+        "event_type": "customer.subscription.deleted",
+        "object": {"subscription": {"subscription_id": c.subscription_id, "status": "active"}},
+    }
+    await append(pool, [deleted])
+    await project(pool)
+    [sub] = (await snapshot(pool))["subscriptions"]
+    assert sub["status"] == "canceled"
+
+
+async def test_same_second_updates_resolve_by_lifecycle_rank(pool: asyncpg.Pool) -> None:
+    """Equal event_dt: the later lifecycle status wins, whatever the arrival order."""
+
+    def update(status: str) -> dict:
+        return {
+            "event_dt": 1_767_225_700,
+            "event_id": f"evt_{uuid.uuid4().hex}",
+            "event_type": "customer.subscription.updated",
+            "object": {"subscription": {"subscription_id": "fsub_tie", "status": status, "customer": "fcus_t"}},
+        }
+
+    await append(pool, [update("active"), update("incomplete")])
+    await project(pool)
+    [sub] = (await snapshot(pool))["subscriptions"]
+    assert sub["status"] == "active"
+
+
+async def test_customer_deleted_marks_and_keeps(pool: asyncpg.Pool) -> None:
+    c = Checkout(seed=5)
+    events = checkout_events(c)
+    deleted = {
+        "event_dt": c.start + 2,
+        "event_id": "evt_cdel",
+        "event_type": "customer.deleted",
+        "object": {"customer": {"customer_id": c.customer_id}},
+    }
+    await append(pool, [deleted, *events])
+    await project(pool)
+    [customer] = (await snapshot(pool))["customers"]
+    assert customer["deleted"] is True
+    assert customer["email"] == c.email
+    assert customer["order_ids"] == [c.session_id]
+
+
+async def test_unknown_types_and_shapes_are_counted_not_fatal(pool: asyncpg.Pool) -> None:
+    odd = [
+        {"event_id": "e1", "event_type": "checkout.session.completed", "object": "nope"},
+        {"event_id": "e2", "event_type": "checkout.session.completed", "object": {"checkout_session": {"status": 5}}},
+        {"event_id": "e3", "event_type": "charge.dispute.created", "object": {}},
+        {"event_id": "e4", "event_type": "payment_intent.succeeded", "object": {"payment_intent": {"amount": "x"}}},
+    ]
+    await append(pool, odd + checkout_events(Checkout(seed=6)))
+    await project(pool)
+    assert len((await snapshot(pool))["orders"]) == 1
+    ignored = await pool.fetchval("SELECT ignored_events FROM projection_state WHERE name = 'orders'")
+    failed = await pool.fetchval("SELECT sum(failed_events) FROM projection_state")
+    assert ignored >= 4
+    assert failed == 0
+
+
+def _deliveries(rng: random.Random, checkouts: list[Checkout]) -> list[dict]:
+    """Every event, shuffled, with some re-sent as exact copies and some as the same fact under a new id."""
+    events = [e for c in checkouts for e in checkout_events(c)]
+    extra = []
+    for e in rng.sample(events, k=rng.randint(0, len(events))):
+        copy_ = copy.deepcopy(e)
+        if rng.random() < 0.5:
+            copy_["event_id"] = f"evt_resent_{rng.getrandbits(64):x}"
+        extra.append(copy_)
+    deliveries = events + extra
+    rng.shuffle(deliveries)
+    return deliveries
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    shapes=st.lists(st.tuples(st.sampled_from(["payment", "subscription"]), st.booleans()), min_size=1, max_size=3),
+    seed=st.integers(0, 2**32),
+    chunks=st.integers(1, 4),
+    batch_size=st.integers(1, 7),
+)
+async def test_any_order_duplicates_and_batching_give_the_in_order_state(
+    databases: DatabaseFactory, shapes: list[tuple[str, bool]], seed: int, chunks: int, batch_size: int
+) -> None:
+    checkouts = [Checkout(seed=seed + i, mode=mode, split=split) for i, (mode, split) in enumerate(shapes)]
+    in_order = [e for c in checkouts for e in checkout_events(c)]
+    async with databases.fresh() as dsn:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+        try:
+            await append(pool, in_order)
+            await project(pool)
+            expected = await snapshot(pool)
+        finally:
+            await pool.close()
+    deliveries = _deliveries(random.Random(seed), checkouts)
+    async with databases.fresh() as dsn:
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+        try:
+            size = -(-len(deliveries) // chunks)
+            for i in range(0, len(deliveries), size):
+                await append(pool, deliveries[i : i + size])
+                await project(pool, batch_size=batch_size)
+            actual = await snapshot(pool)
+        finally:
+            await pool.close()
+    assert actual == expected
