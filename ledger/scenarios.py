@@ -36,7 +36,7 @@ class Checkout:
         self.customer_id = f"fcus_{_ulid(rng)}"
         self.email = f"shopper{self.seed}@example.com"
         self.reference = f"order-{self.seed}"
-        self.prices = [
+        self.prices: list[dict[str, Any]] = [
             {
                 "price_id": f"fprice_{_ulid(rng)}",
                 "unit_amount": rng.randint(5, 200) * 100,
