@@ -1,0 +1,155 @@
+"""Runner and rebuild against a real PostgreSQL: exactly-once across runners, blue/green rebuilds."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import asyncpg
+import pytest
+
+from ledger.scenarios import Checkout, checkout_events
+from projections.apply import ProjectionFailed
+from projections.base import Deltas, LogRow
+from projections.orders import ORDERS
+from projections.rebuild import rebuild
+from projections.registry import PROJECTIONS
+from projections.runner import ProjectionRunner, catch_up_once
+from tests.projection_support import append, project, snapshot
+
+
+def _events(n_checkouts: int, start_seed: int = 0) -> list[dict]:
+    return [
+        e
+        for i in range(n_checkouts)
+        for e in checkout_events(
+            Checkout(seed=start_seed + i, split=i % 3 == 0, mode="subscription" if i % 4 == 0 else "payment")
+        )
+    ]
+
+
+async def _rebuild_all(db_dsn: str) -> None:
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        for projection in PROJECTIONS.values():
+            await rebuild(conn, projection, batch_size=7, switch_gap=5)
+    finally:
+        await conn.close()
+
+
+async def test_rebuild_gives_the_live_state_exactly(db_dsn: str, pool: asyncpg.Pool) -> None:
+    events = _events(12)
+    for i in range(0, len(events), 10):
+        await append(pool, events[i : i + 10])
+        await project(pool, batch_size=4)
+    live = await snapshot(pool, drop_positions=False)
+    generations = await pool.fetchval("SELECT sum(generation) FROM projection_state")
+    await _rebuild_all(db_dsn)
+    assert await snapshot(pool, drop_positions=False) == live
+    assert await pool.fetchval("SELECT sum(generation) FROM projection_state") == generations + 3
+    assert await pool.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'ledger_build_%'") == 0
+    head = await pool.fetchval("SELECT position FROM ledger_head")
+    assert {r[0] for r in await pool.fetch("SELECT position FROM projection_state")} == {head}
+
+
+async def test_live_runner_reloads_after_a_rebuild_switch(db_dsn: str, pool: asyncpg.Pool) -> None:
+    await append(pool, _events(3))
+    await project(pool)
+    await _rebuild_all(db_dsn)
+    more = _events(2, start_seed=100)
+    await append(pool, more)
+    async with pool.acquire() as conn:
+        while await catch_up_once(conn, ORDERS, 1000):
+            pass
+    sessions = {r[0] for r in await pool.fetch("SELECT checkout_session_id FROM orders")}
+    assert {Checkout(seed=100).session_id, Checkout(seed=101).session_id} <= sessions
+    assert len(sessions) == 5
+
+
+async def test_two_runners_apply_every_event_exactly_once(db_dsn: str, pool: asyncpg.Pool) -> None:
+    wake_a, wake_b = asyncio.Event(), asyncio.Event()
+    a = ProjectionRunner(db_dsn, ORDERS, wake_a, batch_size=3, poll_interval=0.05, standby_interval=0.05)
+    b = ProjectionRunner(db_dsn, ORDERS, wake_b, batch_size=3, poll_interval=0.05, standby_interval=0.05)
+    tasks = [asyncio.create_task(a.run()), asyncio.create_task(b.run())]
+    events = _events(10)
+    relevant = sum(1 for e in events if e["event_type"].startswith(("checkout.session.", "payment_intent.")))
+    try:
+        for i in range(0, len(events), 5):
+            await append(pool, events[i : i + 5])
+            wake_a.set()
+            wake_b.set()
+            await asyncio.sleep(0.01)
+        head = await pool.fetchval("SELECT position FROM ledger_head")
+        for _ in range(200):
+            if await pool.fetchval("SELECT position FROM projection_state WHERE name = 'orders'") == head:
+                break
+            await asyncio.sleep(0.05)
+        assert [a.active, b.active].count(True) == 1, "exactly one runner holds the projection"
+        # the active one goes away: the standby takes over
+        active = tasks[0] if a.active else tasks[1]
+        active.cancel()
+        await asyncio.gather(active, return_exceptions=True)
+        await append(pool, _events(2, start_seed=50))
+        for _ in range(200):
+            if await pool.fetchval(
+                "SELECT position FROM projection_state WHERE name = 'orders'"
+            ) == await pool.fetchval("SELECT position FROM ledger_head"):
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    more = sum(
+        1 for e in _events(2, start_seed=50) if e["event_type"].startswith(("checkout.session.", "payment_intent."))
+    )
+    row = await pool.fetchrow("SELECT applied_events, position FROM projection_state WHERE name = 'orders'")
+    assert row["applied_events"] == relevant + more
+    assert row["position"] == await pool.fetchval("SELECT position FROM ledger_head")
+    assert await pool.fetchval("SELECT count(*) FROM orders") == 12
+
+
+def _fragile_orders() -> object:
+    """The orders projection, with a fold that cannot handle events marked 'poison'."""
+
+    def fold(row: LogRow, deltas: Deltas) -> bool:
+        if row.payload.get("poison"):
+            raise ValueError("poisoned event")
+        return ORDERS.fold(row, deltas)
+
+    return dataclasses.replace(ORDERS, fold=fold)
+
+
+async def test_live_mode_records_a_failure_and_goes_on_rebuild_fails_fast(db_dsn: str, pool: asyncpg.Pool) -> None:
+    fragile = _fragile_orders()
+    good = _events(2)
+    poison = {
+        "event_id": "evt_poison",
+        "event_type": "checkout.session.completed",
+        "poison": True,
+        "object": {"checkout_session": {"checkout_session_id": "fcs_poison", "status": "complete"}},
+    }
+    await append(pool, [good[0], poison, *good[1:]])
+    async with pool.acquire() as conn:
+        while await catch_up_once(conn, fragile, 100):  # type: ignore[arg-type]
+            pass
+    row = await pool.fetchrow(
+        "SELECT failed_events, last_error, last_error_position FROM projection_state WHERE name = 'orders'"
+    )
+    assert row["failed_events"] == 1
+    assert row["last_error_position"] == 2
+    assert "poisoned" in row["last_error"]
+    assert await pool.fetchval("SELECT count(*) FROM orders") == 2
+    before = await snapshot(pool, drop_positions=False)
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        with pytest.raises(ProjectionFailed) as info:
+            await rebuild(conn, fragile, batch_size=5)  # type: ignore[arg-type]
+    finally:
+        await conn.close()
+    assert info.value.position == 2
+    assert await snapshot(pool, drop_positions=False) == before
+    # the real projection (which can apply that event) rebuilds over the leftover build schema
+    await _rebuild_all(db_dsn)
+    assert len((await snapshot(pool))["orders"]) == 3
+    assert await pool.fetchval("SELECT failed_events FROM projection_state WHERE name = 'orders'") == 0
