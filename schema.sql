@@ -200,7 +200,7 @@ CREATE TABLE IF NOT EXISTS orders (
     subscription_id      text,
     sort_at              bigint NOT NULL,          -- microseconds: created_at, else first seen
     position             bigint NOT NULL,          -- last log position applied to this order
-    state                jsonb NOT NULL
+    state                json NOT NULL              -- the mergeable state (projections/state.py)
 );
 CREATE INDEX IF NOT EXISTS orders_sort_idx ON orders (sort_at DESC, checkout_session_id DESC);
 CREATE INDEX IF NOT EXISTS orders_customer_idx ON orders (customer_id, sort_at DESC, checkout_session_id DESC);
@@ -211,7 +211,7 @@ CREATE TABLE IF NOT EXISTS order_payment_intents (
     payment_intent_id    text PRIMARY KEY,
     checkout_session_id  text,
     position             bigint NOT NULL,
-    state                jsonb NOT NULL
+    state                json NOT NULL              -- the mergeable state (projections/state.py)
 );
 CREATE INDEX IF NOT EXISTS order_payment_intents_session_idx ON order_payment_intents (checkout_session_id);
 -- end projection: orders
@@ -222,7 +222,7 @@ CREATE TABLE IF NOT EXISTS customers (
     email        text,
     deleted      boolean NOT NULL DEFAULT false,
     position     bigint NOT NULL,
-    state        jsonb NOT NULL
+    state        json NOT NULL
 );
 CREATE INDEX IF NOT EXISTS customers_email_idx ON customers (email);
 -- end projection: customers
@@ -233,7 +233,7 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     customer_id      text,
     status           text,
     position         bigint NOT NULL,
-    state            jsonb NOT NULL
+    state            json NOT NULL
 );
 CREATE INDEX IF NOT EXISTS subscriptions_customer_idx ON subscriptions (customer_id);
 -- end projection: subscriptions

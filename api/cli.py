@@ -29,7 +29,7 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 @contextlib.asynccontextmanager
-async def database(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+async def database(settings: Settings) -> AsyncIterator[tuple[asyncpg.Connection, str]]:
     """A connection to the configured database (starting the embedded one if needed), schema applied."""
     embedded = None
     dsn = settings.database_url
@@ -40,7 +40,7 @@ async def database(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
         async with connect(dsn) as conn:
             await conn.execute("SET statement_timeout = 0")
             await apply_schema(conn)
-            yield conn
+            yield conn, dsn
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
@@ -85,7 +85,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return _fail(exc.message)
 
     async def run() -> int:
-        async with database(settings) as conn:
+        async with database(settings) as (conn, _):
 
             def progress(rows: int) -> None:
                 if sys.stderr.isatty():
@@ -122,20 +122,19 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     async def run() -> int:
         from projections.apply import ProjectionFailed
 
-        async with database(settings) as conn:
-            for name in names:
-                show = ProgressPrinter(name)
-                try:
-                    done: Progress = await rebuild(conn, PROJECTIONS[name], on_progress=show)
-                except (ProjectionFailed, RebuildBusy) as exc:
-                    show.close()
-                    print(f"ledger rebuild: {exc}; the live state is unchanged", file=sys.stderr)
-                    return 1
+        async with database(settings) as (conn, dsn):
+            show = ProgressPrinter(", ".join(names))
+            try:
+                done: Progress = await rebuild(conn, [PROJECTIONS[n] for n in names], dsn=dsn, on_progress=show)
+            except (ProjectionFailed, RebuildBusy) as exc:
                 show.close()
-                print(
-                    f"ledger rebuild: {name}: rebuilt from {done.position} events "
-                    f"({done.events_per_second:,.0f} events/s) and switched in"
-                )
+                print(f"ledger rebuild: {exc}; the live state is unchanged", file=sys.stderr)
+                return 1
+            show.close()
+            print(
+                f"ledger rebuild: {', '.join(names)}: rebuilt from {done.position} events "
+                f"({done.events_per_second:,.0f} events/s) and switched in"
+            )
         return 0
 
     try:
@@ -200,7 +199,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     async def run() -> int:
         from projections.read import projection_status
 
-        async with database(settings) as conn:
+        async with database(settings) as (conn, _):
             rows = await projection_status(conn)
             head = await conn.fetchval("SELECT position FROM ledger_head WHERE id = 1")
             events = await conn.fetchval("SELECT count(*) FROM events")

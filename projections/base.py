@@ -1,6 +1,6 @@
 """What a projection is: a pure fold from logged events into mergeable per-entity state.
 
-A projection names the event types it reads (SQL ``LIKE`` patterns), folds each event into
+A projection names the event types it reads (type prefixes), folds each event into
 *delta* states (no database, no clock), and says how a state becomes a table row. The runner
 loads the current states of the entities a batch touched, merges the deltas in, and writes the
 rows back with one statement per table.
@@ -16,7 +16,7 @@ import msgspec
 
 from projections.state import State
 
-__all__ = ["Deltas", "LogRow", "Projection", "Table", "merge"]
+__all__ = ["Deltas", "LogRow", "Projection", "Table", "like_patterns", "merge"]
 
 
 class LogRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,7 +57,7 @@ def merge(into: State, other: State) -> State:
     """The join of two states (commutative, associative, idempotent)."""
     doc = other.doc
     for fld, value in doc["v"].items():
-        into.offer(fld, value, tuple(doc["k"][fld]))
+        into.offer(fld, value, doc["k"][fld])
     for name, items in doc["s"].items():
         for item in items:
             into.add(name, item)
@@ -72,14 +72,26 @@ def merge(into: State, other: State) -> State:
     return into
 
 
+def like_patterns(prefixes: Iterable[str]) -> list[str]:
+    return sorted({p.replace("\\", "\\\\").replace("_", "\\_").replace("%", "\\%") + "%" for p in prefixes})
+
+
 @dataclass
 class Projection:
     name: str
-    patterns: tuple[str, ...]
+    prefixes: tuple[str, ...]  # event types it reads, e.g. "checkout.session."
     tables: tuple[Table, ...]
     fold: Callable[[LogRow, Deltas], bool]
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def matches(self, event_type: str) -> bool:
+        return event_type.startswith(self.prefixes)
+
+    @property
+    def patterns(self) -> list[str]:
+        """``prefixes`` as SQL ``LIKE`` patterns (``_`` and ``%`` escaped)."""
+        return like_patterns(self.prefixes)
 
     def table(self, name: str) -> Table:
         return next(t for t in self.tables if t.name == name)

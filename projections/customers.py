@@ -27,7 +27,7 @@ def _customer(row: LogRow, deltas: Deltas) -> bool:
     if customer_id is None:
         return False
     when = event_micros(row.payload)
-    key = (_FROM_CUSTOMER, when, row.position)
+    key = [_FROM_CUSTOMER, when, row.position]
     state = deltas.state("customers", customer_id, row.position)
     for field in ("email", "first_name", "last_name", "phone"):
         state.offer(field, as_str(obj.get(field)), key)
@@ -50,7 +50,7 @@ def _session(row: LogRow, deltas: Deltas) -> bool:
     session_id = as_str(session.get("checkout_session_id"))
     if customer_id is None or session_id is None:
         return False
-    key = (_FROM_OTHERS, event_micros(row.payload), row.position)
+    key = [_FROM_OTHERS, event_micros(row.payload), row.position]
     state = deltas.state("customers", customer_id, row.position)
     state.add("order_ids", session_id)
     state.add("subscription_ids", id_of(session.get("subscription"), "subscription_id"))
@@ -91,7 +91,7 @@ def _row(_: str, state: State) -> tuple[Any, ...]:
 
 CUSTOMERS = Projection(
     name="customers",
-    patterns=("customer.%", "checkout.session.%"),
+    prefixes=("customer.", "checkout.session."),
     tables=(Table("customers", load="customers_load", upsert="customers_upsert", row=_row),),
     fold=fold,
     description="customers with their contact details, orders and subscriptions",

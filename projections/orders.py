@@ -53,7 +53,7 @@ def _payment_intent(
         return None
     status = as_str(obj.get("status")) or status_hint
     rank = PAYMENT_STATUS_RANK.get(status or "", -1)
-    key = (rank, when, position)
+    key = [rank, when, position]
     state = deltas.state("order_payment_intents", pi_id, position)
     state.offer("status", status, key)
     state.offer("amount", as_int(obj.get("amount")), key)
@@ -76,7 +76,7 @@ def _session(row: LogRow, session: dict[str, Any], deltas: Deltas) -> bool:
     when = event_micros(row.payload)
     status = as_str(session.get("status")) or _SESSION_STATUS_FROM_TYPE.get(row.event_type)
     rank = SESSION_STATUS_RANK.get(status or "", -1)
-    key = (rank, when, row.position)
+    key = [rank, when, row.position]
     state = deltas.state("orders", session_id, row.position)
     state.offer("status", status, key)
     state.offer("mode", as_str(session.get("mode")), key)
@@ -142,7 +142,7 @@ def _intent_row(_: str, state: State) -> tuple[Any, ...]:
 
 ORDERS = Projection(
     name="orders",
-    patterns=("checkout.session.%", "payment_intent.%"),
+    prefixes=("checkout.session.", "payment_intent."),
     tables=(
         Table("orders", load="orders_load", upsert="orders_upsert", row=_order_row),
         Table("order_payment_intents", load="intents_load", upsert="intents_upsert", row=_intent_row),

@@ -1,35 +1,39 @@
-"""Blue/green rebuild of a projection from the log, with zero downtime.
+"""Blue/green rebuild of projections from the log, with zero downtime.
 
-1. The projection's tables are created afresh in a build schema (``ledger_build_<name>``) from
-   its block in ``schema.sql``; the live tables keep serving and the live runner keeps going.
-2. The whole log is folded into the build tables in batches (rebuild mode: the first event that
-   cannot be applied stops the rebuild). The same SQL runs with the build schema first on the
-   search path.
+1. The projections' tables are created afresh in a build schema (``ledger_build``) from their
+   blocks in ``schema.sql``; the live tables keep serving and the live runners keep going.
+2. The log is read once, in batches (the next batch is fetched while the current one is
+   applied), and every event is folded into each projection that reads its type, in rebuild
+   mode: the first event that cannot be applied stops the rebuild. The same SQL runs with the
+   build schema first on the search path.
 3. Once nearly caught up, one transaction locks the live tables (reads wait a moment; nothing
-   fails), applies the last events, swaps the build tables in, and sets the checkpoint and a new
-   generation, so the live runner's next compare-and-set fails and it reloads.
+   fails), applies the last events, swaps the build tables in, and sets each checkpoint and a
+   new generation, so the live runners' next compare-and-set fails and they reload.
 
-An interrupted or failed rebuild leaves the live tables and checkpoint untouched; the next run
+An interrupted or failed rebuild leaves the live tables and checkpoints untouched; the next run
 drops the leftover build schema and starts again. Rebuilds never call Flex and never touch the
 fulfillment reactor.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import asyncpg
 import msgspec
 
+from ledger.db import SERVER_SETTINGS, schema_sql
 from ledger.db import queries as ledger_queries
-from ledger.db import schema_sql
-from projections.apply import BatchResult, apply_batch, decode_rows, queries
-from projections.base import Projection
+from projections.apply import apply_batch, decode_rows, queries
+from projections.base import LogRow, Projection, like_patterns
 from projections.runner import LOCK_NAMESPACE, REBUILD_LOCK_OFFSET, lock_id
 
-__all__ = ["Progress", "RebuildBusy", "rebuild", "tables_ddl"]
+__all__ = ["BUILD_SCHEMA", "Progress", "RebuildBusy", "rebuild", "tables_ddl"]
+
+BUILD_SCHEMA = "ledger_build"
 
 
 class RebuildBusy(Exception):
@@ -37,11 +41,16 @@ class RebuildBusy(Exception):
 
 
 class Progress(msgspec.Struct, kw_only=True):
-    projection: str
+    projections: list[str]
     position: int
     head: int
     events_per_second: float
     done: bool = False
+
+
+class _Counts(msgspec.Struct):
+    applied: int = 0
+    ignored: int = 0
 
 
 def tables_ddl(name: str) -> str:
@@ -56,102 +65,142 @@ def tables_ddl(name: str) -> str:
     return match.group(1)
 
 
-def _build_schema(name: str) -> str:
-    return f"ledger_build_{name}"
+def _statements(ddl: str) -> list[str]:
+    """The statements of a projection's DDL block (plain statements, no bodies with semicolons)."""
+    lines = [line for line in ddl.splitlines() if not line.lstrip().startswith("--")]
+    return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
 
 
-async def _apply_range(conn: asyncpg.Connection, projection: Projection, start: int, end: int) -> BatchResult:
-    records = await conn.fetch(queries.read_batch, start, end, list(projection.patterns))
-    rows, undecodable = decode_rows(records)
-    result = await apply_batch(conn, projection, rows, strict=True)
-    result.ignored += (end - start) - len(records) + undecodable
-    return result
+async def _apply(
+    conn: asyncpg.Connection,
+    projections: Sequence[Projection],
+    records: Sequence[asyncpg.Record],
+    start: int,
+    end: int,
+    counts: dict[str, _Counts],
+) -> None:
+    rows, _ = decode_rows(records)
+    for projection in projections:
+        mine: list[LogRow] = [r for r in rows if projection.matches(r.event_type)]
+        result = await apply_batch(conn, projection, mine, strict=True)
+        c = counts[projection.name]
+        c.applied += result.applied
+        c.ignored += (end - start) - len(mine) + result.ignored
 
 
 async def rebuild(
     conn: asyncpg.Connection,
-    projection: Projection,
+    projections: Sequence[Projection],
     *,
+    dsn: str | None = None,
     batch_size: int = 5000,
     on_progress: Callable[[Progress], None] | None = None,
     switch_gap: int = 2000,
 ) -> Progress:
-    """Rebuilds ``projection`` on ``conn`` (a dedicated connection). Returns the final progress."""
-    if not await conn.fetchval(
-        "SELECT pg_try_advisory_lock($1, $2)", LOCK_NAMESPACE, REBUILD_LOCK_OFFSET + lock_id(projection.name)
-    ):
-        raise RebuildBusy(f"a rebuild of {projection.name} is already running")
-    schema = _build_schema(projection.name)
-    ident = f'"{schema}"'  # a fixed name made of the projection's own [a-z_] name
+    """Rebuilds ``projections`` on ``conn`` (a dedicated connection) in one pass over the log.
+
+    ``dsn``, when given, opens a second connection that reads ahead while batches are applied.
+    """
+    names = [p.name for p in projections]
+    # One rebuild at a time (they share the build schema), and each projection marked as rebuilding.
+    locks = [REBUILD_LOCK_OFFSET, *(REBUILD_LOCK_OFFSET + lock_id(n) for n in names)]
+    taken: list[int] = []
+    for key in locks:
+        if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_NAMESPACE, key):
+            for held in taken:
+                await conn.execute("SELECT pg_advisory_unlock($1, $2)", LOCK_NAMESPACE, held)
+            raise RebuildBusy("another ledger rebuild is running")
+        taken.append(key)
+    patterns = like_patterns(p for projection in projections for p in projection.prefixes)
+    reader = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS) if dsn else conn
+    counts = {n: _Counts() for n in names}
+    pending: asyncio.Task[list[asyncpg.Record]] | None = None
     try:
         await conn.execute("SET statement_timeout = 0")
-        await conn.execute(f"DROP SCHEMA IF EXISTS {ident} CASCADE")
-        await conn.execute(f"CREATE SCHEMA {ident}")
-        await conn.execute(f"SET search_path = {ident}, public")
-        await conn.execute(tables_ddl(projection.name))
+        await conn.execute(f"DROP SCHEMA IF EXISTS {BUILD_SCHEMA} CASCADE")
+        await conn.execute(f"CREATE SCHEMA {BUILD_SCHEMA}")
+        await conn.execute(f"SET search_path = {BUILD_SCHEMA}, public")
+        # Secondary indexes are built once the bulk of the rows is in, not row by row.
+        deferred: list[str] = []
+        for name in names:
+            for statement in _statements(tables_ddl(name)):
+                if statement.upper().startswith("CREATE INDEX"):
+                    deferred.append(statement)
+                else:
+                    await conn.execute(statement)
         await conn.execute(
-            "UPDATE public.projection_state SET rebuild_position = 0, rebuild_started_at = now() WHERE name = $1",
-            projection.name,
+            "UPDATE public.projection_state SET rebuild_position = 0, rebuild_started_at = now() WHERE name = ANY($1)",
+            names,
         )
 
-        position, applied, ignored = 0, 0, 0
+        position = 0
         started = time.monotonic()
 
         def report(head: int, done: bool = False) -> Progress:
             elapsed = max(time.monotonic() - started, 1e-9)
             progress = Progress(
-                projection=projection.name,
-                position=position,
-                head=head,
-                events_per_second=position / elapsed,
-                done=done,
+                projections=names, position=position, head=head, events_per_second=position / elapsed, done=done
             )
             if on_progress is not None:
                 on_progress(progress)
             return progress
 
+        def fetch(start: int, end: int) -> asyncio.Task[list[asyncpg.Record]]:
+            return asyncio.ensure_future(reader.fetch(queries.read_batch, start, end, patterns))
+
         head = await conn.fetchval(ledger_queries.head)
         while head - position > switch_gap:
             end = min(head, position + batch_size)
+            records = await (pending or fetch(position, end))
+            ahead = min(head, end + batch_size)
+            pending = fetch(end, ahead) if reader is not conn and head - end > switch_gap else None
             async with conn.transaction():
-                result = await _apply_range(conn, projection, position, end)
+                await _apply(conn, projections, records, position, end, counts)
                 await conn.execute(
-                    "UPDATE public.projection_state SET rebuild_position = $2 WHERE name = $1", projection.name, end
+                    "UPDATE public.projection_state SET rebuild_position = $2 WHERE name = ANY($1)", names, end
                 )
-            applied, ignored, position = applied + result.applied, ignored + result.ignored, end
+            position = end
             report(head)
-            if head - position <= switch_gap:
+            if pending is None:
                 head = await conn.fetchval(ledger_queries.head)
 
-        # The switch: live tables locked (in the live runner's lock order: tables, then state).
-        live_tables = ", ".join(f"public.{t.name}" for t in projection.tables)
+        for statement in deferred:
+            await conn.execute(statement)
+
+        # The switch: live tables locked first (the live runners' lock order: tables, then state).
+        live_tables = ", ".join(f"public.{t.name}" for p in projections for t in p.tables)
         async with conn.transaction():
             await conn.execute(f"LOCK TABLE {live_tables} IN ACCESS EXCLUSIVE MODE")
-            await conn.execute("SELECT 1 FROM public.projection_state WHERE name = $1 FOR UPDATE", projection.name)
+            await conn.execute("SELECT 1 FROM public.projection_state WHERE name = ANY($1) FOR UPDATE", names)
             head = await conn.fetchval(ledger_queries.head)
             while position < head:
                 end = min(head, position + batch_size)
-                result = await _apply_range(conn, projection, position, end)
-                applied, ignored, position = applied + result.applied, ignored + result.ignored, end
-            for table in projection.tables:
-                await conn.execute(f"DROP TABLE public.{table.name}")
-                await conn.execute(f"ALTER TABLE {ident}.{table.name} SET SCHEMA public")
-            await conn.execute(
-                """UPDATE public.projection_state
-                   SET position = $2, generation = generation + 1, applied_events = $3, ignored_events = $4,
-                       failed_events = 0, last_error = NULL, last_error_position = NULL, last_error_at = NULL,
-                       rebuild_position = NULL, rebuilt_at = now(), updated_at = now()
-                   WHERE name = $1""",
-                projection.name,
-                position,
-                applied,
-                ignored,
-            )
-        await conn.execute(f"DROP SCHEMA IF EXISTS {ident} CASCADE")
+                records = await conn.fetch(queries.read_batch, position, end, patterns)
+                await _apply(conn, projections, records, position, end, counts)
+                position = end
+            for projection in projections:
+                for table in projection.tables:
+                    await conn.execute(f"DROP TABLE public.{table.name}")
+                    await conn.execute(f"ALTER TABLE {BUILD_SCHEMA}.{table.name} SET SCHEMA public")
+                await conn.execute(
+                    """UPDATE public.projection_state
+                       SET position = $2, generation = generation + 1, applied_events = $3, ignored_events = $4,
+                           failed_events = 0, last_error = NULL, last_error_position = NULL, last_error_at = NULL,
+                           rebuild_position = NULL, rebuilt_at = now(), updated_at = now()
+                       WHERE name = $1""",
+                    projection.name,
+                    position,
+                    counts[projection.name].applied,
+                    counts[projection.name].ignored,
+                )
+        await conn.execute(f"DROP SCHEMA IF EXISTS {BUILD_SCHEMA} CASCADE")
         return report(head, done=True)
     finally:
+        if pending is not None:
+            pending.cancel()
+        if reader is not conn:
+            await reader.close()
         if not conn.is_closed():
             await conn.execute("SET search_path TO DEFAULT")
-            await conn.execute(
-                "SELECT pg_advisory_unlock($1, $2)", LOCK_NAMESPACE, REBUILD_LOCK_OFFSET + lock_id(projection.name)
-            )
+            for key in taken:
+                await conn.execute("SELECT pg_advisory_unlock($1, $2)", LOCK_NAMESPACE, key)

@@ -46,7 +46,7 @@ async def catch_up_once(conn: asyncpg.Connection, projection: Projection, batch_
     if start >= head:
         return 0
     end = min(head, start + batch_size)
-    records = await conn.fetch(queries.read_batch, start, end, list(projection.patterns))
+    records = await conn.fetch(queries.read_batch, start, end, projection.patterns)
     rows, undecodable = decode_rows(records)
     async with conn.transaction():
         result = await apply_batch(conn, projection, rows, strict=False)

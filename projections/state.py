@@ -19,7 +19,7 @@ from typing import Any
 
 __all__ = ["Key", "State"]
 
-Key = tuple[int, ...]
+Key = list[int]
 
 
 class State:
@@ -38,8 +38,8 @@ class State:
             return
         keys = self._doc["k"]
         current = keys.get(field)
-        if current is None or list(key) > current:
-            keys[field] = list(key)
+        if current is None or key > current:
+            keys[field] = key
             self._doc["v"][field] = value
 
     def get(self, field: str, default: Any = None) -> Any:

@@ -49,10 +49,10 @@ def _subscription(row: LogRow, deltas: Deltas) -> bool:
         return False
     when = event_micros(row.payload)
     status = "canceled" if row.event_type == "customer.subscription.deleted" else as_str(sub.get("status"))
-    key = (when, STATUS_RANK.get(status or "", -1), row.position)
+    key = [when, STATUS_RANK.get(status or "", -1), row.position]
     state = deltas.state("subscriptions", subscription_id, row.position)
     state.offer("status", status, key)
-    state.offer("customer_id", id_of(sub.get("customer"), "customer_id"), (1, *key))
+    state.offer("customer_id", id_of(sub.get("customer"), "customer_id"), [1, *key])
     for field in ("current_period_start", "current_period_end", "trial_start", "trial_end", "cancel_at"):
         state.offer(field, epoch_micros(sub.get(field)), key)
     state.offer("cancel_at_period_end", as_bool(sub.get("cancel_at_period_end")), key)
@@ -78,12 +78,12 @@ def _invoice(row: LogRow, deltas: Deltas) -> bool:
         return False
     when = event_micros(row.payload)
     payment = _INVOICE_PAYMENT.get(row.event_type) or as_str(invoice.get("status"))
-    key = (when, _PAYMENT_RANK.get(payment or "", -1), row.position)
+    key = [when, _PAYMENT_RANK.get(payment or "", -1), row.position]
     state = deltas.state("subscriptions", subscription_id, row.position)
     state.offer("payment_status", payment, key)
     state.offer("latest_invoice", as_str(invoice.get("invoice_id")), key)
     state.offer("latest_invoice_amount", as_int(invoice.get("amount_paid", invoice.get("total"))), key)
-    state.offer("customer_id", id_of(invoice.get("customer"), "customer_id"), (0, *key))
+    state.offer("customer_id", id_of(invoice.get("customer"), "customer_id"), [0, *key])
     if payment == "paid":
         state.latest("last_paid_at", when or None)
     return True
@@ -98,10 +98,10 @@ def _session(row: LogRow, deltas: Deltas) -> bool:
     if subscription_id is None or session_id is None:
         return False
     status = as_str(session.get("status"))
-    key = (SESSION_STATUS_RANK.get(status or "", -1), event_micros(row.payload), row.position)
+    key = [SESSION_STATUS_RANK.get(status or "", -1), event_micros(row.payload), row.position]
     state = deltas.state("subscriptions", subscription_id, row.position)
     state.offer("checkout_session_id", session_id, key)
-    state.offer("customer_id", id_of(session.get("customer"), "customer_id"), (0, *key))
+    state.offer("customer_id", id_of(session.get("customer"), "customer_id"), [0, *key])
     return True
 
 
@@ -121,7 +121,7 @@ def _row(_: str, state: State) -> tuple[Any, ...]:
 
 SUBSCRIPTIONS = Projection(
     name="subscriptions",
-    patterns=("customer.subscription.%", "invoice.%", "checkout.session.%"),
+    prefixes=("customer.subscription.", "invoice.", "checkout.session."),
     tables=(Table("subscriptions", load="subscriptions_load", upsert="subscriptions_upsert", row=_row),),
     fold=fold,
     description="subscriptions with lifecycle status and payment state",

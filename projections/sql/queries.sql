@@ -43,7 +43,7 @@ FROM orders WHERE checkout_session_id = ANY ($1::text[]);
 INSERT INTO orders (checkout_session_id, status, customer_id, client_reference_id, subscription_id, sort_at,
                     position, state)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
-                     $8::jsonb[])
+                     $8::json[])
 ON CONFLICT (checkout_session_id) DO UPDATE
 SET status = EXCLUDED.status, customer_id = EXCLUDED.customer_id,
     client_reference_id = EXCLUDED.client_reference_id, subscription_id = EXCLUDED.subscription_id,
@@ -55,7 +55,7 @@ FROM order_payment_intents WHERE payment_intent_id = ANY ($1::text[]);
 
 -- name: intents_upsert
 INSERT INTO order_payment_intents (payment_intent_id, checkout_session_id, position, state)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::jsonb[])
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::json[])
 ON CONFLICT (payment_intent_id) DO UPDATE
 SET checkout_session_id = EXCLUDED.checkout_session_id, position = EXCLUDED.position, state = EXCLUDED.state;
 
@@ -64,7 +64,7 @@ SELECT customer_id AS id, position, state::text AS state FROM customers WHERE cu
 
 -- name: customers_upsert
 INSERT INTO customers (customer_id, email, deleted, position, state)
-SELECT * FROM unnest($1::text[], $2::text[], $3::boolean[], $4::bigint[], $5::jsonb[])
+SELECT * FROM unnest($1::text[], $2::text[], $3::boolean[], $4::bigint[], $5::json[])
 ON CONFLICT (customer_id) DO UPDATE
 SET email = EXCLUDED.email, deleted = EXCLUDED.deleted, position = EXCLUDED.position, state = EXCLUDED.state;
 
@@ -74,7 +74,7 @@ FROM subscriptions WHERE subscription_id = ANY ($1::text[]);
 
 -- name: subscriptions_upsert
 INSERT INTO subscriptions (subscription_id, customer_id, status, position, state)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::jsonb[])
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::json[])
 ON CONFLICT (subscription_id) DO UPDATE
 SET customer_id = EXCLUDED.customer_id, status = EXCLUDED.status, position = EXCLUDED.position,
     state = EXCLUDED.state;

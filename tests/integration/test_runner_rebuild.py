@@ -31,8 +31,7 @@ def _events(n_checkouts: int, start_seed: int = 0) -> list[dict]:
 async def _rebuild_all(db_dsn: str) -> None:
     conn = await asyncpg.connect(db_dsn)
     try:
-        for projection in PROJECTIONS.values():
-            await rebuild(conn, projection, batch_size=7, switch_gap=5)
+        await rebuild(conn, list(PROJECTIONS.values()), dsn=db_dsn, batch_size=7, switch_gap=5)
     finally:
         await conn.close()
 
@@ -47,7 +46,7 @@ async def test_rebuild_gives_the_live_state_exactly(db_dsn: str, pool: asyncpg.P
     await _rebuild_all(db_dsn)
     assert await snapshot(pool, drop_positions=False) == live
     assert await pool.fetchval("SELECT sum(generation) FROM projection_state") == generations + 3
-    assert await pool.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'ledger_build_%'") == 0
+    assert await pool.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = 'ledger_build'") == 0
     head = await pool.fetchval("SELECT position FROM ledger_head")
     assert {r[0] for r in await pool.fetch("SELECT position FROM projection_state")} == {head}
 
@@ -144,7 +143,7 @@ async def test_live_mode_records_a_failure_and_goes_on_rebuild_fails_fast(db_dsn
     conn = await asyncpg.connect(db_dsn)
     try:
         with pytest.raises(ProjectionFailed) as info:
-            await rebuild(conn, fragile, batch_size=5)  # type: ignore[arg-type]
+            await rebuild(conn, [fragile], batch_size=5)  # type: ignore[arg-type]
     finally:
         await conn.close()
     assert info.value.position == 2

@@ -1,0 +1,229 @@
+"""The read API and ledger rebuild / status over real HTTP against the installed server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from ledger.scenarios import Checkout, checkout_events
+from tests.support import API_TOKEN, RunningServer, ledger_command, run_server, signed_headers
+
+
+def deliver(server: RunningServer, events: list[dict]) -> int:
+    """Posts every event; returns the last position."""
+    last = 0
+    with httpx.Client(timeout=30) as client:
+        for event in events:
+            body = json.dumps(event)
+            reply = client.post(server.url + "/webhooks/flex", content=body, headers=signed_headers(body))
+            assert reply.status_code == 200, reply.text
+            last = max(last, reply.json()["position"])
+    return last
+
+
+def test_read_routes_after_webhooks(db_dsn: str, tmp_path: Path) -> None:
+    split = Checkout(seed=11, split=True)
+    sub = Checkout(seed=12, mode="subscription")
+    # two sessions for the same merchant order (client_reference_id)
+    again = Checkout(seed=13)
+    again.reference = split.reference
+    with run_server(tmp_path, {"LEDGER_DATABASE_URL": db_dsn}) as server:
+        last = deliver(server, checkout_events(split) + checkout_events(sub) + checkout_events(again))
+        order = server.get(f"/v1/orders/{split.session_id}", params={"min_position": last})
+        assert order.status_code == 200
+        assert order.headers["ledger-projection-fresh"] == "true"
+        doc = order.json()
+        assert doc["status"] == "complete"
+        assert len(doc["payment_intents"]) == 2
+        assert doc["fulfillment"]["status"] == "pending"
+
+        listed = server.get("/v1/orders", params={"client_reference_id": split.reference, "min_position": last}).json()
+        assert {o["checkout_session_id"] for o in listed["data"]} == {split.session_id, again.session_id}
+
+        page1 = server.get("/v1/orders", params={"limit": 2}).json()
+        page2 = server.get("/v1/orders", params={"limit": 2, "cursor": page1["next_cursor"]}).json()
+        assert len(page1["data"]) == 2
+        assert len(page2["data"]) == 1
+        assert page2["next_cursor"] is None
+        everything = [o["checkout_session_id"] for o in page1["data"] + page2["data"]]
+        assert sorted(everything) == sorted([split.session_id, sub.session_id, again.session_id])
+
+        by_customer = server.get("/v1/orders", params={"customer_id": sub.customer_id}).json()["data"]
+        assert [o["checkout_session_id"] for o in by_customer] == [sub.session_id]
+        assert server.get("/v1/orders", params={"status": "open"}).json()["data"] == []
+
+        customer = server.get(f"/v1/customers/{split.customer_id}", params={"min_position": last}).json()
+        assert customer["email"] == split.email
+        assert customer["order_ids"] == [split.session_id]
+        subscription = server.get(f"/v1/subscriptions/{sub.subscription_id}", params={"min_position": last}).json()
+        assert subscription["status"] == "active"
+        assert subscription["customer_id"] == sub.customer_id
+        assert subscription["checkout_session_id"] == sub.session_id
+
+        projections = server.get("/v1/projections").json()["data"]
+        assert {p["name"] for p in projections} == {"orders", "customers", "subscriptions"}
+        assert all(p["lag"] == 0 and p["state"] == "running" for p in projections)
+
+        missing = server.get("/v1/orders/fcs_nope")
+        assert missing.status_code == 404
+        assert missing.json()["error"]["code"] == "not_found"
+        assert server.get("/v1/orders", params={"cursor": "!!"}).status_code == 400
+        assert server.get("/v1/orders", params={"limit": 1000}).status_code == 400
+        assert httpx.get(server.url + "/v1/orders").status_code == 401
+
+    status = subprocess.run(
+        [ledger_command(), "status", "--json"],
+        env={**os.environ, "LEDGER_DATABASE_URL": db_dsn},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    doc = json.loads(status.stdout)
+    assert doc["head"] == last
+    assert {p["name"]: p["position"] for p in doc["projections"]} == {
+        "orders": last,
+        "customers": last,
+        "subscriptions": last,
+    }
+
+
+def _snapshot(server: RunningServer, sessions: list[str]) -> list[dict]:
+    return [server.get(f"/v1/orders/{s}").json() for s in sessions]
+
+
+def _seed_log(db_dsn: str, n_checkouts: int) -> list[str]:
+    """A larger log, appended directly (fast), for rebuild tests."""
+    from tests.projection_support import as_new_event
+
+    checkouts = [Checkout(seed=1000 + i, split=i % 2 == 0) for i in range(n_checkouts)]
+    events = [e for c in checkouts for e in checkout_events(c)]
+
+    async def run() -> None:
+        from ledger.log import EventLog
+
+        pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=2)
+        try:
+            for i in range(0, len(events), 500):
+                await EventLog(pool).append([as_new_event(e) for e in events[i : i + 500]])
+        finally:
+            await pool.close()
+
+    asyncio.run(run())
+    return [c.session_id for c in checkouts]
+
+
+def _wait_caught_up(server: RunningServer) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        data = server.get("/v1/projections").json()["data"]
+        if all(p["lag"] == 0 for p in data):
+            return
+        time.sleep(0.1)
+    raise AssertionError("projections did not catch up")
+
+
+def test_rebuild_while_serving_reads_never_fail(db_dsn: str, tmp_path: Path) -> None:
+    sessions = _seed_log(db_dsn, 1500)
+    sample = sessions[::150]
+    env = {**os.environ, "LEDGER_DATABASE_URL": db_dsn}
+    with run_server(tmp_path, {"LEDGER_DATABASE_URL": db_dsn}) as server:
+        _wait_caught_up(server)
+        before = _snapshot(server, sample)
+        statuses: list[int] = []
+        answers: list[dict] = []
+        stop = threading.Event()
+
+        def reader() -> None:
+            with httpx.Client(timeout=30, headers={"authorization": f"Bearer {API_TOKEN}"}) as client:
+                while not stop.is_set():
+                    for s in sample:
+                        reply = client.get(server.url + f"/v1/orders/{s}")
+                        statuses.append(reply.status_code)
+                        if reply.status_code == 200:
+                            answers.append(reply.json())
+
+        threads = [threading.Thread(target=reader) for _ in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            result = subprocess.run([ledger_command(), "rebuild"], env=env, capture_output=True, text=True, timeout=300)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join()
+        assert result.returncode == 0, result.stderr
+        assert "orders" in result.stdout
+        assert "switched in" in result.stdout
+        assert len(statuses) > len(sample)
+        assert set(statuses) == {200}
+        assert all(a in before for a in answers)
+        assert _snapshot(server, sample) == before
+        # the live runners carry on after the switch
+        more = Checkout(seed=99_999)
+        last = deliver(server, checkout_events(more))
+        order = server.get(f"/v1/orders/{more.session_id}", params={"min_position": last}).json()
+        assert order["status"] == "complete"
+
+
+def test_killed_rebuild_leaves_live_state_and_a_rerun_succeeds(db_dsn: str, tmp_path: Path) -> None:
+    sessions = _seed_log(db_dsn, 3000)
+    sample = sessions[::300]
+    env = {**os.environ, "LEDGER_DATABASE_URL": db_dsn}
+    with run_server(tmp_path, {"LEDGER_DATABASE_URL": db_dsn}) as server:
+        _wait_caught_up(server)
+        before = _snapshot(server, sample)
+        status_before = {p["name"]: p["generation"] for p in server.get("/v1/projections").json()["data"]}
+        proc = subprocess.Popen(
+            [ledger_command(), "rebuild", "orders"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+        async def rebuild_started() -> None:
+            conn = await asyncpg.connect(db_dsn)
+            try:
+                for _ in range(600):
+                    if await conn.fetchval("SELECT rebuild_position FROM projection_state WHERE name = 'orders'"):
+                        return
+                    await asyncio.sleep(0.01)
+            finally:
+                await conn.close()
+
+        asyncio.run(rebuild_started())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert _snapshot(server, sample) == before
+        assert {p["name"]: p["generation"] for p in server.get("/v1/projections").json()["data"]} == status_before
+        rerun = subprocess.run(
+            [ledger_command(), "rebuild", "orders"], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert rerun.returncode == 0, rerun.stderr
+        assert _snapshot(server, sample) == before
+        generations = {p["name"]: p["generation"] for p in server.get("/v1/projections").json()["data"]}
+        assert generations["orders"] == status_before["orders"] + 1
+
+
+def test_two_servers_on_one_database_apply_each_event_once(db_dsn: str, tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    checkouts = [Checkout(seed=500 + i, split=True) for i in range(6)]
+    with (
+        run_server(tmp_path / "a", {"LEDGER_DATABASE_URL": db_dsn}) as a,
+        run_server(tmp_path / "b", {"LEDGER_DATABASE_URL": db_dsn}) as b,
+    ):
+        events = [e for c in checkouts for e in checkout_events(c)]
+        last = max(deliver(a, events[::2]), deliver(b, events[1::2]))
+        for server in (a, b):
+            assert server.get(f"/v1/orders/{checkouts[0].session_id}", params={"min_position": last}).status_code == 200
+        projections = {p["name"]: p for p in a.get("/v1/projections").json()["data"]}
+    relevant = sum(1 for e in events if e["event_type"].startswith(("checkout.session.", "payment_intent.")))
+    assert projections["orders"]["applied_events"] == relevant
+    assert projections["orders"]["position"] == last
