@@ -185,8 +185,25 @@ CREATE TABLE IF NOT EXISTS projection_state (
     rebuilt_at           timestamptz,
     updated_at           timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO projection_state (name) VALUES ('orders'), ('customers'), ('subscriptions')
+INSERT INTO projection_state (name) VALUES ('orders'), ('customers'), ('subscriptions'), ('inventory')
 ON CONFLICT (name) DO NOTHING;
+
+-- The fulfillment reactor: its own checkpoint (never rebuilt) and one row per completed session.
+INSERT INTO projection_state (name) VALUES ('fulfillment') ON CONFLICT (name) DO NOTHING;
+CREATE TABLE IF NOT EXISTS fulfillment_queue (
+    checkout_session_id  text PRIMARY KEY,
+    status               text NOT NULL DEFAULT 'pending'
+                         CONSTRAINT fulfillment_queue_status CHECK (status IN ('pending', 'fulfilled', 'failed')),
+    attempts             int NOT NULL DEFAULT 0,        -- Flex calls that failed in this generation
+    generation           int NOT NULL DEFAULT 1,        -- bumped by `ledger fulfill retry`
+    next_attempt_at      timestamptz NOT NULL DEFAULT now(),
+    last_error           text,
+    completed_position   bigint NOT NULL,               -- the checkout.session.completed that queued it
+    created_at           timestamptz NOT NULL DEFAULT now(),
+    updated_at           timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS fulfillment_queue_due_idx ON fulfillment_queue (next_attempt_at)
+    WHERE status = 'pending';
 
 -- Each projection's tables sit between "-- projection: NAME" and "-- end projection: NAME"
 -- with unqualified names: `ledger rebuild` runs the same block in a build schema.
@@ -238,6 +255,25 @@ CREATE TABLE IF NOT EXISTS subscriptions (
 CREATE INDEX IF NOT EXISTS subscriptions_customer_idx ON subscriptions (customer_id);
 -- end projection: subscriptions
 
-INSERT INTO ledger_schema (id, version) VALUES (1, 2)
+-- projection: inventory
+CREATE TABLE IF NOT EXISTS inventory_adjustments (
+    adjustment_id        text PRIMARY KEY,
+    checkout_session_id  text NOT NULL,
+    line_item_id         text NOT NULL,
+    price_id             text,
+    product_id           text,
+    upc_code             text,
+    quantity_delta       bigint NOT NULL,
+    reason               text NOT NULL,
+    created_at           bigint,                   -- microseconds
+    position             bigint NOT NULL,          -- the ledger.inventory.adjusted event
+    state                json NOT NULL,
+    CONSTRAINT inventory_adjustments_one_per_line_item UNIQUE (checkout_session_id, line_item_id)
+);
+CREATE INDEX IF NOT EXISTS inventory_adjustments_position_idx ON inventory_adjustments (position);
+CREATE INDEX IF NOT EXISTS inventory_adjustments_price_idx ON inventory_adjustments (price_id, product_id);
+-- end projection: inventory
+
+INSERT INTO ledger_schema (id, version) VALUES (1, 3)
 ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
 WHERE ledger_schema.version < EXCLUDED.version;

@@ -22,9 +22,11 @@ from api.reads import READ_ROUTES
 from api.webhooks import flex_webhook
 from ledger.db import SCHEMA_VERSION, UNAVAILABLE, apply_schema, create_pool, queries
 from ledger.embedded import EmbeddedPostgres
+from ledger.flex_api import FlexClient
 from ledger.group_commit import GroupCommitter
 from ledger.log import EventLog
 from ledger.settings import Settings
+from projections.fulfillment import FulfillmentReactor
 from projections.registry import PROJECTIONS
 from projections.runner import ProjectionRunner, Wakeup
 
@@ -82,8 +84,11 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...]) -> Litestar:
             log = EventLog(pool)
             wakeup = Wakeup(dsn)
             runners = [ProjectionRunner(dsn, p, wakeup.subscribe()) for p in PROJECTIONS.values()]
+            flex = FlexClient(settings.flex_api_base_url, settings.flex_api_key) if settings.flex_api_key else None
+            reactor = FulfillmentReactor(dsn, pool, flex, wakeup.subscribe())
             workers = [asyncio.create_task(wakeup.run(), name="wakeup")]
             workers += [asyncio.create_task(r.run(), name=f"projection-{r.projection.name}") for r in runners]
+            workers.append(asyncio.create_task(reactor.run(), name="fulfillment"))
             try:
                 async with GroupCommitter(log) as committer:
                     app.state.update(pool=pool, log=log, committer=committer, runners=runners)
@@ -92,6 +97,8 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...]) -> Litestar:
                 for task in [schema_task, *workers]:
                     task.cancel()
                 await asyncio.gather(schema_task, *workers, return_exceptions=True)
+                if flex is not None:
+                    await flex.aclose()
         finally:
             await pool.close()
             if embedded is not None:

@@ -235,6 +235,55 @@ def cmd_status(args: argparse.Namespace) -> int:
         return _fail(f"cannot reach the database: {exc}")
 
 
+def cmd_fulfill_retry(args: argparse.Namespace) -> int:
+    if not args.all_failed and not args.session_ids:
+        return _fail("name one or more checkout session ids, or --all-failed")
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        return _fail(exc.message)
+
+    async def run() -> int:
+        from projections.apply import queries
+        from projections.fulfillment import requeue
+
+        async with database(settings) as (conn, _):
+            requeued = await requeue(conn, None if args.all_failed else list(args.session_ids))
+            known = {r["checkout_session_id"]: r for r in await conn.fetch(queries.queue_get, list(args.session_ids))}
+        for session_id, generation in requeued:
+            print(f"ledger fulfill retry: {session_id} queued again (attempt generation {generation})")
+        done = {s for s, _ in requeued}
+        code = 0
+        for session_id in args.session_ids:
+            if session_id in done:
+                continue
+            row = known.get(session_id)
+            if row is None:
+                print(f"ledger fulfill retry: {session_id}: no completed session with that id", file=sys.stderr)
+                code = 1
+            else:
+                print(f"ledger fulfill retry: {session_id}: not failed (it is {row['status']}); nothing to do")
+        if args.all_failed and not requeued:
+            print("ledger fulfill retry: no failed sessions")
+        return code
+
+    try:
+        return asyncio.run(run())
+    except UNAVAILABLE as exc:
+        return _fail(f"cannot reach the database: {exc}")
+
+
+def cmd_flex_standin(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.flex_standin import FlexStandIn
+
+    app = FlexStandIn(api_key=args.api_key, delay=args.delay)
+    print(f"flex stand-in: http://{args.host}:{args.port}/v1 (set FLEX_API_BASE_URL to this)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ledger",
@@ -268,6 +317,20 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="positions, lag and state of every projection; log size")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
+
+    fulfill = sub.add_parser("fulfill", help="steer fulfillment")
+    fulfill_sub = fulfill.add_subparsers(dest="fulfill_command", required=True, metavar="ACTION")
+    retry = fulfill_sub.add_parser("retry", help="queue failed sessions again (after fixing what made them fail)")
+    retry.add_argument("session_ids", nargs="*", metavar="SESSION_ID")
+    retry.add_argument("--all-failed", action="store_true", help="every failed session")
+    retry.set_defaults(func=cmd_fulfill_retry)
+
+    standin = sub.add_parser("flex-standin", help="run a local stand-in for the Flex Line Items API (tests, demo)")
+    standin.add_argument("--host", default="127.0.0.1")
+    standin.add_argument("--port", type=int, default=8100)
+    standin.add_argument("--api-key", default=None, help="require this bearer key (401 otherwise)")
+    standin.add_argument("--delay", type=float, default=0.0, help="seconds to wait before every answer")
+    standin.set_defaults(func=cmd_flex_standin)
     return parser
 
 

@@ -89,4 +89,33 @@ async def list_projections(state: State, min_position: MinPosition = None) -> Re
     return Response({"data": data})
 
 
-READ_ROUTES = [get_order, list_orders, get_customer, get_subscription, list_projections]
+@get("/inventory", summary="Quantity sold per price and product", tags=["inventory"])
+async def get_inventory(state: State, min_position: MinPosition = None) -> Response[Any]:
+    headers = await _fresh(state, ["inventory"], min_position)
+    return Response({"data": await read.inventory_levels(state.pool)}, headers=headers)
+
+
+@get("/inventory/adjustments", summary="The inventory adjustments feed, oldest first", tags=["inventory"])
+async def list_adjustments(
+    state: State,
+    after: Annotated[int | None, Parameter(ge=0, description="adjustments after this log position")] = None,
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+    min_position: MinPosition = None,
+) -> Response[Any]:
+    from api.events import parse_cursor
+
+    headers = await _fresh(state, ["inventory"], min_position)
+    data, next_cursor = await read.list_adjustments(state.pool, after=parse_cursor(cursor, after), limit=limit)
+    return Response({"data": data, "next_cursor": next_cursor}, headers=headers)
+
+
+READ_ROUTES = [
+    get_order,
+    list_orders,
+    get_customer,
+    get_subscription,
+    list_projections,
+    get_inventory,
+    list_adjustments,
+]

@@ -13,9 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
+from ledger.flex_api import FlexApiError, parse_line_items
 from projections.base import Deltas, LogRow, Projection, Table
 from projections.flex import as_bool, as_int, as_str, epoch_micros, event_micros, id_of, resource
 from projections.flex import dict_of as _dict
+from projections.fulfillment_events import FAILED, FETCHED, RETRY_REQUESTED
 from projections.state import State
 
 __all__ = ["ORDERS", "PAYMENT_STATUS_RANK", "SESSION_STATUS_RANK"]
@@ -112,7 +116,43 @@ def _session(row: LogRow, session: dict[str, Any], deltas: Deltas) -> bool:
     return True
 
 
+def _fulfillment(row: LogRow, deltas: Deltas) -> bool:
+    """The order's fulfillment block, from the reactor's ledger events.
+
+    ``fulfilled`` is final; otherwise the latest retry generation decides, ``failed`` over
+    ``pending`` within one generation.
+    """
+    obj = _dict(row.payload.get("object"))
+    session_id = as_str(obj.get("checkout_session_id"))
+    if session_id is None:
+        return False
+    state = deltas.state("orders", session_id, row.position)
+    if row.event_type == FETCHED:
+        try:
+            _, items = parse_line_items(obj)
+        except FlexApiError:
+            return False
+        state.offer("fulfillment_line_items", [msgspec.to_builtins(i) for i in items], [row.position])
+        state.flag("fulfilled")
+        state.earliest("fulfilled_at", epoch_micros(obj.get("fetched_at")) or event_micros(row.payload) or None)
+        return True
+    generation = as_int(obj.get("generation")) or 1
+    if row.event_type == FAILED:
+        key = [generation, 1, row.position]
+        state.offer("fulfillment_status", "failed", key)
+        state.offer("fulfillment_error", as_str(obj.get("error")) or "failed", key)
+        return True
+    if row.event_type == RETRY_REQUESTED:
+        key = [generation, 0, row.position]
+        state.offer("fulfillment_status", "pending", key)
+        state.offer("fulfillment_error", "", key)
+        return True
+    return False
+
+
 def fold(row: LogRow, deltas: Deltas) -> bool:
+    if row.event_type.startswith("ledger."):
+        return _fulfillment(row, deltas)
     if row.event_type.startswith("checkout.session."):
         session = resource(row.payload, "checkout_session", "checkout_session_id")
         return session is not None and _session(row, session, deltas)
@@ -142,7 +182,7 @@ def _intent_row(_: str, state: State) -> tuple[Any, ...]:
 
 ORDERS = Projection(
     name="orders",
-    prefixes=("checkout.session.", "payment_intent."),
+    prefixes=("checkout.session.", "payment_intent.", FETCHED, FAILED, RETRY_REQUESTED),
     tables=(
         Table("orders", load="orders_load", upsert="orders_upsert", row=_order_row),
         Table("order_payment_intents", load="intents_load", upsert="intents_upsert", row=_intent_row),

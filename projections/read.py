@@ -59,6 +59,22 @@ def _intent(payment_intent_id: str, state: State | None) -> dict[str, Any]:
     }
 
 
+def _fulfillment(state: State, status: str | None) -> dict[str, Any]:
+    fulfillment: str | None
+    if state.flagged("fulfilled"):
+        fulfillment = "fulfilled"
+    elif state.get("fulfillment_status"):
+        fulfillment = state.get("fulfillment_status")
+    else:
+        fulfillment = "pending" if status == "complete" else None
+    return {
+        "status": fulfillment,
+        "line_items": state.get("fulfillment_line_items") or [],
+        "error": (state.get("fulfillment_error") or None) if fulfillment == "failed" else None,
+        "fulfilled_at": iso(state.min_of("fulfilled_at")),
+    }
+
+
 def _order(record: asyncpg.Record, intents: list[tuple[str, int, State | None]]) -> dict[str, Any]:
     state = _state(record["state"])
     status = state.get("status")
@@ -73,12 +89,7 @@ def _order(record: asyncpg.Record, intents: list[tuple[str, int, State | None]])
         "amount_subtotal": state.get("amount_subtotal"),
         "payment_intents": [_intent(pi_id, pi_state) for pi_id, _, pi_state in intents],
         "subscription_id": state.get("subscription_id"),
-        "fulfillment": {
-            "status": "pending" if status == "complete" else None,
-            "line_items": [],
-            "error": None,
-            "fulfilled_at": None,
-        },
+        "fulfillment": _fulfillment(state, status),
         "created_at": iso(state.get("created_at")),
         "completed_at": iso(state.min_of("completed_at")),
         "test_mode": state.get("test_mode"),
@@ -218,6 +229,7 @@ async def projection_status(conn: asyncpg.Connection) -> list[dict[str, Any]]:
             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
         )
     }
+    counts = await conn.fetchrow(queries.queue_counts)
     out = []
     for r in await conn.fetch(queries.state_all):
         name = r["name"]
@@ -245,4 +257,51 @@ async def projection_status(conn: asyncpg.Connection) -> list[dict[str, Any]]:
                 "updated_at": r["updated_at"].isoformat(),
             }
         )
+        if name == "fulfillment":
+            out[-1].update(
+                kind="reactor",
+                pending_sessions=counts["pending"],
+                failed_sessions=counts["failed"],
+                fulfilled_sessions=counts["fulfilled"],
+            )
+        else:
+            out[-1]["kind"] = "projection"
     return out
+
+
+async def list_adjustments(pool: asyncpg.Pool, *, after: int, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    with translate_errors():
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(queries.adjustments_list, after, limit)
+    data = [
+        {
+            "adjustment_id": r["adjustment_id"],
+            "position": r["position"],
+            "checkout_session_id": r["checkout_session_id"],
+            "line_item_id": r["line_item_id"],
+            "price_id": r["price_id"],
+            "product_id": r["product_id"],
+            "upc_code": r["upc_code"],
+            "quantity_delta": r["quantity_delta"],
+            "reason": r["reason"],
+            "created_at": iso(r["created_at"]),
+        }
+        for r in rows
+    ]
+    return data, (str(rows[-1]["position"]) if len(rows) == limit else None)
+
+
+async def inventory_levels(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+    with translate_errors():
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(queries.inventory_levels)
+    return [
+        {
+            "price_id": r["price_id"],
+            "product_id": r["product_id"],
+            "quantity_sold": r["quantity_sold"],
+            "adjustment_count": r["adjustment_count"],
+            "position": r["position"],
+        }
+        for r in rows
+    ]

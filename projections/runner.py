@@ -26,7 +26,7 @@ __all__ = ["LOCK_NAMESPACE", "ProjectionRunner", "Wakeup", "catch_up_once", "loc
 _log = logging.getLogger(__name__)
 
 LOCK_NAMESPACE = 0x4C454447  # "LEDG": advisory locks of this service are (namespace, id) pairs
-_LOCK_IDS = {"orders": 1, "customers": 2, "subscriptions": 3, "fulfillment": 4}
+_LOCK_IDS = {"orders": 1, "customers": 2, "subscriptions": 3, "fulfillment": 4, "inventory": 5}
 REBUILD_LOCK_OFFSET = 1000
 
 

@@ -106,3 +106,79 @@ SELECT customer_id, position, state::text AS state FROM customers WHERE customer
 
 -- name: subscription_get
 SELECT subscription_id, position, state::text AS state FROM subscriptions WHERE subscription_id = $1;
+
+-- name: adjustments_load
+SELECT adjustment_id AS id, position, state::text AS state
+FROM inventory_adjustments WHERE adjustment_id = ANY ($1::text[]);
+
+-- name: adjustments_upsert
+INSERT INTO inventory_adjustments (adjustment_id, checkout_session_id, line_item_id, price_id, product_id, upc_code,
+                                   quantity_delta, reason, created_at, position, state)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],
+                     $8::text[], $9::bigint[], $10::bigint[], $11::json[])
+ON CONFLICT (adjustment_id) DO UPDATE
+SET price_id = EXCLUDED.price_id, product_id = EXCLUDED.product_id, upc_code = EXCLUDED.upc_code,
+    quantity_delta = EXCLUDED.quantity_delta, reason = EXCLUDED.reason, created_at = EXCLUDED.created_at,
+    position = EXCLUDED.position, state = EXCLUDED.state;
+
+-- name: adjustments_list
+SELECT adjustment_id, position, checkout_session_id, line_item_id, price_id, product_id, upc_code,
+       quantity_delta, reason, created_at
+FROM inventory_adjustments
+WHERE position > $1
+ORDER BY position, adjustment_id
+LIMIT $2;
+
+-- name: inventory_levels
+SELECT price_id, product_id, -sum(quantity_delta)::bigint AS quantity_sold,
+       count(*)::bigint AS adjustment_count, max(position) AS position
+FROM inventory_adjustments
+GROUP BY price_id, product_id
+ORDER BY price_id NULLS LAST, product_id NULLS LAST;
+
+-- name: queue_enqueue
+INSERT INTO fulfillment_queue (checkout_session_id, completed_position)
+SELECT * FROM unnest($1::text[], $2::bigint[])
+ON CONFLICT (checkout_session_id) DO NOTHING;
+
+-- name: queue_due
+SELECT checkout_session_id, generation, attempts
+FROM fulfillment_queue
+WHERE status = 'pending' AND next_attempt_at <= now()
+ORDER BY next_attempt_at, checkout_session_id
+LIMIT $1;
+
+-- name: queue_lock
+SELECT status, generation, attempts FROM fulfillment_queue WHERE checkout_session_id = $1 FOR UPDATE;
+
+-- name: queue_fulfilled
+UPDATE fulfillment_queue SET status = 'fulfilled', last_error = NULL, updated_at = now()
+WHERE checkout_session_id = $1;
+
+-- name: queue_failed
+UPDATE fulfillment_queue SET status = 'failed', attempts = attempts + 1, last_error = $2, updated_at = now()
+WHERE checkout_session_id = $1;
+
+-- name: queue_retry_later
+UPDATE fulfillment_queue
+SET attempts = attempts + 1, last_error = $2, next_attempt_at = now() + make_interval(secs => $3),
+    updated_at = now()
+WHERE checkout_session_id = $1;
+
+-- name: queue_requeue
+-- `ledger fulfill retry`: failed sessions (all of them when $1 is NULL) go back to pending.
+UPDATE fulfillment_queue
+SET status = 'pending', attempts = 0, generation = generation + 1, next_attempt_at = now(), last_error = NULL,
+    updated_at = now()
+WHERE status = 'failed' AND ($1::text[] IS NULL OR checkout_session_id = ANY ($1::text[]))
+RETURNING checkout_session_id, generation;
+
+-- name: queue_get
+SELECT checkout_session_id, status, attempts, generation, last_error FROM fulfillment_queue
+WHERE checkout_session_id = ANY ($1::text[]);
+
+-- name: queue_counts
+SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
+       count(*) FILTER (WHERE status = 'failed') AS failed,
+       count(*) FILTER (WHERE status = 'fulfilled') AS fulfilled
+FROM fulfillment_queue;

@@ -70,7 +70,7 @@ def test_read_routes_after_webhooks(db_dsn: str, tmp_path: Path) -> None:
         assert subscription["checkout_session_id"] == sub.session_id
 
         projections = server.get("/v1/projections").json()["data"]
-        assert {p["name"] for p in projections} == {"orders", "customers", "subscriptions"}
+        assert {p["name"] for p in projections} == {"orders", "customers", "subscriptions", "inventory", "fulfillment"}
         assert all(p["lag"] == 0 and p["state"] == "running" for p in projections)
 
         missing = server.get("/v1/orders/fcs_nope")
@@ -94,7 +94,11 @@ def test_read_routes_after_webhooks(db_dsn: str, tmp_path: Path) -> None:
         "orders": last,
         "customers": last,
         "subscriptions": last,
+        "inventory": last,
+        "fulfillment": last,
     }
+    [reactor] = [p for p in doc["projections"] if p["name"] == "fulfillment"]
+    assert reactor["pending_sessions"] == 3, "no FLEX_API_KEY: completed sessions wait as pending"
 
 
 def _snapshot(server: RunningServer, sessions: list[str]) -> list[dict]:

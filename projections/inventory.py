@@ -1,0 +1,57 @@
+"""The ``inventory`` projection: the adjustments feed, from ``ledger.inventory.adjusted`` events.
+
+The per-price and per-product totals are summed from it when read. Rebuilding it reads the log
+only: the line items were fetched from Flex once, by the fulfillment reactor, and logged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from projections.base import Deltas, LogRow, Projection, Table
+from projections.flex import as_int, as_str, dict_of, epoch_micros
+from projections.fulfillment_events import ADJUSTED
+from projections.state import State
+
+__all__ = ["INVENTORY"]
+
+_FIELDS = ("checkout_session_id", "line_item_id", "price_id", "product_id", "upc_code", "reason")
+
+
+def fold(row: LogRow, deltas: Deltas) -> bool:
+    if row.event_type != ADJUSTED:
+        return False
+    adjustment = dict_of(dict_of(row.payload.get("object")).get("adjustment"))
+    adjustment_id = as_str(adjustment.get("adjustment_id"))
+    delta = as_int(adjustment.get("quantity_delta"))
+    if adjustment_id is None or delta is None:
+        return False
+    key = [row.position]
+    state = deltas.state("inventory_adjustments", adjustment_id, row.position)
+    for field in _FIELDS:
+        state.offer(field, as_str(adjustment.get(field)), key)
+    state.offer("quantity_delta", delta, key)
+    state.offer("created_at", epoch_micros(adjustment.get("created_at")), key)
+    return True
+
+
+def _row(_: str, state: State) -> tuple[Any, ...]:
+    return (
+        state.get("checkout_session_id"),
+        state.get("line_item_id"),
+        state.get("price_id"),
+        state.get("product_id"),
+        state.get("upc_code"),
+        state.get("quantity_delta"),
+        state.get("reason") or "sale",
+        state.get("created_at"),
+    )
+
+
+INVENTORY = Projection(
+    name="inventory",
+    prefixes=(ADJUSTED,),
+    tables=(Table("inventory_adjustments", load="adjustments_load", upsert="adjustments_upsert", row=_row),),
+    fold=fold,
+    description="inventory adjustments (one per sold line item) and totals per price and product",
+)
