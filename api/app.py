@@ -84,8 +84,23 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...]) -> Litestar:
             log = EventLog(pool)
             wakeup = Wakeup(dsn)
             runners = [ProjectionRunner(dsn, p, wakeup.subscribe()) for p in PROJECTIONS.values()]
-            flex = FlexClient(settings.flex_api_base_url, settings.flex_api_key) if settings.flex_api_key else None
-            reactor = FulfillmentReactor(dsn, pool, flex, wakeup.subscribe())
+            flex = None
+            if settings.flex_api_key:
+                flex = FlexClient(
+                    settings.flex_api_base_url,
+                    settings.flex_api_key,
+                    read_timeout=settings.flex_api_timeout,
+                    concurrency=settings.fulfillment_concurrency,
+                )
+            reactor = FulfillmentReactor(
+                dsn,
+                pool,
+                flex,
+                wakeup.subscribe(),
+                concurrency=settings.fulfillment_concurrency,
+                max_attempts=settings.fulfillment_max_attempts,
+                backoff_base=settings.fulfillment_retry_base,
+            )
             workers = [asyncio.create_task(wakeup.run(), name="wakeup")]
             workers += [asyncio.create_task(r.run(), name=f"projection-{r.projection.name}") for r in runners]
             workers.append(asyncio.create_task(reactor.run(), name="fulfillment"))

@@ -27,6 +27,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     flex_api_key: str | None = None
     flex_api_base_url: str = DEFAULT_FLEX_API_BASE_URL
     api_tokens: tuple[str, ...] = ()
+    flex_api_timeout: float = 10.0
+    fulfillment_concurrency: int = 32
+    fulfillment_max_attempts: int = 8
+    fulfillment_retry_base: float = 2.0
 
 
 def decode_secret(secret: str) -> bytes:
@@ -67,6 +71,19 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
     return value
 
 
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{name} must be a positive number of seconds, got {raw!r}")
+    return value
+
+
 def _split(raw: str) -> list[str]:
     return [part for part in re.split(r"[,\s]+", raw.strip()) if part]
 
@@ -86,4 +103,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool
         flex_api_key=env.get("FLEX_API_KEY", "").strip() or None,
         flex_api_base_url=(env.get("FLEX_API_BASE_URL", "").strip() or DEFAULT_FLEX_API_BASE_URL).rstrip("/"),
         api_tokens=tuple(t for t in (p.strip() for p in env.get("LEDGER_API_TOKENS", "").split(",")) if t),
+        flex_api_timeout=_float(env, "FLEX_API_TIMEOUT", 10.0),
+        fulfillment_concurrency=_int(env, "LEDGER_FULFILLMENT_CONCURRENCY", 32, 1),
+        fulfillment_max_attempts=_int(env, "LEDGER_FULFILLMENT_MAX_ATTEMPTS", 8, 1),
+        fulfillment_retry_base=_float(env, "LEDGER_FULFILLMENT_RETRY_BASE", 2.0),
     )

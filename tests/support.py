@@ -168,3 +168,67 @@ def run_server(tmp_path: Path, env: Mapping[str, str], *, wait_ready: bool = Tru
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# The Flex stand-in (the project's own, in a subprocess)
+
+FLEX_KEY = "fsk_test_standin"
+
+
+class StandIn:
+    def __init__(self, process: subprocess.Popen[bytes], url: str, port: int) -> None:
+        self.process = process
+        self.url = url
+        self.port = port
+
+    @property
+    def api_base(self) -> str:
+        return self.url + "/v1"
+
+    def calls(self, session_id: str | None = None) -> int:
+        calls = httpx.get(self.url + "/_standin/calls", timeout=10).json()["calls"]
+        return sum(1 for c in calls if session_id is None or c["session_id"] == session_id)
+
+    def fault(self, session_id: str = "*", *, script: list[dict] | None = None, always: dict | None = None) -> None:
+        spec: dict[str, object] = {"session_id": session_id, "script": script or []}
+        if always is not None:
+            spec["always"] = always
+        httpx.post(self.url + "/_standin/faults", json=spec, timeout=10).raise_for_status()
+
+    def clear_faults(self) -> None:
+        httpx.delete(self.url + "/_standin/faults", timeout=10).raise_for_status()
+
+
+@contextlib.contextmanager
+def run_standin(port: int | None = None, *, api_key: str = FLEX_KEY, delay: float = 0.0) -> Iterator[StandIn]:
+    port = port or free_port()
+    process = subprocess.Popen(
+        [ledger_command(), "flex-standin", "--port", str(port), "--api-key", api_key, "--delay", str(delay)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(url + "/_standin/calls", timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("the Flex stand-in did not start") from None
+                time.sleep(0.05)
+        yield StandIn(process, url, port)
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def fulfillment_env(standin_api_base: str, key: str = FLEX_KEY) -> dict[str, str]:
+    return {
+        "FLEX_API_KEY": key,
+        "FLEX_API_BASE_URL": standin_api_base,
+        "FLEX_API_TIMEOUT": "1",
+        "LEDGER_FULFILLMENT_RETRY_BASE": "0.2",
+    }
