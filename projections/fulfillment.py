@@ -192,6 +192,10 @@ class FulfillmentReactor:
     async def _fulfill(self, session_id: str) -> None:
         assert self.client is not None
         try:
+            async with self.pool.acquire() as conn:
+                # the due list may be a moment old: a worker may have just finished this session
+                if await conn.fetchval(queries.queue_status, session_id) != "pending":
+                    return
             try:
                 raw, items = await self.client.line_items(session_id)
             except FlexApiError as exc:

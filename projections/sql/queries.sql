@@ -182,3 +182,6 @@ SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
        count(*) FILTER (WHERE status = 'failed') AS failed,
        count(*) FILTER (WHERE status = 'fulfilled') AS fulfilled
 FROM fulfillment_queue;
+
+-- name: queue_status
+SELECT status FROM fulfillment_queue WHERE checkout_session_id = $1;
