@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import asyncpg
-from litestar import Litestar, Router, get
+from litestar import Litestar, Response, Router, get
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
@@ -18,6 +18,8 @@ import ledger
 from api.auth import require_token
 from api.errors import EXCEPTION_HANDLERS, error_response
 from api.events import list_events
+from api.logs import RequestIdMiddleware
+from api.metrics import CONTENT_TYPE_LATEST, Metrics
 from api.reads import READ_ROUTES
 from api.webhooks import flex_webhook
 from ledger.db import SCHEMA_VERSION, UNAVAILABLE, apply_schema, create_pool, queries
@@ -54,6 +56,19 @@ async def readyz(state: State) -> object:
     return {"status": "ready", "schema_version": version}
 
 
+@get("/metrics", summary="Prometheus metrics", tags=["operations"], media_type=CONTENT_TYPE_LATEST)
+async def prometheus_metrics(state: State) -> Response[bytes]:
+    try:
+        async with asyncio.timeout(5):
+            async with state.pool.acquire() as conn:
+                body = await state.metrics.render(conn)
+    except (*UNAVAILABLE, asyncpg.PostgresError):
+        from prometheus_client import generate_latest
+
+        body = generate_latest(state.metrics.registry)  # what this process knows, without the database
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
 async def _apply_schema_until_done(pool: asyncpg.Pool) -> None:
     """Applies the schema, retrying while the database is unreachable."""
     while True:
@@ -68,6 +83,8 @@ async def _apply_schema_until_done(pool: asyncpg.Pool) -> None:
 
 def create_app(settings: Settings, *, api_tokens: tuple[str, ...]) -> Litestar:
     """The ASGI app. ``settings.database_url`` unset means the embedded PostgreSQL."""
+
+    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -91,6 +108,7 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...]) -> Litestar:
                     settings.flex_api_key,
                     read_timeout=settings.flex_api_timeout,
                     concurrency=settings.fulfillment_concurrency,
+                    on_call=metrics.flex_call,
                 )
             reactor = FulfillmentReactor(
                 dsn,
@@ -105,7 +123,7 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...]) -> Litestar:
             workers += [asyncio.create_task(r.run(), name=f"projection-{r.projection.name}") for r in runners]
             workers.append(asyncio.create_task(reactor.run(), name="fulfillment"))
             try:
-                async with GroupCommitter(log) as committer:
+                async with GroupCommitter(log, on_batch=metrics.batch_size.observe) as committer:
                     app.state.update(pool=pool, log=log, committer=committer, runners=runners)
                     yield
             finally:
@@ -121,9 +139,10 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...]) -> Litestar:
 
     v1 = Router("/v1", route_handlers=[list_events, *READ_ROUTES], guards=[require_token], security=[{"bearer": []}])
     return Litestar(
-        route_handlers=[flex_webhook, healthz, readyz, v1],
+        route_handlers=[flex_webhook, healthz, readyz, prometheus_metrics, v1],
+        middleware=[RequestIdMiddleware],
         lifespan=[lifespan],
-        state=State({"settings": settings, "api_tokens": api_tokens}),
+        state=State({"settings": settings, "api_tokens": api_tokens, "metrics": metrics}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.webhook_max_bytes + 1,
         openapi_config=OpenAPIConfig(
@@ -135,5 +154,6 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...]) -> Litestar:
                 security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="API token")}
             ),
         ),
+        logging_config=None,  # logging is configured once, by the command (api/logs.py)
         debug=False,
     )

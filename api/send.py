@@ -1,0 +1,105 @@
+"""``ledger send``: realistic Flex events, signed exactly as Svix signs them, POSTed to a URL.
+
+Useful against any deployment that verifies Flex webhooks, not only this one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ledger.errors import ConfigError
+from ledger.scenarios import Checkout, checkout_events
+from ledger.settings import decode_secret
+from ledger.signing import sign
+
+__all__ = ["SCENARIOS", "load_events", "send"]
+
+SCENARIOS = {
+    "checkout": {"mode": "payment", "split": False},
+    "split-cart": {"mode": "payment", "split": True, "items": 2},
+    "subscription": {"mode": "subscription", "split": False},
+}
+_PREFIXES = {"svix": "svix", "webhook": "webhook", "flex": "flex"}
+
+
+def load_events(source: str, seed: int) -> list[dict[str, Any]]:
+    """A scenario's events, or the events in a JSON (object or list) or JSONL file."""
+    if source in SCENARIOS:
+        return checkout_events(Checkout(seed=seed, start=int(time.time()) - 60, **SCENARIOS[source]))  # type: ignore[arg-type]
+    path = Path(source)
+    if not path.exists():
+        raise ConfigError(f"{source!r} is neither a scenario ({', '.join(SCENARIOS)}) nor a file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".jsonl":
+            events = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            loaded = json.loads(text)
+            events = loaded if isinstance(loaded, list) else [loaded]
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{source}: not valid JSON ({exc})") from None
+    if not all(isinstance(e, dict) for e in events):
+        raise ConfigError(f"{source}: every event must be a JSON object")
+    return events
+
+
+def _headers(key: bytes, msg_id: str, body: bytes, style: str) -> dict[str, str]:
+    ts = str(int(time.time()))
+    signature = base64.b64encode(sign(key, msg_id, ts, body)).decode()
+    prefix = _PREFIXES[style]
+    if style == "flex":
+        return {"flex-event-id": msg_id, "flex-timestamp": ts, "flex-signature": signature}
+    return {
+        f"{prefix}-id": msg_id,
+        f"{prefix}-timestamp": ts,
+        f"{prefix}-signature": f"v1,{signature}",
+        "content-type": "application/json",
+    }
+
+
+def send(
+    events: list[dict[str, Any]],
+    *,
+    url: str,
+    secret: str,
+    seed: int = 0,
+    out_of_order: bool = False,
+    duplicates: int = 0,
+    style: str = "svix",
+    out: Any = sys.stdout,
+) -> int:
+    """Delivers ``events``; prints one line per delivery. Returns 0 when every reply was 2xx."""
+    key = decode_secret(secret)
+    rng = random.Random(seed)
+    deliveries = [(e, f"msg_{uuid.UUID(int=rng.getrandbits(128)).hex[:24]}") for e in events]
+    if out_of_order and len(deliveries) > 1:
+        shuffled = deliveries[:]
+        while shuffled == deliveries:
+            rng.shuffle(shuffled)
+        deliveries = shuffled
+    for delivery in rng.sample(deliveries, k=min(duplicates, len(deliveries))):
+        # a redelivery: same message id and body, new timestamp and signature
+        deliveries.insert(rng.randint(deliveries.index(delivery) + 1, len(deliveries)), delivery)
+    failures = 0
+    with httpx.Client(timeout=30) as client:
+        for event, msg_id in deliveries:
+            body = json.dumps(event).encode()
+            label = f"{event.get('event_type', '?'):<32} {event.get('event_id', '?')}"
+            try:
+                reply = client.post(url, content=body, headers=_headers(key, msg_id, body, style))
+            except httpx.HTTPError as exc:
+                print(f"{label} -> error: {exc}", file=out, flush=True)
+                failures += 1
+                continue
+            print(f"{label} -> {reply.status_code} {reply.text.strip()}", file=out, flush=True)
+            failures += not reply.is_success
+    return 0 if failures == 0 else 1
