@@ -8,6 +8,7 @@ import contextlib
 import sys
 import warnings
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -298,6 +299,12 @@ def cmd_send(args: argparse.Namespace) -> int:
         return _fail(exc.message)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from api.demo import run_demo
+
+    return run_demo(port=args.port, data_dir=args.data_dir)
+
+
 def cmd_flex_standin(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -349,6 +356,17 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("session_ids", nargs="*", metavar="SESSION_ID")
     retry.add_argument("--all-failed", action="store_true", help="every failed session")
     retry.set_defaults(func=cmd_fulfill_retry)
+
+    demo = sub.add_parser(
+        "demo",
+        help="the zero-setup tour: embedded database, Flex stand-in, real server, signed checkouts",
+        description="Starts an embedded PostgreSQL (in a temporary directory), a local Flex stand-in and the real "
+        "server, sends realistic checkouts through the webhook endpoint, prints the orders and inventory "
+        "adjustments, then keeps serving until Ctrl-C.",
+    )
+    demo.add_argument("--port", type=int, default=8000, help="port for the ledger (another is chosen if taken)")
+    demo.add_argument("--data-dir", type=Path, default=None, help="keep the demo's database here (default: temporary)")
+    demo.set_defaults(func=cmd_demo)
 
     send = sub.add_parser(
         "send",

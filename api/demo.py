@@ -1,0 +1,232 @@
+"""``ledger demo``: the zero-setup tour.
+
+An embedded PostgreSQL in a temporary directory, the project's Flex stand-in, the real server,
+and realistic checkouts sent through the real endpoint as signed webhooks: a one-item order, a
+split cart, a subscription, one delivered out of order with a duplicate, and one whose
+line-items call fails twice before succeeding. Prints what came of it, then keeps serving until
+Ctrl-C and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from api.send import send
+from ledger.scenarios import Checkout, checkout_events
+
+__all__ = ["run_demo"]
+
+FLEX_KEY = "fsk_test_demo"
+
+
+def _free_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise OSError("no free port")
+
+
+def _ledger() -> str:
+    return str(Path(sys.executable).parent / "ledger")
+
+
+def _wait(url: str, process: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not start in {timeout:.0f} s")
+
+
+def _stop(process: subprocess.Popen[bytes] | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def _stop_postgres(pgdata: Path) -> None:
+    """A safety net: no postgres of ours outlives the demo, whatever happened to the server."""
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.info["name"] == "postgres" and str(pgdata) in " ".join(proc.info["cmdline"] or []):
+                proc.terminate()
+                with contextlib.suppress(psutil.TimeoutExpired):
+                    proc.wait(10)
+
+
+def _money(cents: int | None) -> str:
+    return f"${cents / 100:,.2f}" if isinstance(cents, int) else "-"
+
+
+def _summary(api: httpx.Client, orders: list[tuple[str, str]], calls: int, url: str, token: str, secret: str) -> str:
+    out = io.StringIO()
+    w = out.write
+    w("\nflex-ledger demo: every event below reached the ledger as a signed webhook through the real endpoint.\n\n")
+    w("Orders\n")
+    for label, session_id in orders:
+        o = api.get(f"/v1/orders/{session_id}").json()
+        payments = ", ".join(f"{_money(p['amount'])} {p['status']}" for p in o["payment_intents"])
+        f = o["fulfillment"]
+        w(
+            f"  {label:<28} {session_id}  {o['status']:<8} {_money(o['amount_total']):>10}  "
+            f"payments: {payments or '-'}\n"
+        )
+        w(
+            f"  {'':<28} fulfillment: {f['status']}, {len(f['line_items'])} line item(s)"
+            f"{', subscription ' + o['subscription_id'] if o['subscription_id'] else ''}\n"
+        )
+    w("\nInventory adjustments (the feed an inventory system polls, oldest first)\n")
+    for a in api.get("/v1/inventory/adjustments", params={"limit": 100}).json()["data"]:
+        w(
+            f"  #{a['position']:<4} {a['checkout_session_id']}  {a['line_item_id']:<20} "
+            f"{a['price_id'] or '-':<14} {a['quantity_delta']:>+4} {a['reason']}\n"
+        )
+    w(f"\nFlex Line Items API calls made: {calls} (one order's call failed twice before succeeding)\n")
+    first = orders[1][1]
+    auth = f'-H "Authorization: Bearer {token}"'
+    w(f"\nThe ledger is running at {url}\n  API token:      {token}\n  webhook secret: {secret}\n\nTry:\n")
+    w(f"  curl -s {auth} {url}/v1/orders/{first}\n")
+    w(f'  curl -s {auth} "{url}/v1/orders?limit=10"\n')
+    w(f"  curl -s {auth} {url}/v1/inventory\n")
+    w(f"  curl -s {auth} {url}/v1/inventory/adjustments\n")
+    w(f"  curl -s {auth} {url}/v1/projections\n")
+    w(f"  ledger send split-cart --url {url}/webhooks/flex --secret {secret}\n")
+    w("\nPress Ctrl-C to stop (the embedded database and the stand-in stop with it).\n")
+    return out.getvalue()
+
+
+def run_demo(port: int = 8000, data_dir: Path | None = None) -> int:
+    work = Path(tempfile.mkdtemp(prefix="ledger-demo-")) if data_dir is None else data_dir
+    work.mkdir(parents=True, exist_ok=True)
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    token = "flt_demo_" + secrets.token_urlsafe(16)
+    server = standin = None
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    started = time.monotonic()
+    try:
+        port = _free_port(port)
+        flex_port = _free_port(0)
+        print(f"demo: starting (data in {work})", flush=True)
+        # Own sessions: Ctrl-C reaches the demo only, which stops everything in order.
+        standin = subprocess.Popen(
+            [_ledger(), "flex-standin", "--port", str(flex_port), "--api-key", FLEX_KEY, "--delay", "0.05"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        env = {
+            **os.environ,
+            "LEDGER_DATABASE_URL": "",
+            "LEDGER_DATA_DIR": str(work),
+            "LEDGER_WEBHOOK_SECRETS": secret,
+            "LEDGER_API_TOKENS": token,
+            "FLEX_API_KEY": FLEX_KEY,
+            "FLEX_API_BASE_URL": f"http://127.0.0.1:{flex_port}/v1",
+            "FLEX_API_TIMEOUT": "5",
+            "LEDGER_FULFILLMENT_RETRY_BASE": "0.5",
+        }
+        with open(work / "server.log", "wb") as log:
+            server = subprocess.Popen(
+                [_ledger(), "serve", "--port", str(port), "--log-level", "warning"],
+                env=env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        url = f"http://127.0.0.1:{port}"
+        _wait(f"http://127.0.0.1:{flex_port}/_standin/calls", standin, "the Flex stand-in")
+        _wait(url + "/readyz", server, "the ledger server")
+        print(f"demo: ledger serving on {url}, Flex stand-in on :{flex_port}; sending checkouts", flush=True)
+
+        checkouts: list[tuple[str, Checkout, dict[str, Any]]] = [
+            ("one-item order", Checkout(seed=1, start=int(time.time()) - 300), {}),
+            ("split cart (HSA/FSA + card)", Checkout(seed=2, split=True, items=2, start=int(time.time()) - 240), {}),
+            ("subscription", Checkout(seed=3, mode="subscription", start=int(time.time()) - 180), {}),
+            (
+                "out of order, duplicated",
+                Checkout(seed=4, start=int(time.time()) - 120),
+                {"out_of_order": True, "duplicates": 2},
+            ),
+            ("line items failed twice", Checkout(seed=5, items=2, start=int(time.time()) - 60), {}),
+        ]
+        for _, checkout, _ in checkouts:  # Flex knows each session's real line items
+            httpx.post(
+                f"http://127.0.0.1:{flex_port}/_standin/sessions/{checkout.session_id}",
+                json={"line_items": checkout.line_items()},
+            ).raise_for_status()
+        httpx.post(
+            f"http://127.0.0.1:{flex_port}/_standin/faults",
+            json={"session_id": checkouts[-1][1].session_id, "script": [{"status": 500}, {"status": 503}]},
+        ).raise_for_status()
+        quiet = io.StringIO()
+        for _, checkout, options in checkouts:
+            if send(checkout_events(checkout), url=url + "/webhooks/flex", secret=secret, out=quiet, **options):
+                print(quiet.getvalue(), file=sys.stderr)
+                raise RuntimeError("a demo webhook was refused; see above")
+
+        with httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=30) as api:
+            deadline = time.monotonic() + 60
+            for _, checkout, _ in checkouts:
+                while (
+                    api.get(f"/v1/orders/{checkout.session_id}").json().get("fulfillment", {}).get("status")
+                    != "fulfilled"
+                ):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("fulfillment did not finish in 60 s; see " + str(work / "server.log"))
+                    time.sleep(0.1)
+            calls = httpx.get(f"http://127.0.0.1:{flex_port}/_standin/calls").json()["count"]
+            print(
+                _summary(api, [(label, c.session_id) for label, c, _ in checkouts], calls, url, token, secret),
+                flush=True,
+            )
+        print(f"demo: ready in {time.monotonic() - started:.1f} s", flush=True)
+        while not stop.wait(0.5):
+            if server.poll() is not None:
+                print(
+                    f"demo: the ledger server exited ({server.returncode}); see {work / 'server.log'}", file=sys.stderr
+                )
+                return 1
+        print("\ndemo: stopping", flush=True)
+        return 0
+    except (RuntimeError, OSError, httpx.HTTPError) as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        _stop(server)
+        _stop(standin)
+        _stop_postgres((work / "pgdata").resolve())
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if data_dir is None:
+            shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,206 @@
+"""ledger demo, ledger send and /metrics, as a user meets them."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.support import SECRET, RunningServer, flex_event, ledger_command, run_server, signed_headers
+
+
+def _ours(pattern: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if re.search(pattern, " ".join(proc.info["cmdline"] or [])):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_demo_reaches_its_summary_curls_work_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "demo"
+    proc = subprocess.Popen(
+        [ledger_command(), "demo", "--port", "0", "--data-dir", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    started = time.monotonic()
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("demo: ready"):
+                break
+            assert time.monotonic() - started < 90, "".join(lines)
+        out = "".join(lines)
+        assert "demo: ready" in out, out
+        assert time.monotonic() - started < 60
+        sessions = re.findall(r"(fcs_[0-9A-F]{26})  complete", out)
+        assert len(sessions) == 5
+        assert out.count("fulfillment: fulfilled") == 5
+        assert "failed twice" in out
+        curls = [line.strip() for line in lines if line.strip().startswith("curl ")]
+        assert len(curls) >= 4
+        # the printed commands, run as printed, return the data shown
+        order = json.loads(subprocess.run(shlex.split(curls[0]), capture_output=True, text=True, check=True).stdout)
+        assert order["checkout_session_id"] in sessions
+        assert order["fulfillment"]["status"] == "fulfilled"
+        assert len(order["payment_intents"]) == 2, "the first curl shows the split cart"
+        listed = json.loads(subprocess.run(shlex.split(curls[1]), capture_output=True, text=True, check=True).stdout)
+        assert sorted(o["checkout_session_id"] for o in listed["data"]) == sorted(sessions)
+        feed = json.loads(subprocess.run(shlex.split(curls[3]), capture_output=True, text=True, check=True).stdout)
+        shown = re.findall(r"#(\d+)\s+(fcs_\w+)\s+(li_\w+)", out)
+        assert [(str(a["position"]), a["checkout_session_id"], a["line_item_id"]) for a in feed["data"]] == shown
+        assert _ours(str(data.resolve())), "the embedded postgres runs while the demo serves"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stdout.read()
+        proc.wait(60)
+        proc.stdout.close()
+    assert proc.returncode == 0, rest
+    assert "demo: stopping" in rest
+    time.sleep(0.5)
+    assert _ours(re.escape(str(data.resolve()))) == [], "no postgres left behind"
+    assert _ours(r"ledger (serve|flex-standin)") == [] or all(
+        str(data) not in " ".join(p.cmdline()) for p in _ours(r"ledger (serve|flex-standin)")
+    )
+
+
+@pytest.mark.parametrize("scenario", ["checkout", "split-cart", "subscription"])
+def test_send_each_scenario_end_to_end(db_dsn: str, tmp_path: Path, scenario: str) -> None:
+    with run_server(tmp_path, {"LEDGER_DATABASE_URL": db_dsn}) as server:
+        result = subprocess.run(
+            [
+                ledger_command(),
+                "send",
+                scenario,
+                "--url",
+                server.url + "/webhooks/flex",
+                "--secret",
+                SECRET,
+                "--seed",
+                "7",
+                "--out-of-order",
+                "--duplicate",
+                "2",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        replies = [line for line in result.stdout.splitlines() if " -> " in line]
+        assert sum('"status":"duplicate"' in line for line in replies) == 2
+        assert all(" -> 200 " in line for line in replies)
+        positions = [int(m) for m in re.findall(r'"position":(\d+)', result.stdout)]
+        session = next(
+            json.loads(line.split(" -> 200 ", 1)[1]) for line in replies if "checkout.session.completed" in line
+        )
+        order_list = server.get("/v1/orders", params={"min_position": max(positions)}).json()["data"]
+        assert len(order_list) == 1
+        assert order_list[0]["status"] == "complete"
+        assert session["status"] == "accepted"
+        if scenario == "split-cart":
+            assert len(order_list[0]["payment_intents"]) == 2
+        if scenario == "subscription":
+            sub = server.get(f"/v1/subscriptions/{order_list[0]['subscription_id']}").json()
+            assert sub["status"] == "active"
+
+
+def test_send_refuses_a_wrong_secret_visibly(db_dsn: str, tmp_path: Path) -> None:
+    with run_server(tmp_path, {"LEDGER_DATABASE_URL": db_dsn}) as server:
+        result = subprocess.run(
+            [
+                ledger_command(),
+                "send",
+                "checkout",
+                "--url",
+                server.url + "/webhooks/flex",
+                "--secret",
+                "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert " -> 401 " in result.stdout
+
+
+def _metric(server: RunningServer, name: str, **labels: str) -> float:
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(name + ("{" + want + "}" if labels else " ")) or (
+            labels and line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items())
+        ):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_move_for_every_webhook_outcome_and_for_lag(db_dsn: str, tmp_path: Path) -> None:
+    env = {"LEDGER_DATABASE_URL": db_dsn, "LEDGER_WEBHOOK_MAX_BYTES": "2048"}
+    with run_server(tmp_path, env) as server:
+        body = flex_event()
+        post = lambda content, headers: httpx.post(server.url + "/webhooks/flex", content=content, headers=headers)  # noqa: E731
+        post(body, signed_headers(body))
+        post(body, signed_headers(body))
+        post(body, {})
+        post(b"x" * 4096, {})
+        post("[1]", signed_headers("[1]"))
+        assert _metric(server, "ledger_webhook_requests_total", outcome="accepted") == 1
+        assert _metric(server, "ledger_webhook_requests_total", outcome="duplicate") == 1
+        assert _metric(server, "ledger_webhook_requests_total", outcome="unauthorized", reason="missing_header") == 1
+        assert _metric(server, "ledger_webhook_requests_total", outcome="too_large") == 1
+        assert _metric(server, "ledger_webhook_requests_total", outcome="unprocessable") == 1
+        assert _metric(server, "ledger_webhook_ingest_seconds_count") == 2
+        assert _metric(server, "ledger_append_batch_size_count") >= 1
+        assert _metric(server, "ledger_log_head_position") == 1
+        deadline = time.monotonic() + 10
+        while _metric(server, "ledger_projection_position", projection="orders") < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _metric(server, "ledger_projection_lag_events", projection="orders") == 0
+
+    # with the runner unable to move (another session holds its lock), lag grows with the head
+    import asyncio
+
+    import asyncpg
+
+    from projections.runner import LOCK_NAMESPACE, lock_id
+
+    async def scenario() -> tuple[float, float]:
+        holder = await asyncpg.connect(db_dsn)
+        try:
+            await holder.execute("SELECT pg_advisory_lock($1, $2)", LOCK_NAMESPACE, lock_id("orders"))
+            with run_server(tmp_path / "again", env) as again:
+                for _ in range(3):
+                    b = flex_event(
+                        "checkout.session.completed",
+                        checkout_session={"checkout_session_id": "fcs_x", "status": "complete"},
+                    )
+                    post_again = httpx.post(again.url + "/webhooks/flex", content=b, headers=signed_headers(b))
+                    assert post_again.status_code == 200
+                return (
+                    _metric(again, "ledger_projection_lag_events", projection="orders"),
+                    _metric(again, "ledger_projection_running", projection="orders"),
+                )
+        finally:
+            await holder.close()
+
+    (tmp_path / "again").mkdir()
+    lag, running = asyncio.run(scenario())
+    assert lag == 3
+    assert running == 1  # the lock is held (by this test): a stuck runner shows as lag
