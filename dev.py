@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Bootstrap for a fresh clone: needs only Python >= 3.11.
 
+    python3 dev.py demo                            the tour: the real service on an embedded PostgreSQL,
+                                                   a Flex stand-in and signed demo checkouts
     python3 dev.py serve [ledger serve options]   run the service (embedded PostgreSQL by default)
     python3 dev.py test [pytest options]           lint, type-check and run the whole test suite
-    python3 dev.py ledger COMMAND ...              any other ledger command
+    python3 dev.py COMMAND ...                     any other ledger command (status, rebuild, send, ...)
 
 Creates ``.venv`` and installs the pinned versions from ``requirements*.lock`` (again only
 when a lock file or pyproject.toml changed), then runs the command inside it.
@@ -25,11 +27,18 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
 
 
-def ensure_venv(lock: str) -> None:
-    stamp_file = VENV / f".installed-{lock}"
-    digest = hashlib.sha256(b"".join((ROOT / f).read_bytes() for f in (lock, "pyproject.toml"))).hexdigest()
-    if stamp_file.exists() and stamp_file.read_text() == digest and PYTHON.exists():
-        return
+def _digest(lock: str) -> str:
+    return hashlib.sha256(b"".join((ROOT / f).read_bytes() for f in (lock, "pyproject.toml"))).hexdigest()
+
+
+def ensure_venv(lock: str, *, also_fine: tuple[str, ...] = ()) -> None:
+    """Installs ``lock`` unless it (or a superset in ``also_fine``) is installed as it is now."""
+    if sys.version_info < (3, 11):  # noqa: UP036 (this file runs before anything is installed)
+        sys.exit(f"dev.py: Python 3.11 or newer is needed, this is {sys.version.split()[0]}")
+    for candidate in (lock, *also_fine):
+        stamp = VENV / f".installed-{candidate}"
+        if PYTHON.exists() and stamp.exists() and stamp.read_text() == _digest(candidate):
+            return
     if not PYTHON.exists():
         print(f"dev.py: creating {VENV}", flush=True)
         venv.create(VENV, with_pip=True)
@@ -37,9 +46,7 @@ def ensure_venv(lock: str) -> None:
     pip = [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run([*pip, "-r", str(ROOT / lock)], check=True)
     subprocess.run([*pip, "--no-deps", "-e", str(ROOT)], check=True)
-    for old in VENV.glob(".installed-*"):
-        old.unlink()
-    stamp_file.write_text(digest)
+    (VENV / f".installed-{lock}").write_text(_digest(lock))
 
 
 def run(*cmd: str, env: dict[str, str] | None = None) -> int:
@@ -79,15 +86,13 @@ def main(argv: list[str]) -> int:
             if code != 0:
                 return code
         return 0
-    ensure_venv("requirements.lock")
+    ensure_venv("requirements.lock", also_fine=("requirements-dev.lock",))  # dev pins include the runtime ones
     env = dict(os.environ)
     if command == "serve":
         dev_secret(env)
-        return run(str(BIN / "ledger"), "serve", *rest, env=env)
-    if command == "ledger":
-        return run(str(BIN / "ledger"), *rest, env=env)
-    print(f"dev.py: unknown command {command!r}\n{__doc__}", file=sys.stderr)
-    return 2
+    if command == "ledger":  # python3 dev.py ledger COMMAND ...
+        command, rest = (rest[0], rest[1:]) if rest else ("--help", [])
+    return run(str(BIN / "ledger"), command, *rest, env=env)
 
 
 if __name__ == "__main__":
