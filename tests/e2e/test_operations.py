@@ -190,3 +190,47 @@ def test_fifty_concurrent_deliveries_of_ten_events_over_http(db_dsn: str, tmp_pa
     position_of = {e: p for p, e in rows}
     for body, reply in zip(bodies * 5, replies, strict=True):
         assert reply.json()["position"] == position_of[__import__("json").loads(body)["event_id"]]
+
+
+def test_sigterm_under_load_loses_nothing_acknowledged(db_dsn: str, tmp_path: Path) -> None:
+    from tests.support import signed_headers
+
+    bodies = [flex_event(event_id=f"evt_shutdown_{i}") for i in range(300)]
+
+    with run_server(tmp_path, {"LEDGER_DATABASE_URL": db_dsn}) as server:
+
+        async def load() -> list[tuple[str, int | None, dict | None]]:
+            async with httpx.AsyncClient(limits=httpx.Limits(max_connections=32)) as client:
+
+                async def one(body: str) -> tuple[str, int | None, dict | None]:
+                    event_id = __import__("json").loads(body)["event_id"]
+                    try:
+                        r = await client.post(server.url + "/webhooks/flex", content=body, headers=signed_headers(body))
+                    except httpx.HTTPError:
+                        return event_id, None, None
+                    return event_id, r.status_code, r.json() if r.status_code == 200 else None
+
+                tasks = [asyncio.create_task(one(b)) for b in bodies]
+                await asyncio.sleep(0.3)
+                server.process.send_signal(signal.SIGTERM)
+                return await asyncio.gather(*tasks)
+
+        import signal
+
+        results = asyncio.run(load())
+        # uvicorn re-raises the signal after its graceful shutdown, so the exit status names it
+        assert server.process.wait(30) in (0, -signal.SIGTERM)
+
+    acknowledged = {e: doc["position"] for e, status, doc in results if status == 200 and doc}
+    assert acknowledged, "some deliveries were answered before the shutdown"
+    assert all(status in (200, 503, None) for _, status, _ in results)
+
+    async def stored() -> dict[str, int]:
+        conn = await asyncpg.connect(db_dsn)
+        try:
+            return {r["event_id"]: r["position"] for r in await conn.fetch("SELECT event_id, position FROM events")}
+        finally:
+            await conn.close()
+
+    log = asyncio.run(stored())
+    assert {e: log.get(e) for e in acknowledged} == acknowledged
