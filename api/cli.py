@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import sys
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,18 @@ async def database(settings: Settings) -> AsyncIterator[tuple[asyncpg.Connection
             await asyncio.to_thread(embedded.stop)
 
 
+def _run_with_settings(work: Callable[[Settings], Awaitable[int]]) -> int:
+    """Reads the settings and runs ``work``; bad settings and an unreachable database end in one line."""
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        return _fail(exc.message)
+    try:
+        return asyncio.run(work(settings))
+    except UNAVAILABLE as exc:
+        return _fail(f"cannot reach the database: {exc}")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(require_secrets=True)
@@ -81,12 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        return _fail(exc.message)
-
-    async def run() -> int:
+    async def run(settings: Settings) -> int:
         async with database(settings) as (conn, _):
 
             def progress(rows: int) -> None:
@@ -102,10 +109,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(f"ledger verify: BROKEN at position {report.bad_position}: {report.problem}")
         return 1
 
-    try:
-        return asyncio.run(run())
-    except UNAVAILABLE as exc:
-        return _fail(f"cannot reach the database: {exc}")
+    return _run_with_settings(run)
 
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
@@ -116,12 +120,8 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
     if unknown:
         return _fail(f"no projection named {', '.join(unknown)} (known: {', '.join(PROJECTIONS)})")
     names = list(PROJECTIONS) if args.all or not args.names else list(dict.fromkeys(args.names))
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        return _fail(exc.message)
 
-    async def run() -> int:
+    async def run(settings: Settings) -> int:
         from projections.apply import ProjectionFailed
 
         async with database(settings) as (conn, dsn):
@@ -139,10 +139,7 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
             )
         return 0
 
-    try:
-        return asyncio.run(run())
-    except UNAVAILABLE as exc:
-        return _fail(f"cannot reach the database: {exc}")
+    return _run_with_settings(run)
 
 
 class ProgressPrinter:
@@ -193,12 +190,7 @@ class ProgressPrinter:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        return _fail(exc.message)
-
-    async def run() -> int:
+    async def run(settings: Settings) -> int:
         from projections.read import projection_status
 
         async with database(settings) as (conn, _):
@@ -231,21 +223,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
         return 0
 
-    try:
-        return asyncio.run(run())
-    except UNAVAILABLE as exc:
-        return _fail(f"cannot reach the database: {exc}")
+    return _run_with_settings(run)
 
 
 def cmd_fulfill_retry(args: argparse.Namespace) -> int:
     if not args.all_failed and not args.session_ids:
         return _fail("name one or more checkout session ids, or --all-failed")
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        return _fail(exc.message)
 
-    async def run() -> int:
+    async def run(settings: Settings) -> int:
         from projections.apply import queries
         from projections.fulfillment import requeue
 
@@ -269,10 +254,7 @@ def cmd_fulfill_retry(args: argparse.Namespace) -> int:
             print("ledger fulfill retry: no failed sessions")
         return code
 
-    try:
-        return asyncio.run(run())
-    except UNAVAILABLE as exc:
-        return _fail(f"cannot reach the database: {exc}")
+    return _run_with_settings(run)
 
 
 def cmd_send(args: argparse.Namespace) -> int:

@@ -70,20 +70,9 @@ class EventLog:
         """Appends a batch in one transaction; results in input order."""
         if not events:
             return []
-        args = (
-            [e.event_id for e in events],
-            [e.event_type for e in events],
-            [e.source for e in events],
-            [e.event_dt for e in events],
-            [e.occurred_at for e in events],
-            [e.raw_body for e in events],
-            [e.headers for e in events],
-            [e.message_id for e in events],
-        )
         with translate_errors():
             async with self.pool.acquire() as conn:
-                rows = await conn.fetch(queries.append, *args)
-        return [AppendResult(r["out_position"], r["out_duplicate"]) for r in rows]
+                return await append_with(conn, events)
 
     async def quarantine(self, *, message_id: str | None, headers: str, body: bytes, reason: str) -> int:
         with translate_errors():
@@ -111,6 +100,22 @@ class EventLog:
             )
             for r in rows
         ]
+
+
+async def append_with(conn: asyncpg.Connection, events: Sequence[NewEvent]) -> list[AppendResult]:
+    """Appends a batch on ``conn``: in the caller's transaction if one is open, else in its own."""
+    rows = await conn.fetch(
+        queries.append,
+        [e.event_id for e in events],
+        [e.event_type for e in events],
+        [e.source for e in events],
+        [e.event_dt for e in events],
+        [e.occurred_at for e in events],
+        [e.raw_body for e in events],
+        [e.headers for e in events],
+        [e.message_id for e in events],
+    )
+    return [AppendResult(r["out_position"], r["out_duplicate"]) for r in rows]
 
 
 async def verify_chain(

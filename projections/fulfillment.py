@@ -23,42 +23,26 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import asyncpg
 
-from ledger.db import SERVER_SETTINGS, UNAVAILABLE
+from ledger.db import UNAVAILABLE
 from ledger.db import queries as ledger_queries
 from ledger.flex_api import FlexApiError, FlexClient, PermanentFlexError
-from ledger.log import NewEvent
+from ledger.log import append_with
 from projections.apply import decode_rows, queries
 from projections.base import like_patterns
 from projections.flex import as_str, resource
 from projections.fulfillment_events import failed_event, fetched_events, retry_requested_event
-from projections.runner import LOCK_NAMESPACE, CheckpointMoved, lock_id
+from projections.runner import CheckpointMoved, run_exclusively
 
-__all__ = ["NAME", "FulfillmentReactor", "append_in", "intake_once", "requeue"]
+__all__ = ["NAME", "FulfillmentReactor", "intake_once", "requeue"]
 
 _log = logging.getLogger(__name__)
 
 NAME = "fulfillment"
 _COMPLETED = "checkout.session.completed"
-
-
-async def append_in(conn: asyncpg.Connection, events: Sequence[NewEvent]) -> None:
-    """Appends to the log inside the caller's transaction (the same SQL as every append)."""
-    await conn.fetch(
-        ledger_queries.append,
-        [e.event_id for e in events],
-        [e.event_type for e in events],
-        [e.source for e in events],
-        [e.event_dt for e in events],
-        [e.occurred_at for e in events],
-        [e.raw_body for e in events],
-        [e.headers for e in events],
-        [e.message_id for e in events],
-    )
 
 
 async def intake_once(conn: asyncpg.Connection, batch_size: int = 1000) -> int:
@@ -102,7 +86,9 @@ async def requeue(conn: asyncpg.Connection, session_ids: list[str] | None) -> li
     async with conn.transaction():
         rows = await conn.fetch(queries.queue_requeue, session_ids)
         if rows:
-            await append_in(conn, [retry_requested_event(r["checkout_session_id"], r["generation"], now) for r in rows])
+            await append_with(
+                conn, [retry_requested_event(r["checkout_session_id"], r["generation"], now) for r in rows]
+            )
     return [(r["checkout_session_id"], r["generation"]) for r in rows]
 
 
@@ -138,25 +124,7 @@ class FulfillmentReactor:
         """Runs until cancelled; one active reactor across processes (session advisory lock)."""
         if self.client is None:
             _log.warning("fulfillment: FLEX_API_KEY is not set; completed sessions wait as pending")
-        while True:
-            conn = None
-            try:
-                conn = await asyncpg.connect(self.dsn, server_settings=SERVER_SETTINGS)
-                if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_NAMESPACE, lock_id(NAME)):
-                    await asyncio.sleep(self.standby_interval)
-                    continue
-                self.active = True
-                await self._loop(conn)
-            except asyncio.CancelledError:
-                raise
-            except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
-                _log.warning("fulfillment: %s; retrying", exc)
-                await asyncio.sleep(1)
-            finally:
-                self.active = False
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 5)
+        await run_exclusively(self.dsn, NAME, self, self._loop, self.standby_interval)
 
     async def _loop(self, conn: asyncpg.Connection) -> None:
         workers: set[asyncio.Task[None]] = set()
@@ -206,7 +174,7 @@ class FulfillmentReactor:
                 row = await conn.fetchrow(queries.queue_lock, session_id)
                 if row is None or row["status"] != "pending":
                     return  # fulfilled or parked meanwhile: nothing to record
-                await append_in(conn, fetched_events(session_id, raw, items, now))
+                await append_with(conn, fetched_events(session_id, raw, items, now))
                 await conn.execute(queries.queue_fulfilled, session_id)
             _log.info("fulfillment: %s fulfilled with %d line items", session_id, len(items))
         except asyncio.CancelledError:
@@ -234,7 +202,7 @@ class FulfillmentReactor:
                     if isinstance(exc, PermanentFlexError)
                     else f"gave up after {attempts} attempts: {exc.message}"
                 )
-                await append_in(
+                await append_with(
                     conn, [failed_event(session_id, row["generation"], reason, exc.status, datetime.now(UTC))]
                 )
                 await conn.execute(queries.queue_failed, session_id, reason)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import asyncpg
 
@@ -21,7 +23,7 @@ from ledger.log import NOTIFY_CHANNEL
 from projections.apply import apply_batch, decode_rows, queries
 from projections.base import Projection
 
-__all__ = ["LOCK_NAMESPACE", "ProjectionRunner", "Wakeup", "catch_up_once", "lock_id"]
+__all__ = ["LOCK_NAMESPACE", "ProjectionRunner", "Wakeup", "catch_up_once", "lock_id", "run_exclusively"]
 
 _log = logging.getLogger(__name__)
 
@@ -98,6 +100,44 @@ class Wakeup:
                         await conn.close()
 
 
+class Exclusive(Protocol):
+    active: bool
+
+
+async def run_exclusively(
+    dsn: str,
+    name: str,
+    owner: Exclusive,
+    body: Callable[[asyncpg.Connection], Awaitable[None]],
+    standby_interval: float,
+) -> None:
+    """Runs ``body`` on a dedicated connection holding ``name``'s session advisory lock.
+
+    While another process holds the lock this one waits as a standby; if the connection (and so
+    the lock) is lost, it reconnects and competes again. ``owner.active`` says whether it holds it.
+    """
+    while True:
+        conn = None
+        try:
+            conn = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_NAMESPACE, lock_id(name)):
+                await asyncio.sleep(standby_interval)
+                continue
+            owner.active = True
+            _log.info("%s: running", name)
+            await body(conn)
+        except asyncio.CancelledError:
+            raise
+        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+            _log.warning("%s: %s; retrying", name, exc)
+            await asyncio.sleep(1)
+        finally:
+            owner.active = False
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 5)
+
+
 class ProjectionRunner:
     def __init__(
         self,
@@ -119,29 +159,7 @@ class ProjectionRunner:
 
     async def run(self) -> None:
         """Runs until cancelled, surviving database outages."""
-        while True:
-            conn = None
-            try:
-                conn = await asyncpg.connect(self.dsn, server_settings=SERVER_SETTINGS)
-                locked = await conn.fetchval(
-                    "SELECT pg_try_advisory_lock($1, $2)", LOCK_NAMESPACE, lock_id(self.projection.name)
-                )
-                if not locked:
-                    await asyncio.sleep(self.standby_interval)
-                    continue
-                self.active = True
-                _log.info("projection %s: running", self.projection.name)
-                await self._loop(conn)
-            except asyncio.CancelledError:
-                raise
-            except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
-                _log.warning("projection %s: %s; retrying", self.projection.name, exc)
-                await asyncio.sleep(1)
-            finally:
-                self.active = False
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 5)
+        await run_exclusively(self.dsn, self.projection.name, self, self._loop, self.standby_interval)
 
     async def _loop(self, conn: asyncpg.Connection) -> None:
         while True:
