@@ -9,7 +9,7 @@ rows back with one statement per table.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -83,7 +83,6 @@ class Projection:
     tables: tuple[Table, ...]
     fold: Callable[[LogRow, Deltas], bool]
     description: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def matches(self, event_type: str) -> bool:
         return event_type.startswith(self.prefixes)

@@ -24,6 +24,7 @@ __all__ = [
 
 _BIGINT = 2**63 - 1
 _MILLISECONDS_FROM = 100_000_000_000
+_MAX_MICROS = 253_402_300_799_000_000  # 9999-12-31T23:59:59Z: beyond it is not a time
 
 
 def resource(payload: dict[str, Any], name: str, id_field: str) -> dict[str, Any] | None:
@@ -75,9 +76,8 @@ def epoch_micros(value: Any) -> int | None:
     """Microseconds since the epoch from epoch seconds/milliseconds or an ISO-8601 string."""
     number = as_int(value)
     if number is not None:
-        if abs(number) >= _MILLISECONDS_FROM:
-            return number * 1000
-        return number * 1_000_000
+        micros = number * 1000 if abs(number) >= _MILLISECONDS_FROM else number * 1_000_000
+        return micros if abs(micros) <= _MAX_MICROS else None
     text = as_str(value)
     if text is None:
         return None
@@ -87,7 +87,10 @@ def epoch_micros(value: Any) -> int | None:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1_000_000)
+    try:
+        return int(parsed.timestamp() * 1_000_000)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def event_micros(payload: dict[str, Any]) -> int:

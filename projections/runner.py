@@ -20,8 +20,8 @@ import asyncpg
 from ledger.db import SERVER_SETTINGS, UNAVAILABLE
 from ledger.db import queries as ledger_queries
 from ledger.log import NOTIFY_CHANNEL
-from projections.apply import apply_batch, decode_rows, queries
-from projections.base import Projection
+from projections.apply import BatchResult, ProjectionFailed, apply_batch, decode_rows, queries
+from projections.base import LogRow, Projection
 
 __all__ = ["LOCK_NAMESPACE", "ProjectionRunner", "Wakeup", "catch_up_once", "lock_id", "run_exclusively"]
 
@@ -51,7 +51,7 @@ async def catch_up_once(conn: asyncpg.Connection, projection: Projection, batch_
     records = await conn.fetch(queries.read_batch, start, end, projection.patterns)
     rows, undecodable = decode_rows(records)
     async with conn.transaction():
-        result = await apply_batch(conn, projection, rows, strict=False)
+        result = await _apply_or_isolate(conn, projection, rows)
         skipped = (end - start) - len(records) + undecodable + result.ignored
         status = await conn.execute(
             queries.checkpoint_advance, projection.name, start, state["generation"], end, result.applied, skipped
@@ -63,13 +63,34 @@ async def catch_up_once(conn: asyncpg.Connection, projection: Projection, batch_
     return int(end - start)
 
 
+async def _apply_or_isolate(conn: asyncpg.Connection, projection: Projection, rows: list[LogRow]) -> BatchResult:
+    """The batch in one go; if the tables refuse some event's data, event by event, so only that
+    event is recorded as failed and the projection goes on (live mode)."""
+    try:
+        async with conn.transaction():  # a savepoint
+            return await apply_batch(conn, projection, rows, strict=False)
+    except asyncpg.DataError:
+        pass
+    result = BatchResult()
+    for row in rows:
+        try:
+            async with conn.transaction():
+                one = await apply_batch(conn, projection, [row], strict=False)
+        except asyncpg.DataError as exc:
+            result.failures.append(ProjectionFailed(projection.name, row.position, f"{type(exc).__name__}: {exc}"))
+            continue
+        result.applied += one.applied
+        result.ignored += one.ignored
+        result.failures += one.failures
+    return result
+
+
 class Wakeup:
     """LISTEN on the log's channel, fanned out to every runner of this process."""
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self.events: list[asyncio.Event] = []
-        self._task: asyncio.Task[None] | None = None
 
     def subscribe(self) -> asyncio.Event:
         event = asyncio.Event()

@@ -154,3 +154,32 @@ async def test_live_mode_records_a_failure_and_goes_on_rebuild_fails_fast(db_dsn
     await _rebuild_all(db_dsn)
     assert len((await snapshot(pool))["orders"]) == 3
     assert await pool.fetchval("SELECT failed_events FROM projection_state WHERE name = 'orders'") == 0
+
+
+async def test_an_event_the_tables_refuse_is_recorded_and_the_rest_applied(db_dsn: str, pool: asyncpg.Pool) -> None:
+    """Live mode: a database-level refusal (here an out-of-range value) fails that event only."""
+    from projections.base import Table
+
+    def row(entity_id: str, state: object) -> tuple:
+        values = ORDERS.tables[0].row(entity_id, state)  # type: ignore[arg-type]
+        return (*values[:-1], 2**70) if entity_id == "fcs_refused" else values
+
+    tables = (Table("orders", load="orders_load", upsert="orders_upsert", row=row), ORDERS.tables[1])
+    refusing = dataclasses.replace(ORDERS, tables=tables)
+    good = _events(2)
+    refused = {
+        "event_id": "evt_refused",
+        "event_type": "checkout.session.completed",
+        "object": {"checkout_session": {"checkout_session_id": "fcs_refused", "status": "complete"}},
+    }
+    await append(pool, [good[0], refused, *good[1:]])
+    async with pool.acquire() as conn:
+        while await catch_up_once(conn, refusing, 100):  # type: ignore[arg-type]
+            pass
+    row_ = await pool.fetchrow(
+        "SELECT failed_events, last_error_position, position FROM projection_state WHERE name = 'orders'"
+    )
+    assert row_["failed_events"] == 1
+    assert row_["last_error_position"] == 2
+    assert row_["position"] == await pool.fetchval("SELECT position FROM ledger_head")
+    assert await pool.fetchval("SELECT count(*) FROM orders") == 2
