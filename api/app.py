@@ -24,13 +24,10 @@ from api.reads import READ_ROUTES
 from api.webhooks import flex_webhook
 from ledger.db import SCHEMA_VERSION, UNAVAILABLE, apply_schema, create_pool, queries
 from ledger.embedded import EmbeddedPostgres
-from ledger.flex_api import FlexClient
 from ledger.group_commit import GroupCommitter
 from ledger.log import EventLog
 from ledger.settings import Settings
-from projections.fulfillment import FulfillmentReactor
-from projections.registry import PROJECTIONS
-from projections.runner import ProjectionRunner, Wakeup
+from projections.workers import running_workers
 
 __all__ = ["create_app"]
 
@@ -81,8 +78,9 @@ async def _apply_schema_until_done(pool: asyncpg.Pool) -> None:
             await asyncio.sleep(SCHEMA_RETRY_SECONDS)
 
 
-def create_app(settings: Settings, *, api_tokens: tuple[str, ...]) -> Litestar:
-    """The ASGI app. ``settings.database_url`` unset means the embedded PostgreSQL."""
+def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool = True) -> Litestar:
+    """The ASGI app. ``settings.database_url`` unset means the embedded PostgreSQL; ``workers``
+    runs the projection runners and the fulfillment reactor in this process too."""
 
     metrics = Metrics()
 
@@ -99,39 +97,16 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...]) -> Litestar:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(schema_task), 10)
             log = EventLog(pool)
-            wakeup = Wakeup(dsn)
-            runners = [ProjectionRunner(dsn, p, wakeup.subscribe()) for p in PROJECTIONS.values()]
-            flex = None
-            if settings.flex_api_key:
-                flex = FlexClient(
-                    settings.flex_api_base_url,
-                    settings.flex_api_key,
-                    read_timeout=settings.flex_api_timeout,
-                    concurrency=settings.fulfillment_concurrency,
-                    on_call=metrics.flex_call,
-                )
-            reactor = FulfillmentReactor(
-                dsn,
-                pool,
-                flex,
-                wakeup.subscribe(),
-                concurrency=settings.fulfillment_concurrency,
-                max_attempts=settings.fulfillment_max_attempts,
-                backoff_base=settings.fulfillment_retry_base,
-            )
-            workers = [asyncio.create_task(wakeup.run(), name="wakeup")]
-            workers += [asyncio.create_task(r.run(), name=f"projection-{r.projection.name}") for r in runners]
-            workers.append(asyncio.create_task(reactor.run(), name="fulfillment"))
-            try:
-                async with GroupCommitter(log, on_batch=metrics.batch_size.observe) as committer:
-                    app.state.update(pool=pool, log=log, committer=committer, runners=runners)
-                    yield
-            finally:
-                for task in [schema_task, *workers]:
-                    task.cancel()
-                await asyncio.gather(schema_task, *workers, return_exceptions=True)
-                if flex is not None:
-                    await flex.aclose()
+            async with contextlib.AsyncExitStack() as stack:
+                if workers:
+                    await stack.enter_async_context(
+                        running_workers(dsn, pool, settings, on_flex_call=metrics.flex_call)
+                    )
+                committer = await stack.enter_async_context(GroupCommitter(log, on_batch=metrics.batch_size.observe))
+                app.state.update(pool=pool, log=log, committer=committer)
+                yield
+            schema_task.cancel()
+            await asyncio.gather(schema_task, return_exceptions=True)
         finally:
             await pool.close()
             if embedded is not None:

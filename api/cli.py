@@ -76,7 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tokens = (token,)
         where = settings.data_dir / "api_token"
         print(f"ledger: read API token ({'generated, ' if created else ''}stored in {where}): {token}", flush=True)
-    app = create_app(settings, api_tokens=tokens)
+    app = create_app(settings, api_tokens=tokens, workers=args.workers)
     print(f"ledger: serving on http://{args.host}:{args.port} (webhooks: POST /webhooks/flex)", flush=True)
     uvicorn.run(
         app,
@@ -90,6 +90,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=15,
     )
     return 0
+
+
+def cmd_work(args: argparse.Namespace) -> int:
+    """Projection runners and the fulfillment reactor, until SIGTERM or SIGINT."""
+    import signal
+
+    from ledger.db import create_pool
+    from projections.workers import running_workers
+
+    async def run(settings: Settings) -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        async with database(settings) as (_, dsn):
+            pool = await create_pool(dsn, max_size=10, timeout=5, command_timeout=15)
+            try:
+                async with running_workers(dsn, pool, settings):
+                    print("ledger work: running projections and fulfillment; Ctrl-C to stop", flush=True)
+                    await stop.wait()
+            finally:
+                await pool.close()
+        return 0
+
+    return _run_with_settings(run)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -311,7 +336,20 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--no-workers",
+        dest="workers",
+        action="store_false",
+        help="serve HTTP only; leave projections and fulfillment to `ledger work` processes",
+    )
     serve.set_defaults(func=cmd_serve)
+
+    work = sub.add_parser(
+        "work",
+        help="run the projection runners and the fulfillment reactor without HTTP (beside `serve --no-workers`)",
+    )
+    work.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    work.set_defaults(func=cmd_work)
 
     verify = sub.add_parser(
         "verify", help="check the log's hash chain; exit 0 when intact, 1 naming the first broken position"

@@ -42,7 +42,15 @@ def write_requests(bodies: list[str], path: Path) -> None:
             out.write(f"{msg_id}\t{int(now.timestamp())}\t{wh.sign(msg_id, now, body)}\t{body}\n")
 
 
-def start_server(dsn: str, port: int, workdir: Path) -> subprocess.Popen[bytes]:
+def start_worker(dsn: str, workdir: Path) -> subprocess.Popen[bytes]:
+    """`ledger work`: the projections and the reactor in their own process."""
+    ledger = Path(sys.executable).parent / "ledger"
+    env = {**os.environ, "LEDGER_DATABASE_URL": dsn, "LEDGER_DATA_DIR": str(workdir)}
+    with open(workdir / "work.log", "wb") as log:
+        return subprocess.Popen([str(ledger), "work", "--log-level", "warning"], env=env, stdout=log, stderr=log)
+
+
+def start_server(dsn: str, port: int, workdir: Path, *extra: str) -> subprocess.Popen[bytes]:
     ledger = Path(sys.executable).parent / "ledger"
     env = {
         **os.environ,
@@ -53,7 +61,7 @@ def start_server(dsn: str, port: int, workdir: Path) -> subprocess.Popen[bytes]:
     }
     with open(workdir / "serve.log", "wb") as log:
         proc = subprocess.Popen(
-            [str(ledger), "serve", "--port", str(port), "--log-level", "warning"],
+            [str(ledger), "serve", "--port", str(port), "--log-level", "warning", *extra],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -117,6 +125,16 @@ async def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dsn", default=None)
+    parser.add_argument(
+        "--ingest-only",
+        action="store_true",
+        help="`ledger serve --no-workers` and no worker at all: the ingest path alone (projections wait)",
+    )
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="`ledger serve --no-workers` plus a `ledger work` process, instead of one process doing both",
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench/ingest.py needs wrk on PATH (Debian/Ubuntu: apt-get install wrk)")
@@ -132,13 +150,17 @@ async def main() -> None:
                 # the same events for the server, under new ids (the naive table is separate anyway)
                 write_requests(bodies, work / "requests.tsv")
                 port = 18000 + r
-                proc = start_server(dsn, port, work)
+                worker = start_worker(dsn, work) if args.split else None
+                no_workers = args.split or args.ingest_only
+                proc = start_server(dsn, port, work, *(["--no-workers"] if no_workers else []))
                 try:
                     seconds = int(len(bodies) / 500) + 10
                     res = run_wrk(port, work / "requests.tsv", args.concurrency, args.threads, seconds)
                 finally:
-                    proc.send_signal(signal.SIGTERM)
-                    proc.wait(30)
+                    for p in (proc, worker):
+                        if p is not None:
+                            p.send_signal(signal.SIGTERM)
+                            p.wait(30)
             stored, window = await ingest_window(dsn)
             rate = (stored - 1) / window
             ratios.append(rate / naive)
@@ -155,6 +177,7 @@ async def main() -> None:
             json.dumps(
                 {
                     "bench": "ingest",
+                    "mode": "split" if args.split else "ingest only" if args.ingest_only else "one process",
                     "events": args.events,
                     "concurrency": args.concurrency,
                     "server_per_s": round(median(rates)),

@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 import asyncpg
 
 from ledger.db import UNAVAILABLE
-from ledger.db import queries as ledger_queries
 from ledger.flex_api import FlexApiError, FlexClient, PermanentFlexError
 from ledger.log import append_with
 from projections.apply import decode_rows, queries
@@ -48,7 +47,7 @@ _COMPLETED = "checkout.session.completed"
 async def intake_once(conn: asyncpg.Connection, batch_size: int = 1000) -> int:
     """Queues the completed sessions of one batch after the checkpoint. Returns how far it moved."""
     state = await conn.fetchrow(queries.state_get, NAME)
-    head = await conn.fetchval(ledger_queries.head)
+    head = state["head"]
     start = state["position"]
     if start >= head:
         return 0
@@ -106,9 +105,11 @@ class FulfillmentReactor:
         backoff_cap: float = 600.0,
         poll_interval: float = 1.0,
         standby_interval: float = 2.0,
+        quiet_period: float = 0.05,
     ) -> None:
         self.dsn = dsn
         self.pool = pool
+        self.quiet_period = quiet_period
         self.client = client
         self.wake = wake
         self.concurrency = concurrency
@@ -149,6 +150,7 @@ class FulfillmentReactor:
                             task.add_done_callback(workers.discard)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), self.poll_interval)
+                await asyncio.sleep(self.quiet_period)  # gather a few commits' worth, as the runners do
         finally:
             for task in workers:
                 task.cancel()

@@ -9,9 +9,9 @@ WHERE position > $1 AND position <= $2 AND event_type LIKE ANY ($3::text[])
 ORDER BY position;
 
 -- name: state_get
-SELECT name, position, generation, applied_events, ignored_events, failed_events
-FROM public.projection_state
-WHERE name = $1;
+SELECT s.name, s.position, s.generation, h.position AS head
+FROM public.projection_state s CROSS JOIN public.ledger_head h
+WHERE s.name = $1;
 
 -- name: state_all
 SELECT s.name, s.position, s.generation, s.applied_events, s.ignored_events, s.failed_events,

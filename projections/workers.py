@@ -1,0 +1,63 @@
+"""The background workers of a process: every projection runner and the fulfillment reactor.
+
+``ledger serve`` runs them next to the HTTP server (the default); ``ledger serve --no-workers``
+leaves them to ``ledger work`` processes. Any number of processes may run them: each projection
+and the reactor is active in exactly one at a time (advisory locks); the others stand by.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import asyncpg
+
+from ledger.flex_api import FlexClient
+from ledger.settings import Settings
+from projections.fulfillment import FulfillmentReactor
+from projections.registry import PROJECTIONS
+from projections.runner import ProjectionRunner, Wakeup
+
+__all__ = ["running_workers"]
+
+
+@contextlib.asynccontextmanager
+async def running_workers(
+    dsn: str,
+    pool: asyncpg.Pool,
+    settings: Settings,
+    *,
+    on_flex_call: Callable[[int | None, float], None] | None = None,
+) -> AsyncIterator[list[ProjectionRunner]]:
+    wakeup = Wakeup(dsn)
+    runners = [ProjectionRunner(dsn, p, wakeup.subscribe()) for p in PROJECTIONS.values()]
+    flex = None
+    if settings.flex_api_key:
+        flex = FlexClient(
+            settings.flex_api_base_url,
+            settings.flex_api_key,
+            read_timeout=settings.flex_api_timeout,
+            concurrency=settings.fulfillment_concurrency,
+            on_call=on_flex_call,
+        )
+    reactor = FulfillmentReactor(
+        dsn,
+        pool,
+        flex,
+        wakeup.subscribe(),
+        concurrency=settings.fulfillment_concurrency,
+        max_attempts=settings.fulfillment_max_attempts,
+        backoff_base=settings.fulfillment_retry_base,
+    )
+    tasks = [asyncio.create_task(wakeup.run(), name="wakeup")]
+    tasks += [asyncio.create_task(r.run(), name=f"projection-{r.projection.name}") for r in runners]
+    tasks.append(asyncio.create_task(reactor.run(), name="fulfillment"))
+    try:
+        yield runners
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if flex is not None:
+            await flex.aclose()
