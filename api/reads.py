@@ -12,6 +12,7 @@ from litestar import Response, get
 from litestar.datastructures import State
 from litestar.params import Parameter
 
+from api.errors import error_response
 from ledger.errors import NotFound
 from projections import read
 
@@ -21,6 +22,11 @@ MinPosition = Annotated[
     int | None, Parameter(ge=0, description="wait (up to a few seconds) until this log position is applied")
 ]
 FRESHNESS_HEADER = "Ledger-Projection-Fresh"
+
+
+def _not_found(message: str, headers: dict[str, str]) -> Response[Any]:
+    """A 404 that still says whether the projection had caught up (else: retry, it may appear)."""
+    return error_response(404, NotFound.code, message, headers)
 
 
 async def _fresh(state: State, names: list[str], min_position: int | None) -> dict[str, str]:
@@ -35,7 +41,7 @@ async def get_order(state: State, checkout_session_id: str, min_position: MinPos
     headers = await _fresh(state, ["orders"], min_position)
     order = await read.get_order(state.pool, checkout_session_id)
     if order is None:
-        raise NotFound(f"no order for checkout session {checkout_session_id!r}")
+        return _not_found(f"no order for checkout session {checkout_session_id!r}", headers)
     return Response(order, headers=headers)
 
 
@@ -66,7 +72,7 @@ async def get_customer(state: State, customer_id: str, min_position: MinPosition
     headers = await _fresh(state, ["customers"], min_position)
     customer = await read.get_customer(state.pool, customer_id)
     if customer is None:
-        raise NotFound(f"no customer {customer_id!r}")
+        return _not_found(f"no customer {customer_id!r}", headers)
     return Response(customer, headers=headers)
 
 
@@ -75,7 +81,7 @@ async def get_subscription(state: State, subscription_id: str, min_position: Min
     headers = await _fresh(state, ["subscriptions"], min_position)
     subscription = await read.get_subscription(state.pool, subscription_id)
     if subscription is None:
-        raise NotFound(f"no subscription {subscription_id!r}")
+        return _not_found(f"no subscription {subscription_id!r}", headers)
     return Response(subscription, headers=headers)
 
 

@@ -15,7 +15,9 @@ import asyncpg
 import httpx
 
 from ledger.scenarios import Checkout, checkout_events
-from tests.support import API_TOKEN, RunningServer, ledger_command, run_server, signed_headers
+from tests.support import API_TOKEN, SECRET, RunningServer, ledger_command, run_server, signed_headers
+
+SECRET_FOR_WORK = SECRET
 
 
 def deliver(server: RunningServer, events: list[dict]) -> int:
@@ -231,3 +233,38 @@ def test_two_servers_on_one_database_apply_each_event_once(db_dsn: str, tmp_path
     relevant = sum(1 for e in events if e["event_type"].startswith(("checkout.session.", "payment_intent.")))
     assert projections["orders"]["applied_events"] == relevant
     assert projections["orders"]["position"] == last
+
+
+def test_serve_without_workers_and_a_separate_ledger_work(db_dsn: str, tmp_path: Path) -> None:
+    """An ingest-only server acknowledges webhooks; projections move once `ledger work` runs."""
+    c = Checkout(seed=77)
+    env = {"LEDGER_DATABASE_URL": db_dsn}
+    port = __import__("tests.support", fromlist=["free_port"]).free_port()
+    log_path = tmp_path / "serve.log"
+    full_env = {**os.environ, "LEDGER_WEBHOOK_SECRETS": SECRET_FOR_WORK, "LEDGER_API_TOKENS": API_TOKEN, **env}
+    with open(log_path, "wb") as log:
+        serve = subprocess.Popen(
+            [ledger_command(), "serve", "--port", str(port), "--no-workers"], env=full_env, stdout=log, stderr=log
+        )
+    try:
+        from tests.support import wait_until_ready
+
+        server = RunningServer(serve, f"http://127.0.0.1:{port}", log_path)
+        wait_until_ready(server.url, serve, log_path)
+        last = deliver(server, checkout_events(c))
+        stale = server.get(f"/v1/orders/{c.session_id}", params={"min_position": last})
+        assert stale.status_code == 404
+        assert stale.headers["ledger-projection-fresh"] == "false"
+        work = subprocess.Popen(
+            [ledger_command(), "work"], env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            fresh = server.get(f"/v1/orders/{c.session_id}", params={"min_position": last})
+            assert fresh.status_code == 200
+            assert fresh.json()["status"] == "complete"
+        finally:
+            work.send_signal(signal.SIGTERM)
+            assert work.wait(30) == 0
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.wait(30)
