@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import venv
@@ -50,7 +51,12 @@ def ensure_venv(lock: str, *, also_fine: tuple[str, ...] = ()) -> None:
 
 
 def run(*cmd: str, env: dict[str, str] | None = None) -> int:
-    return subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    # Ctrl-C reaches the child too; let it stop in its own way instead of dying here with a traceback.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def dev_secret(env: dict[str, str]) -> None:
