@@ -216,13 +216,13 @@ class ProgressPrinter:
 
 def cmd_status(args: argparse.Namespace) -> int:
     async def run(settings: Settings) -> int:
+        from projections.apply import queries
         from projections.read import projection_status
 
         async with database(settings) as (conn, _):
             rows = await projection_status(conn)
-            head = await conn.fetchval("SELECT position FROM ledger_head WHERE id = 1")
-            events = await conn.fetchval("SELECT count(*) FROM events")
-            quarantined = await conn.fetchval("SELECT count(*) FROM quarantine")
+            summary = await conn.fetchrow(queries.log_summary)
+            head, events, quarantined = summary["head"], summary["head"], summary["quarantined"]
         if args.json:
             import json
 

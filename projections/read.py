@@ -221,14 +221,7 @@ async def projection_status(conn: asyncpg.Connection) -> list[dict[str, Any]]:
     """Every projection's checkpoint, lag and health; ``state`` says whether a runner holds it."""
     from projections.runner import LOCK_NAMESPACE, REBUILD_LOCK_OFFSET, lock_id
 
-    held = {
-        (r["classid"], r["objid"])
-        for r in await conn.fetch(
-            "SELECT classid::bigint AS classid, objid::bigint AS objid FROM pg_locks "
-            "WHERE locktype = 'advisory' AND objsubid = 2 AND granted "
-            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        )
-    }
+    held = {(r["classid"], r["objid"]) for r in await conn.fetch(queries.held_locks)}
     counts = await conn.fetchrow(queries.queue_counts)
     out = []
     for r in await conn.fetch(queries.state_all):

@@ -106,9 +106,9 @@ async def rebuild(
     locks = [REBUILD_LOCK_OFFSET, *(REBUILD_LOCK_OFFSET + lock_id(n) for n in names)]
     taken: list[int] = []
     for key in locks:
-        if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_NAMESPACE, key):
+        if not await conn.fetchval(queries.try_lock, LOCK_NAMESPACE, key):
             for held in taken:
-                await conn.execute("SELECT pg_advisory_unlock($1, $2)", LOCK_NAMESPACE, held)
+                await conn.execute(queries.unlock, LOCK_NAMESPACE, held)
             raise RebuildBusy("another ledger rebuild is running")
         taken.append(key)
     patterns = like_patterns(p for projection in projections for p in projection.prefixes)
@@ -128,10 +128,7 @@ async def rebuild(
                     deferred.append(statement)
                 else:
                     await conn.execute(statement)
-        await conn.execute(
-            "UPDATE public.projection_state SET rebuild_position = 0, rebuild_started_at = now() WHERE name = ANY($1)",
-            names,
-        )
+        await conn.execute(queries.rebuild_started, names)
 
         position = 0
         started = time.monotonic()
@@ -156,9 +153,7 @@ async def rebuild(
             pending = fetch(end, ahead) if reader is not conn and head - end > switch_gap else None
             async with conn.transaction():
                 await _apply(conn, projections, records, position, end, counts)
-                await conn.execute(
-                    "UPDATE public.projection_state SET rebuild_position = $2 WHERE name = ANY($1)", names, end
-                )
+                await conn.execute(queries.rebuild_progress, names, end)
             position = end
             report(head)
             if pending is None:
@@ -171,7 +166,7 @@ async def rebuild(
         live_tables = ", ".join(f"public.{t.name}" for p in projections for t in p.tables)
         async with conn.transaction():
             await conn.execute(f"LOCK TABLE {live_tables} IN ACCESS EXCLUSIVE MODE")
-            await conn.execute("SELECT 1 FROM public.projection_state WHERE name = ANY($1) FOR UPDATE", names)
+            await conn.execute(queries.rebuild_lock_states, names)
             head = await conn.fetchval(ledger_queries.head)
             while position < head:
                 end = min(head, position + batch_size)
@@ -183,11 +178,7 @@ async def rebuild(
                     await conn.execute(f"DROP TABLE public.{table.name}")
                     await conn.execute(f"ALTER TABLE {BUILD_SCHEMA}.{table.name} SET SCHEMA public")
                 await conn.execute(
-                    """UPDATE public.projection_state
-                       SET position = $2, generation = generation + 1, applied_events = $3, ignored_events = $4,
-                           failed_events = 0, last_error = NULL, last_error_position = NULL, last_error_at = NULL,
-                           rebuild_position = NULL, rebuilt_at = now(), updated_at = now()
-                       WHERE name = $1""",
+                    queries.rebuild_switched,
                     projection.name,
                     position,
                     counts[projection.name].applied,
@@ -203,4 +194,4 @@ async def rebuild(
         if not conn.is_closed():
             await conn.execute("SET search_path TO DEFAULT")
             for key in taken:
-                await conn.execute("SELECT pg_advisory_unlock($1, $2)", LOCK_NAMESPACE, key)
+                await conn.execute(queries.unlock, LOCK_NAMESPACE, key)

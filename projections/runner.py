@@ -140,7 +140,7 @@ async def run_exclusively(
         conn = None
         try:
             conn = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
-            if not await conn.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_NAMESPACE, lock_id(name)):
+            if not await conn.fetchval(queries.try_lock, LOCK_NAMESPACE, lock_id(name)):
                 await asyncio.sleep(standby_interval)
                 continue
             owner.active = True

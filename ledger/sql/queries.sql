@@ -62,6 +62,3 @@ SELECT count(*) AS rows,
        (array_agg(expected ORDER BY position) FILTER (WHERE problem IS NOT NULL))[1] AS bad_position,
        (array_agg(problem ORDER BY position) FILTER (WHERE problem IS NOT NULL))[1] AS problem
 FROM checked;
-
--- name: count_quarantine
-SELECT count(*) FROM quarantine;

@@ -185,3 +185,38 @@ FROM fulfillment_queue;
 
 -- name: queue_status
 SELECT status FROM fulfillment_queue WHERE checkout_session_id = $1;
+
+-- name: try_lock
+SELECT pg_try_advisory_lock($1, $2);
+
+-- name: unlock
+SELECT pg_advisory_unlock($1, $2);
+
+-- name: held_locks
+-- The advisory locks (namespace, id) some session of this database holds.
+SELECT classid::bigint AS classid, objid::bigint AS objid
+FROM pg_locks
+WHERE locktype = 'advisory' AND objsubid = 2 AND granted
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database());
+
+-- name: rebuild_started
+UPDATE public.projection_state SET rebuild_position = 0, rebuild_started_at = now() WHERE name = ANY ($1);
+
+-- name: rebuild_progress
+UPDATE public.projection_state SET rebuild_position = $2 WHERE name = ANY ($1);
+
+-- name: rebuild_lock_states
+SELECT 1 FROM public.projection_state WHERE name = ANY ($1) FOR UPDATE;
+
+-- name: rebuild_switched
+-- The new tables are in: the checkpoint jumps to where the rebuild got, in a new generation.
+UPDATE public.projection_state
+SET position = $2, generation = generation + 1, applied_events = $3, ignored_events = $4,
+    failed_events = 0, last_error = NULL, last_error_position = NULL, last_error_at = NULL,
+    rebuild_position = NULL, rebuilt_at = now(), updated_at = now()
+WHERE name = $1;
+
+-- name: log_summary
+-- Positions are contiguous from 1, so the head is also the number of events.
+SELECT h.position AS head, (SELECT count(*) FROM public.quarantine) AS quarantined
+FROM public.ledger_head h;
