@@ -26,6 +26,7 @@ import msgspec
 from bench.common import Server
 from ledger.log import EventLog, NewEvent
 from ledger.scenarios import Checkout, checkout_events
+from projections.registry import PROJECTIONS
 
 
 async def fill(dsn: str, n_events: int) -> int:
@@ -129,7 +130,7 @@ async def main() -> None:
                 }
             )
             print(
-                f"{n:,} events: rebuild (3 projections, whole command) {rate:,.0f} events/s in {seconds:.1f} s; "
+                f"{n:,} events: rebuild ({len(PROJECTIONS)} projections, whole command) {rate:,.0f} events/s in {seconds:.1f} s; "
                 f"lean scan {lean:,.0f} rows/s (ratio {rate / lean:.3f}); "
                 f"SELECT * scan {full:,.0f} rows/s (ratio {rate / full:.3f}); peak RSS {rss / 1024:.0f} MiB",
                 flush=True,
