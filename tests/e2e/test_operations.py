@@ -48,6 +48,8 @@ def test_database_down_gives_503_then_recovers_without_restart(embedded_server: 
         assert reply.json()["error"]["code"] == "database_unavailable"
         assert httpx.get(server.url + "/readyz").status_code == 503
         assert httpx.get(server.url + "/healthz").status_code == 200
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'ledger_webhook_requests_total{outcome="unavailable",reason=""} 1.0' in metrics
 
         embedded_server.start()
         deadline = time.monotonic() + 30
