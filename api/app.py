@@ -21,7 +21,7 @@ from api.events import list_events
 from api.logs import RequestIdMiddleware
 from api.metrics import CONTENT_TYPE_LATEST, Metrics
 from api.reads import READ_ROUTES
-from api.webhooks import flex_webhook
+from api.webhooks import WebhookFastPath, flex_webhook
 from ledger.db import SCHEMA_VERSION, UNAVAILABLE, apply_schema, create_pool, queries
 from ledger.embedded import EmbeddedPostgres
 from ledger.group_commit import GroupCommitter
@@ -78,7 +78,7 @@ async def _apply_schema_until_done(pool: asyncpg.Pool) -> None:
             await asyncio.sleep(SCHEMA_RETRY_SECONDS)
 
 
-def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool = True) -> Litestar:
+def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool = True) -> RequestIdMiddleware:
     """The ASGI app. ``settings.database_url`` unset means the embedded PostgreSQL; ``workers``
     runs the projection runners and the fulfillment reactor in this process too."""
 
@@ -113,9 +113,8 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
                 await asyncio.to_thread(embedded.stop)
 
     v1 = Router("/v1", route_handlers=[list_events, *READ_ROUTES], guards=[require_token], security=[{"bearer": []}])
-    return Litestar(
+    app = Litestar(
         route_handlers=[flex_webhook, healthz, readyz, prometheus_metrics, v1],
-        middleware=[RequestIdMiddleware],
         lifespan=[lifespan],
         state=State({"settings": settings, "api_tokens": api_tokens, "metrics": metrics}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
@@ -132,3 +131,5 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
         logging_config=None,  # logging is configured once, by the command (api/logs.py)
         debug=False,
     )
+    # Request ids on every request, the webhook fast path first, then the framework.
+    return RequestIdMiddleware(WebhookFastPath(app))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
@@ -18,7 +19,7 @@ from ledger.errors import (
     UnusableEvent,
 )
 
-__all__ = ["EXCEPTION_HANDLERS", "error_response"]
+__all__ = ["EXCEPTION_HANDLERS", "describe", "error_response"]
 
 _log = logging.getLogger(__name__)
 
@@ -49,15 +50,21 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
     return Response({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
+def describe(exc: LedgerError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """A ledger error as an HTTP status, error body and headers (also used outside litestar)."""
+    status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
+    headers: dict[str, str] = {}
+    if isinstance(exc, DatabaseUnavailable):
+        headers["Retry-After"] = str(exc.retry_after)
+    elif isinstance(exc, NotAuthenticated):
+        headers["WWW-Authenticate"] = 'Bearer realm="flex-ledger"'
+    return status, {"error": {"code": exc.code, "message": exc.message}}, headers
+
+
 def _ledger_error(_: Request, exc: Exception) -> Response[dict]:
     assert isinstance(exc, LedgerError)
-    status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
-    headers = None
-    if isinstance(exc, DatabaseUnavailable):
-        headers = {"Retry-After": str(exc.retry_after)}
-    elif isinstance(exc, NotAuthenticated):
-        headers = {"WWW-Authenticate": 'Bearer realm="flex-ledger"'}
-    return error_response(status, exc.code, exc.message, headers)
+    status, body, headers = describe(exc)
+    return Response(body, status_code=status, headers=headers or None)
 
 
 def _http_error(_: Request, exc: Exception) -> Response[dict]:

@@ -64,6 +64,22 @@ def test_verified_new_event_is_appended_before_the_reply(server: RunningServer, 
     assert page["data"][0]["payload"] == json.loads(body)
 
 
+def test_the_framework_route_behaves_the_same(server: RunningServer) -> None:
+    """`/webhooks/flex/` is served by the framework route, `/webhooks/flex` by the fast path."""
+    body = flex_event()
+    headers = signed_headers(body)
+    via_framework = httpx.post(server.url + "/webhooks/flex/", content=body, headers=headers)
+    assert via_framework.status_code == 200
+    assert via_framework.json()["status"] == "accepted"
+    again = httpx.post(server.url + "/webhooks/flex", content=body, headers=headers)
+    assert again.json() == {"status": "duplicate", "position": via_framework.json()["position"]}
+    bad = httpx.post(server.url + "/webhooks/flex/", content=body, headers={})
+    assert bad.status_code == 401
+    assert bad.json()["error"]["code"] == "missing_header"
+    big = b"x" * (MAX_BYTES + 1)
+    assert httpx.post(server.url + "/webhooks/flex/", content=big, headers=raw_signed(big)).status_code == 413
+
+
 def test_legacy_flex_headers_with_bare_signature(server: RunningServer) -> None:
     body = flex_event()
     headers = signed_headers(body)
