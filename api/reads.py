@@ -24,9 +24,11 @@ MinPosition = Annotated[
 FRESHNESS_HEADER = "Ledger-Projection-Fresh"
 
 
-def _not_found(message: str, headers: dict[str, str]) -> Response[Any]:
-    """A 404 that still says whether the projection had caught up (else: retry, it may appear)."""
-    return error_response(404, NotFound.code, message, headers)
+def _found_or_404(doc: dict[str, Any] | None, message: str, headers: dict[str, str]) -> Response[Any]:
+    """The document, or a 404 that still says whether the projection had caught up (if not, retry)."""
+    if doc is None:
+        return error_response(404, NotFound.code, message, headers)
+    return Response(doc, headers=headers)
 
 
 async def _fresh(state: State, names: list[str], min_position: int | None) -> dict[str, str]:
@@ -39,10 +41,11 @@ async def _fresh(state: State, names: list[str], min_position: int | None) -> di
 @get("/orders/{checkout_session_id:str}", summary="One order (checkout session)", tags=["orders"])
 async def get_order(state: State, checkout_session_id: str, min_position: MinPosition = None) -> Response[Any]:
     headers = await _fresh(state, ["orders"], min_position)
-    order = await read.get_order(state.pool, checkout_session_id)
-    if order is None:
-        return _not_found(f"no order for checkout session {checkout_session_id!r}", headers)
-    return Response(order, headers=headers)
+    return _found_or_404(
+        await read.get_order(state.pool, checkout_session_id),
+        f"no order for checkout session {checkout_session_id!r}",
+        headers,
+    )
 
 
 @get("/orders", summary="Orders, newest first", tags=["orders"])
@@ -70,19 +73,15 @@ async def list_orders(
 @get("/customers/{customer_id:str}", summary="One customer", tags=["customers"])
 async def get_customer(state: State, customer_id: str, min_position: MinPosition = None) -> Response[Any]:
     headers = await _fresh(state, ["customers"], min_position)
-    customer = await read.get_customer(state.pool, customer_id)
-    if customer is None:
-        return _not_found(f"no customer {customer_id!r}", headers)
-    return Response(customer, headers=headers)
+    return _found_or_404(await read.get_customer(state.pool, customer_id), f"no customer {customer_id!r}", headers)
 
 
 @get("/subscriptions/{subscription_id:str}", summary="One subscription", tags=["subscriptions"])
 async def get_subscription(state: State, subscription_id: str, min_position: MinPosition = None) -> Response[Any]:
     headers = await _fresh(state, ["subscriptions"], min_position)
-    subscription = await read.get_subscription(state.pool, subscription_id)
-    if subscription is None:
-        return _not_found(f"no subscription {subscription_id!r}", headers)
-    return Response(subscription, headers=headers)
+    return _found_or_404(
+        await read.get_subscription(state.pool, subscription_id), f"no subscription {subscription_id!r}", headers
+    )
 
 
 @get("/projections", summary="Every projection's position, lag and state", tags=["operations"])

@@ -49,6 +49,14 @@ def _state(text: str) -> State:
     return State(_decode.decode(text))
 
 
+async def _fetch_state(pool: asyncpg.Pool, query: str, entity_id: str) -> tuple[int, State] | None:
+    """One entity's (position, state), by a ``*_get`` query."""
+    with translate_errors():
+        async with pool.acquire() as conn:
+            record = await conn.fetchrow(query, entity_id)
+    return None if record is None else (record["position"], _state(record["state"]))
+
+
 def _intent(payment_intent_id: str, state: State | None) -> dict[str, Any]:
     get = state.get if state is not None else (lambda *_: None)
     return {
@@ -170,12 +178,10 @@ async def list_orders(
 
 
 async def get_customer(pool: asyncpg.Pool, customer_id: str) -> dict[str, Any] | None:
-    with translate_errors():
-        async with pool.acquire() as conn:
-            record = await conn.fetchrow(queries.customer_get, customer_id)
-    if record is None:
+    found = await _fetch_state(pool, queries.customer_get, customer_id)
+    if found is None:
         return None
-    state = _state(record["state"])
+    position, state = found
     return {
         "customer_id": customer_id,
         "email": state.get("email"),
@@ -187,17 +193,15 @@ async def get_customer(pool: asyncpg.Pool, customer_id: str) -> dict[str, Any] |
         "deleted": state.flagged("deleted"),
         "deleted_at": iso(state.min_of("deleted_at")),
         "created_at": iso(state.get("created_at")),
-        "position": record["position"],
+        "position": position,
     }
 
 
 async def get_subscription(pool: asyncpg.Pool, subscription_id: str) -> dict[str, Any] | None:
-    with translate_errors():
-        async with pool.acquire() as conn:
-            record = await conn.fetchrow(queries.subscription_get, subscription_id)
-    if record is None:
+    found = await _fetch_state(pool, queries.subscription_get, subscription_id)
+    if found is None:
         return None
-    state = _state(record["state"])
+    position, state = found
     return {
         "subscription_id": subscription_id,
         "customer_id": state.get("customer_id"),
@@ -213,7 +217,7 @@ async def get_subscription(pool: asyncpg.Pool, subscription_id: str) -> dict[str
         "price_ids": state.items("price_ids"),
         "created_at": iso(state.get("created_at")),
         "test_mode": state.get("test_mode"),
-        "position": record["position"],
+        "position": position,
     }
 
 

@@ -110,15 +110,22 @@ def databases(pg_server_dsn: str, template_db: str) -> DatabaseFactory:
     return DatabaseFactory(pg_server_dsn, template_db)
 
 
+@contextlib.contextmanager
+def cloned_database(server_dsn: str, template: str, prefix: str = "ledger_test") -> Iterator[str]:
+    """A database cloned from the template, dropped afterwards (for sync fixtures)."""
+    name = unique_name(prefix)
+    asyncio.run(_run(server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    try:
+        yield with_database(server_dsn, name)
+    finally:
+        asyncio.run(_run(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @pytest.fixture
 def db_dsn(pg_server_dsn: str, template_db: str) -> Iterator[str]:
     """A fresh database for one test, with the schema applied."""
-    name = unique_name("ledger_test")
-    asyncio.run(_run(pg_server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
-    try:
-        yield with_database(pg_server_dsn, name)
-    finally:
-        asyncio.run(_run(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with cloned_database(pg_server_dsn, template_db) as dsn:
+        yield dsn
 
 
 @pytest.fixture

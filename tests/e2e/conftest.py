@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import _run
-from tests.support import OTHER_SECRET, SECRET, RunningServer, run_server, unique_name, with_database
+from tests.conftest import cloned_database
+from tests.support import OTHER_SECRET, SECRET, RunningServer, run_server
 
 MAX_BYTES = 65_536
 TOLERANCE = 600
@@ -15,12 +14,8 @@ TOLERANCE = 600
 
 @pytest.fixture(scope="module")
 def module_db(pg_server_dsn: str, template_db: str) -> Iterator[str]:
-    name = unique_name("ledger_e2e")
-    asyncio.run(_run(pg_server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
-    try:
-        yield with_database(pg_server_dsn, name)
-    finally:
-        asyncio.run(_run(pg_server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with cloned_database(pg_server_dsn, template_db, "ledger_e2e") as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="module")
