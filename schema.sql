@@ -102,14 +102,17 @@ DECLARE
 BEGIN
     SELECT h.position, h.hash INTO v_start, v_hash FROM ledger_head h WHERE h.id = 1 FOR UPDATE;
 
-    -- Inputs that are new: not in the log, and the first copy within this batch.
-    SELECT coalesce(array_agg(t.i ORDER BY t.i), '{}') INTO v_new
+    -- Inputs that are new: not in the log, and the first copy within this batch. Each input is one
+    -- probe of the unique index (a LATERAL ... LIMIT 1 can only run as a nested loop of probes), so
+    -- the cost never depends on the size of the log or on planner statistics: a plan cached while
+    -- the log was empty must not turn every later append into a scan of the whole log.
+    SELECT coalesce(array_agg(t.i ORDER BY t.i) FILTER (WHERE t.logged IS NULL AND t.copy = 1), '{}')
+    INTO v_new
     FROM (
-        SELECT u.i, row_number() OVER (PARTITION BY u.id ORDER BY u.i) AS copy
+        SELECT u.i, d.position AS logged, row_number() OVER (PARTITION BY u.id ORDER BY u.i) AS copy
         FROM unnest(p_event_ids) WITH ORDINALITY AS u(id, i)
-        WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.event_id = u.id)
-    ) t
-    WHERE t.copy = 1;
+        LEFT JOIN LATERAL (SELECT e.position FROM events e WHERE e.event_id = u.id LIMIT 1) d ON true
+    ) t;
     v_count := cardinality(v_new);
 
     IF v_count > 0 THEN
@@ -148,10 +151,10 @@ BEGIN
 
     -- Every input's answer, in input order: new rows by rank, the rest by their logged position.
     RETURN QUERY
-    SELECT coalesce(v_start + n.k, e.position), n.k IS NULL
+    SELECT coalesce(v_start + n.k, d.position), n.k IS NULL
     FROM unnest(p_event_ids) WITH ORDINALITY AS u(id, i)
     LEFT JOIN unnest(v_new) WITH ORDINALITY AS n(i, k) ON n.i = u.i
-    LEFT JOIN events e ON n.k IS NULL AND e.event_id = u.id
+    LEFT JOIN LATERAL (SELECT e.position FROM events e WHERE n.k IS NULL AND e.event_id = u.id LIMIT 1) d ON true
     ORDER BY u.i;
 END
 $$;
@@ -190,6 +193,7 @@ ON CONFLICT (name) DO NOTHING;
 
 -- The fulfillment reactor: its own checkpoint (never rebuilt) and one row per completed session.
 INSERT INTO projection_state (name) VALUES ('fulfillment') ON CONFLICT (name) DO NOTHING;
+ALTER TABLE projection_state ADD COLUMN IF NOT EXISTS fulfilled_sessions bigint;  -- the reactor's count
 CREATE TABLE IF NOT EXISTS fulfillment_queue (
     checkout_session_id  text PRIMARY KEY,
     status               text NOT NULL DEFAULT 'pending'
@@ -202,8 +206,17 @@ CREATE TABLE IF NOT EXISTS fulfillment_queue (
     created_at           timestamptz NOT NULL DEFAULT now(),
     updated_at           timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS fulfillment_queue_due_idx ON fulfillment_queue (next_attempt_at)
+-- The reactor's "what is due" query reads this index in its own order; the failed sessions have one
+-- of their own, so counting what is pending or failed never reads the fulfilled ones.
+-- Counted once when the column arrives (schema version 4); kept by `queue_fulfilled` from then on.
+UPDATE projection_state
+SET fulfilled_sessions = (SELECT count(*) FROM fulfillment_queue WHERE status = 'fulfilled')
+WHERE name = 'fulfillment' AND fulfilled_sessions IS NULL;
+CREATE INDEX IF NOT EXISTS fulfillment_queue_due_order_idx ON fulfillment_queue (next_attempt_at, checkout_session_id)
     WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS fulfillment_queue_failed_idx ON fulfillment_queue (checkout_session_id)
+    WHERE status = 'failed';
+DROP INDEX IF EXISTS public.fulfillment_queue_due_idx;
 
 -- Each projection's tables sit between "-- projection: NAME" and "-- end projection: NAME"
 -- with unqualified names: `ledger rebuild` runs the same block in a build schema.
@@ -270,10 +283,27 @@ CREATE TABLE IF NOT EXISTS inventory_adjustments (
     state                json NOT NULL,
     CONSTRAINT inventory_adjustments_one_per_line_item UNIQUE (checkout_session_id, line_item_id)
 );
-CREATE INDEX IF NOT EXISTS inventory_adjustments_position_idx ON inventory_adjustments (position);
+CREATE INDEX IF NOT EXISTS inventory_adjustments_feed_idx ON inventory_adjustments (position, adjustment_id);
 CREATE INDEX IF NOT EXISTS inventory_adjustments_price_idx ON inventory_adjustments (price_id, product_id);
+-- Totals per (price, product), kept by the adjustments upsert: one row per catalogue entry.
+CREATE TABLE IF NOT EXISTS inventory_levels (
+    price_id          text,
+    product_id        text,
+    quantity_delta    bigint NOT NULL,
+    adjustment_count  bigint NOT NULL,
+    position          bigint NOT NULL,
+    CONSTRAINT inventory_levels_key UNIQUE NULLS NOT DISTINCT (price_id, product_id)
+);
 -- end projection: inventory
+DROP INDEX IF EXISTS public.inventory_adjustments_position_idx;  -- replaced by inventory_adjustments_feed_idx
+-- Levels arrive with schema version 4: summed once from the adjustments already there.
+INSERT INTO inventory_levels (price_id, product_id, quantity_delta, adjustment_count, position)
+SELECT price_id, product_id, sum(quantity_delta), count(*), max(position)
+FROM inventory_adjustments
+WHERE NOT EXISTS (SELECT 1 FROM ledger_schema WHERE version >= 4)
+GROUP BY price_id, product_id
+ON CONFLICT ON CONSTRAINT inventory_levels_key DO NOTHING;
 
-INSERT INTO ledger_schema (id, version) VALUES (1, 3)
+INSERT INTO ledger_schema (id, version) VALUES (1, 4)
 ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
 WHERE ledger_schema.version < EXCLUDED.version;

@@ -27,7 +27,7 @@ __all__ = [
     "translate_errors",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Appenders and readers give up rather than queue behind a stuck client.
 SERVER_SETTINGS = {

@@ -87,7 +87,10 @@ class EventLog:
     async def list(self, *, after: int, limit: int, event_type: str | None = None) -> list[LoggedEvent]:
         with translate_errors():
             async with self.pool.acquire() as conn:
-                rows = await conn.fetch(queries.list_events, after, event_type, limit)
+                if event_type is None:
+                    rows = await conn.fetch(queries.list_events, after, limit)
+                else:
+                    rows = await conn.fetch(queries.list_events_of_type, after, limit, event_type)
         return [
             LoggedEvent(
                 position=r["position"],

@@ -83,6 +83,13 @@ class Projection:
     tables: tuple[Table, ...]
     fold: Callable[[LogRow, Deltas], bool]
     description: str = ""
+    # Tables the upserts keep up to date as a side effect (summaries): rebuilt and swapped too.
+    derived: tuple[str, ...] = ()
+
+    @property
+    def table_names(self) -> tuple[str, ...]:
+        """Every table of the projection: what a rebuild builds and swaps in."""
+        return (*(t.name for t in self.tables), *self.derived)
 
     def matches(self, event_type: str) -> bool:
         return event_type.startswith(self.prefixes)

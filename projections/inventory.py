@@ -1,6 +1,7 @@
 """The ``inventory`` projection: the adjustments feed, from ``ledger.inventory.adjusted`` events.
 
-The per-price and per-product totals are summed from it when read. Rebuilding it reads the log
+The per-price and per-product totals (``inventory_levels``) move with every adjustment written,
+in the same statement, so reading them never sums the whole feed. Rebuilding it reads the log
 only: the line items were fetched from Flex once, by the fulfillment reactor, and logged.
 """
 
@@ -54,4 +55,5 @@ INVENTORY = Projection(
     tables=(Table("inventory_adjustments", load="adjustments_load", upsert="adjustments_upsert", row=_row),),
     fold=fold,
     description="inventory adjustments (one per sold line item) and totals per price and product",
+    derived=("inventory_levels",),
 )

@@ -145,13 +145,32 @@ def encode_cursor(sort_at: int, checkout_session_id: str) -> str:
     return base64.urlsafe_b64encode(f"{sort_at}:{checkout_session_id}".encode()).decode().rstrip("=")
 
 
+_BIGINT_MAX = 2**63 - 1
+# The first page of orders: before every possible (sort_at, checkout_session_id).
+_FIRST_PAGE = (_BIGINT_MAX, "")
+
+
 def decode_cursor(cursor: str) -> tuple[int, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         sort_at, _, session_id = raw.partition(":")
-        return int(sort_at), session_id
+        value = int(sort_at)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise InvalidRequest("cursor is not one this API returned") from None
+    if not -_BIGINT_MAX <= value <= _BIGINT_MAX or "\0" in session_id:
+        raise InvalidRequest("cursor is not one this API returned")
+    return value, session_id
+
+
+def _orders_query(customer_id: str | None, status: str | None, client_reference_id: str | None) -> str:
+    """The query whose index leads with the most selective filter given."""
+    if client_reference_id is not None:
+        return queries.orders_list_by_reference
+    if customer_id is not None:
+        return queries.orders_list_by_customer
+    if status is not None:
+        return queries.orders_list_by_status
+    return queries.orders_list
 
 
 async def list_orders(
@@ -163,12 +182,11 @@ async def list_orders(
     limit: int,
     cursor: str | None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    after = decode_cursor(cursor) if cursor else (None, None)
+    after = decode_cursor(cursor) if cursor else _FIRST_PAGE
+    query = _orders_query(customer_id, status, client_reference_id)
     with translate_errors():
         async with pool.acquire() as conn:
-            records = await conn.fetch(
-                queries.orders_list, customer_id, status, client_reference_id, after[0], after[1], limit
-            )
+            records = await conn.fetch(query, customer_id, status, client_reference_id, after[0], after[1], limit)
             orders = await _with_intents(conn, list(records))
     next_cursor = None
     if len(records) == limit:

@@ -163,7 +163,7 @@ async def rebuild(
             await conn.execute(statement)
 
         # The switch: live tables locked first (the live runners' lock order: tables, then state).
-        live_tables = ", ".join(f"public.{t.name}" for p in projections for t in p.tables)
+        live_tables = ", ".join(f"public.{t}" for p in projections for t in p.table_names)
         async with conn.transaction():
             await conn.execute(f"LOCK TABLE {live_tables} IN ACCESS EXCLUSIVE MODE")
             await conn.execute(queries.rebuild_lock_states, names)
@@ -174,9 +174,9 @@ async def rebuild(
                 await _apply(conn, projections, records, position, end, counts)
                 position = end
             for projection in projections:
-                for table in projection.tables:
-                    await conn.execute(f"DROP TABLE public.{table.name}")
-                    await conn.execute(f"ALTER TABLE {BUILD_SCHEMA}.{table.name} SET SCHEMA public")
+                for table in projection.table_names:
+                    await conn.execute(f"DROP TABLE public.{table}")
+                    await conn.execute(f"ALTER TABLE {BUILD_SCHEMA}.{table} SET SCHEMA public")
                 await conn.execute(
                     queries.rebuild_switched,
                     projection.name,

@@ -20,9 +20,16 @@ SELECT version FROM ledger_schema WHERE id = 1;
 -- name: list_events
 SELECT position, event_id, event_type, source, occurred_at, recorded_at, payload::text AS payload
 FROM events
-WHERE position > $1 AND ($2::text IS NULL OR event_type = $2)
+WHERE position > $1
 ORDER BY position
-LIMIT $3;
+LIMIT $2;
+
+-- name: list_events_of_type
+SELECT position, event_id, event_type, source, occurred_at, recorded_at, payload::text AS payload
+FROM events
+WHERE event_type = $3 AND position > $1
+ORDER BY event_type, position
+LIMIT $2;
 
 -- name: read_events
 SELECT position, event_id, event_type, source, event_dt, occurred_at, recorded_at, payload::text AS payload

@@ -1,4 +1,8 @@
 -- Every runtime query of the projections, loaded once by ledger.db.Queries.
+-- Hot-path queries reach the large tables only through index conditions, in a form whose plan
+-- cannot change with planner statistics: per-key lookups are `unnest(keys) CROSS JOIN LATERAL
+-- (... WHERE key = k.id LIMIT 1)`, one probe of the unique index each, and lists are keyset pages
+-- over the index that gives their order (tests/integration/test_plans.py checks every query).
 -- Table names are unqualified on purpose: `ledger rebuild` runs the same statements with the
 -- build schema first on its search_path.
 
@@ -36,8 +40,9 @@ WHERE name = $1;
 SELECT coalesce(min(position), 0) FROM public.projection_state WHERE name = ANY ($1::text[]);
 
 -- name: orders_load
-SELECT checkout_session_id AS id, position, state::text AS state
-FROM orders WHERE checkout_session_id = ANY ($1::text[]);
+SELECT k.id, t.position, t.state::text AS state
+FROM unnest($1::text[]) AS k(id)
+CROSS JOIN LATERAL (SELECT position, state FROM orders WHERE checkout_session_id = k.id LIMIT 1) t;
 
 -- name: orders_upsert
 INSERT INTO orders (checkout_session_id, status, customer_id, client_reference_id, subscription_id, sort_at,
@@ -50,8 +55,9 @@ SET status = EXCLUDED.status, customer_id = EXCLUDED.customer_id,
     sort_at = EXCLUDED.sort_at, position = EXCLUDED.position, state = EXCLUDED.state;
 
 -- name: intents_load
-SELECT payment_intent_id AS id, position, state::text AS state
-FROM order_payment_intents WHERE payment_intent_id = ANY ($1::text[]);
+SELECT k.id, t.position, t.state::text AS state
+FROM unnest($1::text[]) AS k(id)
+CROSS JOIN LATERAL (SELECT position, state FROM order_payment_intents WHERE payment_intent_id = k.id LIMIT 1) t;
 
 -- name: intents_upsert
 INSERT INTO order_payment_intents (payment_intent_id, checkout_session_id, position, state)
@@ -60,7 +66,9 @@ ON CONFLICT (payment_intent_id) DO UPDATE
 SET checkout_session_id = EXCLUDED.checkout_session_id, position = EXCLUDED.position, state = EXCLUDED.state;
 
 -- name: customers_load
-SELECT customer_id AS id, position, state::text AS state FROM customers WHERE customer_id = ANY ($1::text[]);
+SELECT k.id, t.position, t.state::text AS state
+FROM unnest($1::text[]) AS k(id)
+CROSS JOIN LATERAL (SELECT position, state FROM customers WHERE customer_id = k.id LIMIT 1) t;
 
 -- name: customers_upsert
 INSERT INTO customers (customer_id, email, deleted, position, state)
@@ -69,8 +77,9 @@ ON CONFLICT (customer_id) DO UPDATE
 SET email = EXCLUDED.email, deleted = EXCLUDED.deleted, position = EXCLUDED.position, state = EXCLUDED.state;
 
 -- name: subscriptions_load
-SELECT subscription_id AS id, position, state::text AS state
-FROM subscriptions WHERE subscription_id = ANY ($1::text[]);
+SELECT k.id, t.position, t.state::text AS state
+FROM unnest($1::text[]) AS k(id)
+CROSS JOIN LATERAL (SELECT position, state FROM subscriptions WHERE subscription_id = k.id LIMIT 1) t;
 
 -- name: subscriptions_upsert
 INSERT INTO subscriptions (subscription_id, customer_id, status, position, state)
@@ -83,21 +92,58 @@ SET customer_id = EXCLUDED.customer_id, status = EXCLUDED.status, position = EXC
 SELECT checkout_session_id, position, state::text AS state FROM orders WHERE checkout_session_id = $1;
 
 -- name: order_intents
--- The intents the sessions list, and the intents that name the sessions themselves.
+-- The intents the sessions list, and the intents that name the sessions themselves: two index
+-- probes per session (the caller drops the rows found both ways).
 SELECT o.checkout_session_id, pi.payment_intent_id, pi.position, pi.state::text AS state
 FROM unnest($1::text[], $2::text[]) AS o(checkout_session_id, listed)
-JOIN order_payment_intents pi
-  ON pi.payment_intent_id = o.listed OR pi.checkout_session_id = o.checkout_session_id
+CROSS JOIN LATERAL (
+    SELECT p.payment_intent_id, p.position, p.state FROM order_payment_intents p
+    WHERE p.payment_intent_id = o.listed
+    UNION ALL
+    SELECT p.payment_intent_id, p.position, p.state FROM order_payment_intents p
+    WHERE p.checkout_session_id = o.checkout_session_id
+) pi
 ORDER BY o.checkout_session_id, pi.payment_intent_id;
 
+-- Orders, newest first: one query per leading filter, so that the filter and the cursor are both
+-- conditions of the one index that also gives the order (never a scan of all orders). The cursor
+-- ($4, $5) is the (sort_at, checkout_session_id) of the previous page's last row; the first page
+-- passes the largest bigint. The other filters, when given, are checked on the rows found.
+
 -- name: orders_list
--- Newest first; the cursor is (sort_at, checkout_session_id) of the last row of the previous page.
 SELECT checkout_session_id, position, state::text AS state, sort_at
 FROM orders
-WHERE ($1::text IS NULL OR customer_id = $1)
+WHERE (sort_at, checkout_session_id) < ($4::bigint, $5::text)
+  AND ($1::text IS NULL OR customer_id = $1)
   AND ($2::text IS NULL OR status = $2)
   AND ($3::text IS NULL OR client_reference_id = $3)
-  AND ($4::bigint IS NULL OR (sort_at, checkout_session_id) < ($4, $5::text))
+ORDER BY sort_at DESC, checkout_session_id DESC
+LIMIT $6;
+
+-- name: orders_list_by_customer
+SELECT checkout_session_id, position, state::text AS state, sort_at
+FROM orders
+WHERE customer_id = $1 AND (sort_at, checkout_session_id) < ($4::bigint, $5::text)
+  AND ($2::text IS NULL OR status = $2)
+  AND ($3::text IS NULL OR client_reference_id = $3)
+ORDER BY sort_at DESC, checkout_session_id DESC
+LIMIT $6;
+
+-- name: orders_list_by_status
+SELECT checkout_session_id, position, state::text AS state, sort_at
+FROM orders
+WHERE status = $2 AND (sort_at, checkout_session_id) < ($4::bigint, $5::text)
+  AND ($1::text IS NULL OR customer_id = $1)
+  AND ($3::text IS NULL OR client_reference_id = $3)
+ORDER BY sort_at DESC, checkout_session_id DESC
+LIMIT $6;
+
+-- name: orders_list_by_reference
+SELECT checkout_session_id, position, state::text AS state, sort_at
+FROM orders
+WHERE client_reference_id = $3 AND (sort_at, checkout_session_id) < ($4::bigint, $5::text)
+  AND ($1::text IS NULL OR customer_id = $1)
+  AND ($2::text IS NULL OR status = $2)
 ORDER BY sort_at DESC, checkout_session_id DESC
 LIMIT $6;
 
@@ -108,18 +154,42 @@ SELECT customer_id, position, state::text AS state FROM customers WHERE customer
 SELECT subscription_id, position, state::text AS state FROM subscriptions WHERE subscription_id = $1;
 
 -- name: adjustments_load
-SELECT adjustment_id AS id, position, state::text AS state
-FROM inventory_adjustments WHERE adjustment_id = ANY ($1::text[]);
+SELECT k.id, t.position, t.state::text AS state
+FROM unnest($1::text[]) AS k(id)
+CROSS JOIN LATERAL (SELECT position, state FROM inventory_adjustments WHERE adjustment_id = k.id LIMIT 1) t;
 
 -- name: adjustments_upsert
-INSERT INTO inventory_adjustments (adjustment_id, checkout_session_id, line_item_id, price_id, product_id, upc_code,
-                                   quantity_delta, reason, created_at, position, state)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],
-                     $8::text[], $9::bigint[], $10::bigint[], $11::json[])
-ON CONFLICT (adjustment_id) DO UPDATE
-SET price_id = EXCLUDED.price_id, product_id = EXCLUDED.product_id, upc_code = EXCLUDED.upc_code,
-    quantity_delta = EXCLUDED.quantity_delta, reason = EXCLUDED.reason, created_at = EXCLUDED.created_at,
-    position = EXCLUDED.position, state = EXCLUDED.state;
+-- Writes the adjustments and moves their (price, product) totals by what changed: minus the rows
+-- as they were (every sub-statement sees the same snapshot), plus the rows as written.
+WITH input AS (
+    SELECT *
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],
+                $8::text[], $9::bigint[], $10::bigint[], $11::json[])
+         AS i(adjustment_id, checkout_session_id, line_item_id, price_id, product_id, upc_code, quantity_delta,
+              reason, created_at, position, state)
+), previous AS (
+    SELECT a.price_id, a.product_id, -a.quantity_delta AS quantity_delta, -1 AS adjustments, 0::bigint AS position
+    FROM input i
+    CROSS JOIN LATERAL (SELECT price_id, product_id, quantity_delta FROM inventory_adjustments
+                        WHERE adjustment_id = i.adjustment_id LIMIT 1) a
+), written AS (
+    INSERT INTO inventory_adjustments (adjustment_id, checkout_session_id, line_item_id, price_id, product_id,
+                                       upc_code, quantity_delta, reason, created_at, position, state)
+    SELECT * FROM input
+    ON CONFLICT (adjustment_id) DO UPDATE
+    SET price_id = EXCLUDED.price_id, product_id = EXCLUDED.product_id, upc_code = EXCLUDED.upc_code,
+        quantity_delta = EXCLUDED.quantity_delta, reason = EXCLUDED.reason, created_at = EXCLUDED.created_at,
+        position = EXCLUDED.position, state = EXCLUDED.state
+    RETURNING price_id, product_id, quantity_delta, 1 AS adjustments, position
+)
+INSERT INTO inventory_levels (price_id, product_id, quantity_delta, adjustment_count, position)
+SELECT price_id, product_id, sum(quantity_delta), sum(adjustments), max(position)
+FROM (SELECT * FROM previous UNION ALL SELECT * FROM written) c
+GROUP BY price_id, product_id
+ON CONFLICT ON CONSTRAINT inventory_levels_key DO UPDATE
+SET quantity_delta = inventory_levels.quantity_delta + EXCLUDED.quantity_delta,
+    adjustment_count = inventory_levels.adjustment_count + EXCLUDED.adjustment_count,
+    position = greatest(inventory_levels.position, EXCLUDED.position);
 
 -- name: adjustments_list
 SELECT adjustment_id, position, checkout_session_id, line_item_id, price_id, product_id, upc_code,
@@ -130,10 +200,9 @@ ORDER BY position, adjustment_id
 LIMIT $2;
 
 -- name: inventory_levels
-SELECT price_id, product_id, -sum(quantity_delta)::bigint AS quantity_sold,
-       count(*)::bigint AS adjustment_count, max(position) AS position
-FROM inventory_adjustments
-GROUP BY price_id, product_id
+SELECT price_id, product_id, -quantity_delta AS quantity_sold, adjustment_count, position
+FROM inventory_levels
+WHERE adjustment_count > 0
 ORDER BY price_id NULLS LAST, product_id NULLS LAST;
 
 -- name: queue_enqueue
@@ -152,8 +221,15 @@ LIMIT $1;
 SELECT status, generation, attempts FROM fulfillment_queue WHERE checkout_session_id = $1 FOR UPDATE;
 
 -- name: queue_fulfilled
-UPDATE fulfillment_queue SET status = 'fulfilled', last_error = NULL, updated_at = now()
-WHERE checkout_session_id = $1;
+-- The session is done; the reactor's count of fulfilled sessions moves with it (so that counting
+-- them never reads the whole queue).
+WITH done AS (
+    UPDATE fulfillment_queue SET status = 'fulfilled', last_error = NULL, updated_at = now()
+    WHERE checkout_session_id = $1 AND status <> 'fulfilled'
+    RETURNING 1
+)
+UPDATE public.projection_state SET fulfilled_sessions = fulfilled_sessions + (SELECT count(*) FROM done)
+WHERE name = 'fulfillment';
 
 -- name: queue_failed
 UPDATE fulfillment_queue SET status = 'failed', attempts = attempts + 1, last_error = $2, updated_at = now()
@@ -178,10 +254,11 @@ SELECT checkout_session_id, status, attempts, generation, last_error FROM fulfil
 WHERE checkout_session_id = ANY ($1::text[]);
 
 -- name: queue_counts
-SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
-       count(*) FILTER (WHERE status = 'failed') AS failed,
-       count(*) FILTER (WHERE status = 'fulfilled') AS fulfilled
-FROM fulfillment_queue;
+-- Pending and failed sessions are read from their partial indexes; fulfilled ones are counted as
+-- they are fulfilled.
+SELECT (SELECT count(*) FROM fulfillment_queue WHERE status = 'pending') AS pending,
+       (SELECT count(*) FROM fulfillment_queue WHERE status = 'failed') AS failed,
+       (SELECT fulfilled_sessions FROM public.projection_state WHERE name = 'fulfillment') AS fulfilled;
 
 -- name: queue_status
 SELECT status FROM fulfillment_queue WHERE checkout_session_id = $1;
