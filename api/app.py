@@ -22,11 +22,12 @@ from api.logs import RequestIdMiddleware
 from api.metrics import CONTENT_TYPE_LATEST, Metrics
 from api.reads import READ_ROUTES
 from api.webhooks import WebhookFastPath, flex_webhook
-from ledger.db import SCHEMA_VERSION, UNAVAILABLE, apply_schema, create_pool, queries
+from ledger.db import READ_SETTINGS, SCHEMA_VERSION, UNAVAILABLE, apply_schema, create_pool, queries
 from ledger.embedded import EmbeddedPostgres
 from ledger.group_commit import GroupCommitter
 from ledger.log import EventLog
 from ledger.settings import Settings
+from projections.freshness import CheckpointWatcher
 from projections.workers import running_workers
 
 __all__ = ["create_app"]
@@ -91,24 +92,33 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
         if dsn is None:
             embedded = EmbeddedPostgres(settings.data_dir)
             dsn = await asyncio.to_thread(embedded.start)
-        pool = await create_pool(dsn, max_size=10, timeout=5, command_timeout=15)
+        # Bulkheads: ingest appends through connections no read can take; reads plan per call.
+        ingest_pool = await create_pool(dsn, max_size=settings.ingest_pool_size, timeout=5, command_timeout=15)
+        pool = await create_pool(
+            dsn, max_size=settings.read_pool_size, timeout=5, command_timeout=15, server_settings=READ_SETTINGS
+        )
+        checkpoints = CheckpointWatcher(dsn)
+        watcher = asyncio.create_task(checkpoints.run(), name="checkpoint-watcher")
         try:
-            schema_task = asyncio.create_task(_apply_schema_until_done(pool))
+            schema_task = asyncio.create_task(_apply_schema_until_done(ingest_pool))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(schema_task), 10)
-            log = EventLog(pool)
+            log = EventLog(ingest_pool)
             async with contextlib.AsyncExitStack() as stack:
                 if workers:
-                    await stack.enter_async_context(
-                        running_workers(dsn, pool, settings, on_flex_call=metrics.flex_call)
-                    )
+                    await stack.enter_async_context(running_workers(dsn, settings, on_flex_call=metrics.flex_call))
                 committer = await stack.enter_async_context(GroupCommitter(log, on_batch=metrics.batch_size.observe))
-                app.state.update(pool=pool, log=log, committer=committer)
+                app.state.update(
+                    pool=pool, log=log, events=EventLog(pool), committer=committer, checkpoints=checkpoints
+                )
                 yield
             schema_task.cancel()
             await asyncio.gather(schema_task, return_exceptions=True)
         finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
             await pool.close()
+            await ingest_pool.close()
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
 

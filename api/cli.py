@@ -69,6 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from api.app import create_app
     from api.auth import load_or_create_token
+    from api.http_guard import guarded_protocol
 
     tokens = settings.api_tokens
     if not tokens:
@@ -83,7 +84,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         loop="uvloop",
-        http="httptools",
+        http=guarded_protocol(settings.http_header_timeout, settings.http_body_timeout),
+        limit_concurrency=settings.http_max_connections,
         log_level=args.log_level,
         log_config=None,
         access_log=False,
@@ -96,7 +98,6 @@ def cmd_work(args: argparse.Namespace) -> int:
     """Projection runners and the fulfillment reactor, until SIGTERM or SIGINT."""
     import signal
 
-    from ledger.db import create_pool
     from projections.workers import running_workers
 
     async def run(settings: Settings) -> int:
@@ -104,14 +105,9 @@ def cmd_work(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        async with database(settings) as (_, dsn):
-            pool = await create_pool(dsn, max_size=10, timeout=5, command_timeout=15)
-            try:
-                async with running_workers(dsn, pool, settings):
-                    print("ledger work: running projections and fulfillment; Ctrl-C to stop", flush=True)
-                    await stop.wait()
-            finally:
-                await pool.close()
+        async with database(settings) as (_, dsn), running_workers(dsn, settings):
+            print("ledger work: running projections and fulfillment; Ctrl-C to stop", flush=True)
+            await stop.wait()
         return 0
 
     return _run_with_settings(run)

@@ -37,6 +37,6 @@ async def list_events(
     event_type: str | None = None,
     cursor: str | None = None,
 ) -> EventPage:
-    rows = await state.log.list(after=parse_cursor(cursor, after), limit=limit, event_type=event_type)
+    rows = await state.events.list(after=parse_cursor(cursor, after), limit=limit, event_type=event_type)
     next_cursor = str(rows[-1].position) if len(rows) == limit else None
     return EventPage(data=rows, next_cursor=next_cursor)

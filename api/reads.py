@@ -32,9 +32,11 @@ def _found_or_404(doc: dict[str, Any] | None, message: str, headers: dict[str, s
 
 
 async def _fresh(state: State, names: list[str], min_position: int | None) -> dict[str, str]:
+    """Waits (no database round trips: the process's checkpoint watcher) until ``names`` have applied
+    ``min_position``; a position beyond the log head is answered at once, as not fresh."""
     if min_position is None:
         return {}
-    reached = await read.wait_for_position(state.pool, names, min_position)
+    reached = await state.checkpoints.wait(names, min_position)
     return {FRESHNESS_HEADER: "true" if reached else "false"}
 
 

@@ -18,6 +18,7 @@ import asyncpg
 from ledger.errors import DatabaseUnavailable
 
 __all__ = [
+    "READ_SETTINGS",
     "SCHEMA_VERSION",
     "Queries",
     "apply_schema",
@@ -36,6 +37,10 @@ SERVER_SETTINGS = {
     "idle_in_transaction_session_timeout": "30s",
     "application_name": "flex-ledger",
 }
+# The read pool plans each query for its arguments (and for the tables' current size on disk, which
+# the planner reads at every planning, statistics or not): a list page's plan depends on the page
+# size asked, and a plan cached while a table was small must not outlive that.
+READ_SETTINGS = {**SERVER_SETTINGS, "plan_cache_mode": "force_custom_plan"}
 _SCHEMA_LOCK_KEY = 0x1ED6E4  # advisory lock taken while schema.sql is applied
 
 
@@ -91,13 +96,15 @@ def translate_errors() -> Iterator[None]:
         raise DatabaseUnavailable(f"the database is unavailable ({type(exc).__name__}); retry later") from exc
 
 
-async def create_pool(dsn: str, *, min_size: int = 0, max_size: int = 10, **kwargs: Any) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, *, min_size: int = 0, max_size: int = 10, server_settings: dict[str, str] | None = None, **kwargs: Any
+) -> asyncpg.Pool:
     """A pool that connects lazily, so a process can start (and recover) while the database is down."""
     return await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
-        server_settings=SERVER_SETTINGS,
+        server_settings=server_settings or SERVER_SETTINGS,
         max_inactive_connection_lifetime=60,
         **kwargs,
     )

@@ -31,6 +31,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     fulfillment_concurrency: int = 32
     fulfillment_max_attempts: int = 8
     fulfillment_retry_base: float = 2.0
+    # Connection budgets (bulkheads): reads can never take the connections ingest needs.
+    ingest_pool_size: int = 4
+    read_pool_size: int = 10
+    worker_pool_size: int = 4
+    # The HTTP server's guard against slow or idle clients.
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_max_connections: int = 2048
 
 
 def decode_secret(secret: str) -> bytes:
@@ -107,4 +115,10 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool
         fulfillment_concurrency=_int(env, "LEDGER_FULFILLMENT_CONCURRENCY", 32, 1),
         fulfillment_max_attempts=_int(env, "LEDGER_FULFILLMENT_MAX_ATTEMPTS", 8, 1),
         fulfillment_retry_base=_float(env, "LEDGER_FULFILLMENT_RETRY_BASE", 2.0),
+        ingest_pool_size=_int(env, "LEDGER_INGEST_POOL_SIZE", 4, 1),
+        read_pool_size=_int(env, "LEDGER_READ_POOL_SIZE", 10, 1),
+        worker_pool_size=_int(env, "LEDGER_WORKER_POOL_SIZE", 4, 1),
+        http_header_timeout=_float(env, "LEDGER_HTTP_HEADER_TIMEOUT", 10.0),
+        http_body_timeout=_float(env, "LEDGER_HTTP_BODY_TIMEOUT", 30.0),
+        http_max_connections=_int(env, "LEDGER_HTTP_MAX_CONNECTIONS", 2048, 1),
     )

@@ -65,7 +65,7 @@ async def intake_once(conn: asyncpg.Connection, batch_size: int = 1000) -> int:
     async with conn.transaction():
         if sessions:
             await conn.execute(queries.queue_enqueue, list(sessions), list(sessions.values()))
-        status = await conn.execute(
+        moved = await conn.fetch(
             queries.checkpoint_advance,
             NAME,
             start,
@@ -74,7 +74,7 @@ async def intake_once(conn: asyncpg.Connection, batch_size: int = 1000) -> int:
             len(sessions),
             (end - start) - len(sessions),
         )
-        if status != "UPDATE 1":
+        if not moved:
             raise CheckpointMoved
     return int(end - start)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 from typing import Any
@@ -24,25 +23,9 @@ __all__ = [
     "get_subscription",
     "list_orders",
     "projection_status",
-    "wait_for_position",
 ]
 
 _decode = msgspec.json.Decoder()
-
-
-async def wait_for_position(pool: asyncpg.Pool, names: list[str], position: int, wait: float = 5.0) -> bool:
-    """Read-your-writes: waits until every named projection has applied ``position``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    with translate_errors():
-        while True:
-            async with pool.acquire() as conn:
-                reached = await conn.fetchval(queries.min_position, names)
-            if reached >= position:
-                return True
-            if loop.time() >= deadline:
-                return False
-            await asyncio.sleep(0.02)
 
 
 def _state(text: str) -> State:

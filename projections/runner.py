@@ -52,10 +52,10 @@ async def catch_up_once(conn: asyncpg.Connection, projection: Projection, batch_
     async with conn.transaction():
         result = await _apply_or_isolate(conn, projection, rows)
         skipped = (end - start) - len(records) + undecodable + result.ignored
-        status = await conn.execute(
+        moved = await conn.fetch(
             queries.checkpoint_advance, projection.name, start, state["generation"], end, result.applied, skipped
         )
-        if status != "UPDATE 1":
+        if not moved:
             raise CheckpointMoved
         for failure in result.failures:
             await conn.execute(queries.record_failure, projection.name, failure.reason, failure.position)

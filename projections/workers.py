@@ -11,8 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-import asyncpg
-
+from ledger.db import create_pool
 from ledger.flex_api import FlexClient
 from ledger.settings import Settings
 from projections.fulfillment import FulfillmentReactor
@@ -25,11 +24,12 @@ __all__ = ["running_workers"]
 @contextlib.asynccontextmanager
 async def running_workers(
     dsn: str,
-    pool: asyncpg.Pool,
     settings: Settings,
     *,
     on_flex_call: Callable[[int | None, float], None] | None = None,
 ) -> AsyncIterator[list[ProjectionRunner]]:
+    # The workers' own connection budget: they never take the connections of ingest or reads.
+    pool = await create_pool(dsn, max_size=settings.worker_pool_size, timeout=5, command_timeout=15)
     wakeup = Wakeup(dsn)
     runners = [ProjectionRunner(dsn, p, wakeup.subscribe()) for p in PROJECTIONS.values()]
     flex = None
@@ -61,3 +61,4 @@ async def running_workers(
         await asyncio.gather(*tasks, return_exceptions=True)
         if flex is not None:
             await flex.aclose()
+        await pool.close()

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -141,7 +141,9 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], log_path: Path,
 
 
 @contextlib.contextmanager
-def run_server(tmp_path: Path, env: Mapping[str, str], *, wait_ready: bool = True) -> Iterator[RunningServer]:
+def run_server(
+    tmp_path: Path, env: Mapping[str, str], *, wait_ready: bool = True, args: Sequence[str] = ()
+) -> Iterator[RunningServer]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     full_env = {
@@ -154,7 +156,7 @@ def run_server(tmp_path: Path, env: Mapping[str, str], *, wait_ready: bool = Tru
     log_path = tmp_path / f"serve-{port}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [ledger_command(), "serve", "--port", str(port)], env=full_env, stdout=log, stderr=subprocess.STDOUT
+            [ledger_command(), "serve", "--port", str(port), *args], env=full_env, stdout=log, stderr=subprocess.STDOUT
         )
     try:
         if wait_ready:

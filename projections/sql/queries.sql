@@ -25,19 +25,21 @@ FROM public.projection_state s CROSS JOIN public.ledger_head h
 ORDER BY s.name;
 
 -- name: checkpoint_advance
--- Compare-and-set: only the runner that read position $2 in generation $3 may move it.
-UPDATE public.projection_state
-SET position = $4, applied_events = applied_events + $5, ignored_events = ignored_events + $6,
-    updated_at = now()
-WHERE name = $1 AND position = $2 AND generation = $3;
+-- Compare-and-set: only the runner that read position $2 in generation $3 may move it. Returns a
+-- row when it moved, and tells the read-your-writes watchers (at commit).
+WITH moved AS (
+    UPDATE public.projection_state
+    SET position = $4, applied_events = applied_events + $5, ignored_events = ignored_events + $6,
+        updated_at = now()
+    WHERE name = $1 AND position = $2 AND generation = $3
+    RETURNING name, position
+)
+SELECT pg_notify('ledger_checkpoints', name || ':' || position) FROM moved;
 
 -- name: record_failure
 UPDATE public.projection_state
 SET failed_events = failed_events + 1, last_error = $2, last_error_position = $3, last_error_at = now()
 WHERE name = $1;
-
--- name: min_position
-SELECT coalesce(min(position), 0) FROM public.projection_state WHERE name = ANY ($1::text[]);
 
 -- name: orders_load
 SELECT k.id, t.position, t.state::text AS state

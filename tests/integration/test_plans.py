@@ -195,8 +195,10 @@ def _scans_without_index(plan: dict[str, Any]) -> Iterator[str]:
         node = plan["Node Type"]
         if node in ("Index Scan", "Index Only Scan", "Bitmap Heap Scan"):
             # A partial index read whole is what it is for (e.g. the failed fulfillments).
-            if node != "Bitmap Heap Scan" and "Index Cond" not in plan and not plan["Index Name"].endswith(
-                ("_due_order_idx", "_failed_idx")
+            if (
+                node != "Bitmap Heap Scan"
+                and "Index Cond" not in plan
+                and not plan["Index Name"].endswith(("_due_order_idx", "_failed_idx"))
             ):
                 yield f"{node} of all of {relation} ({plan.get('Index Name')})"
         else:

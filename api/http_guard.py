@@ -1,0 +1,98 @@
+"""Slow and idle clients: deadlines for a request's headers and body, on uvicorn's httptools protocol.
+
+uvicorn closes idle keep-alive connections, but a connection that sends half a request (a
+header line a minute, a body a byte at a time) stays open for as long as the client likes, and
+enough of them exhaust the process's file descriptors. Here every request's headers must be
+complete within ``header_timeout`` seconds of its connection opening or of its first byte, and
+its body within ``body_timeout`` seconds of its headers; otherwise the connection is closed.
+The number of connections served at once is capped separately (uvicorn's ``limit_concurrency``:
+beyond it, new requests get a 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+__all__ = ["guarded_protocol"]
+
+_log = logging.getLogger(__name__)
+
+
+class _Closed:
+    """Counts connections closed for being slow; logs at most one line per interval."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self.count = 0
+        self._logged_at = 0.0
+        self._unlogged = 0
+
+    def add(self, phase: str, timeout: float) -> None:
+        self.count += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._logged_at >= self.interval:
+            _log.warning(
+                "closed %d slow connection(s) (last: %s not complete within %.0fs)", self._unlogged, phase, timeout
+            )
+            self._logged_at, self._unlogged = now, 0
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    header_timeout = 10.0
+    body_timeout = 30.0
+    closed = _Closed()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def _arm(self, phase: str, timeout: float) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(timeout, self._expire, phase, timeout)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self, phase: str, timeout: float) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            self.closed.add(phase, timeout)
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm("request headers", self.header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._deadline is None:  # a later request on a kept-alive connection
+            self._arm("request headers", self.header_timeout)
+
+    def on_headers_complete(self) -> None:
+        self._arm("request body", self.body_timeout)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+
+def guarded_protocol(header_timeout: float, body_timeout: float) -> type[HttpToolsProtocol]:
+    """The protocol class to give ``uvicorn.run(http=...)``."""
+    return type(
+        "GuardedHttpToolsProtocol",
+        (GuardedHttpToolsProtocol,),
+        {"header_timeout": header_timeout, "body_timeout": body_timeout},
+    )

@@ -1,0 +1,145 @@
+"""Read-your-writes: one watcher per process follows the log head and every projection's checkpoint.
+
+A read route given ``?min_position=N`` asks the watcher; waiting costs no database round trip
+per request. The watcher keeps one connection that LISTENs to the log (``ledger_events``, the
+new head) and to the runners (``ledger_checkpoints``, ``name:position`` after each committed
+batch), wherever those runners run, and wakes the requests whose positions were reached. A
+notification lost in a reconnect is made up for by re-reading the checkpoints (on reconnect, and
+once a second while anyone waits). A position beyond the log head is never waited for: no
+projection can reach it until someone appends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+
+from ledger.db import SERVER_SETTINGS, UNAVAILABLE
+from ledger.log import NOTIFY_CHANNEL
+from projections.apply import queries
+
+__all__ = ["CHECKPOINT_CHANNEL", "CheckpointWatcher"]
+
+_log = logging.getLogger(__name__)
+
+CHECKPOINT_CHANNEL = "ledger_checkpoints"
+
+
+class CheckpointWatcher:
+    def __init__(self, dsn: str, *, resync_interval: float = 1.0) -> None:
+        self.dsn = dsn
+        self.resync_interval = resync_interval
+        self.head = 0
+        self.positions: dict[str, int] = {}
+        self.connected = asyncio.Event()
+        self._waiting: list[tuple[list[str], int, asyncio.Future[None]]] = []
+        self._conn: asyncpg.Connection | None = None
+        self._query_lock = asyncio.Lock()
+        self._head_refresh: asyncio.Task[int] | None = None
+
+    def reached(self, names: list[str], position: int) -> bool:
+        return all(self.positions.get(name, 0) >= position for name in names)
+
+    async def wait(self, names: list[str], position: int, within: float = 5.0) -> bool:
+        """True once every named projection has applied ``position``; False when it is beyond the
+        log head (answered at once) or not reached within ``within`` seconds."""
+        if self.reached(names, position):
+            return True
+        if position > self.head and position > await self._fresh_head():
+            return False
+        waiter = (names, position, asyncio.get_running_loop().create_future())
+        self._waiting.append(waiter)
+        try:
+            await asyncio.wait_for(waiter[2], within)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiting.remove(waiter)
+
+    async def _fresh_head(self) -> int:
+        """The head, read once for every request that asks meanwhile (a webhook's reply can reach
+        its client before the log's notification reaches this process)."""
+        if self._head_refresh is None or self._head_refresh.done():
+            self._head_refresh = asyncio.ensure_future(self._read_head())
+        try:
+            return await asyncio.shield(self._head_refresh)
+        except (*UNAVAILABLE, asyncpg.PostgresError):
+            return self.head
+
+    async def _read_head(self) -> int:
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            return self.head
+        async with self._query_lock:
+            head = int(await conn.fetchval("SELECT position FROM public.ledger_head WHERE id = 1"))
+        self._update(head=head)
+        return self.head
+
+    async def _resync(self, conn: asyncpg.Connection) -> None:
+        async with self._query_lock:
+            rows = await conn.fetch(queries.state_all)
+        # A rebuild switch may move a checkpoint anywhere: the database's word is final.
+        self.positions.update({r["name"]: r["position"] for r in rows})
+        self._update(head=max((r["head"] for r in rows), default=self.head))
+
+    def _update(self, *, head: int | None = None) -> None:
+        """Takes a new head, then wakes every request whose position is now reached."""
+        if head is not None:
+            self.head = max(self.head, head)
+        if not self._waiting:
+            return
+        still = []
+        for waiter in self._waiting:
+            names, position, future = waiter
+            if future.done():
+                continue
+            if self.reached(names, position):
+                future.set_result(None)
+            else:
+                still.append(waiter)
+        self._waiting = still
+
+    def _on_notify(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
+        try:
+            if channel == NOTIFY_CHANNEL:
+                self._update(head=int(payload))
+            else:
+                name, _, position = payload.rpartition(":")
+                self.positions[name] = max(self.positions.get(name, 0), int(position))
+                self._update()
+        except ValueError:
+            return
+
+    async def run(self) -> None:
+        """Follows the database until cancelled, reconnecting after any failure."""
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self.dsn, server_settings=SERVER_SETTINGS)
+                await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+                await conn.add_listener(CHECKPOINT_CHANNEL, self._on_notify)
+                self._conn = conn
+                await self._resync(conn)
+                self.connected.set()
+                ticks = 0
+                while not conn.is_closed():
+                    await asyncio.sleep(self.resync_interval)
+                    ticks += 1
+                    if self._waiting or ticks % 5 == 0:  # also keeps the connection checked
+                        await self._resync(conn)
+            except asyncio.CancelledError:
+                raise
+            except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+                _log.warning("checkpoint watcher: %s; reconnecting", type(exc).__name__)
+                await asyncio.sleep(1)
+            finally:
+                self._conn = None
+                self.connected.clear()
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 5)

@@ -1,0 +1,139 @@
+"""Reads never starve ingest, and slow clients never hold the server: over real HTTP.
+
+* Read-your-writes waits cost no database round trips per waiting request (one watcher per
+  process follows the checkpoints); a position beyond the log head is answered at once as not
+  fresh; webhooks keep being accepted while hundreds of reads wait.
+* A request whose headers or body do not arrive in time is closed; webhooks are served while
+  such clients hold connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from tests.support import API_TOKEN, RunningServer, flex_event, run_server, signed_headers
+
+AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
+WAIT_LIMIT = 5.0  # how long a read-your-writes wait may last (the contract's "a few seconds")
+
+
+async def _transactions(dsn: str) -> int:
+    """Transactions committed in this database so far (every query outside a transaction is one)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SELECT pg_stat_force_next_flush()")
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
+        value = await conn.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
+        return int(value)
+    finally:
+        await conn.close()
+
+
+def _webhook(client: httpx.Client, server: RunningServer) -> httpx.Response:
+    body = flex_event("customer.created")
+    return client.post(server.url + "/webhooks/flex", content=body, headers=signed_headers(body))
+
+
+async def _concurrent_reads(url: str, paths: list[str]) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=len(paths))
+    async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30, limits=limits) as client:
+        return await asyncio.gather(*(client.get(p) for p in paths))
+
+
+def test_waiting_reads_cost_no_round_trips_and_never_block_webhooks(db_dsn: str, tmp_path: Path) -> None:
+    # No workers: the projections stay behind the log, so every read-your-writes read waits.
+    with (
+        run_server(tmp_path, {"LEDGER_DATABASE_URL": db_dsn}, args=["--no-workers"]) as server,
+        httpx.Client(timeout=30) as client,
+    ):
+        head = max(_webhook(client, server).json()["position"] for _ in range(5))
+        time.sleep(1.5)  # stats of the appends flushed before the count below starts
+        before = asyncio.run(_transactions(db_dsn))
+
+        waiting_paths = [f"/v1/orders/cs_{i}?min_position={head}" for i in range(200)]
+        beyond_paths = [f"/v1/orders/cs_{i}?min_position={head + 10_000}" for i in range(100)]
+        started = time.monotonic()
+
+        async def everything() -> tuple[list[httpx.Response], list[httpx.Response], list[int]]:
+            waits = asyncio.ensure_future(_concurrent_reads(server.url, waiting_paths))
+            await asyncio.sleep(0.5)  # the waits are in
+            beyond = await _concurrent_reads(server.url, beyond_paths)
+            beyond_done = time.monotonic() - started
+            statuses = [(await asyncio.to_thread(_webhook, client, server)).status_code for _ in range(20)]
+            waited = await waits
+            assert beyond_done < WAIT_LIMIT, f"reads beyond the head were waited for ({beyond_done:.1f}s)"
+            return waited, beyond, statuses
+
+        waited, beyond, webhook_statuses = asyncio.run(everything())
+        time.sleep(1.5)
+        after = asyncio.run(_transactions(db_dsn))
+
+    assert webhook_statuses == [200] * 20, "webhooks failed while reads waited"
+    assert {r.status_code for r in waited} == {404}
+    assert {r.headers["ledger-projection-fresh"] for r in waited} == {"false"}
+    assert {r.status_code for r in beyond} == {404}
+    assert {r.headers["ledger-projection-fresh"] for r in beyond} == {"false"}
+    # 300 reads (one query each), 20 webhooks and the watcher's resyncs: hundreds of transactions.
+    # Polling every waiter would have cost 200 waits x 5 s / 20 ms = 50,000.
+    assert after - before < 2_000, f"{after - before} transactions for 300 reads"
+
+
+def test_waiting_reads_wake_when_the_projection_arrives(db_dsn: str, tmp_path: Path) -> None:
+    with run_server(tmp_path, {"LEDGER_DATABASE_URL": db_dsn}) as server, httpx.Client(timeout=30) as client:
+        body = flex_event("customer.created", event_id="evt_wake")
+        position = client.post(server.url + "/webhooks/flex", content=body, headers=signed_headers(body)).json()[
+            "position"
+        ]
+        customer = json.loads(body)["object"]["customer"]["customer_id"]
+        reads = asyncio.run(_concurrent_reads(server.url, [f"/v1/customers/{customer}?min_position={position}"] * 50))
+    assert {r.status_code for r in reads} == {200}
+    assert {r.headers["ledger-projection-fresh"] for r in reads} == {"true"}
+
+
+def _slow_client(port: int) -> socket.socket:
+    """Half a request: the request line and one header, then nothing."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"POST /webhooks/flex HTTP/1.1\r\nHost: x\r\n")
+    return sock
+
+
+def _closed_by_server(sock: socket.socket, within: float) -> bool:
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_slow_clients_are_cut_off_and_webhooks_go_on(db_dsn: str, tmp_path: Path) -> None:
+    env = {
+        "LEDGER_DATABASE_URL": db_dsn,
+        "LEDGER_HTTP_HEADER_TIMEOUT": "2",
+        "LEDGER_HTTP_BODY_TIMEOUT": "2",
+    }
+    with run_server(tmp_path, env) as server, httpx.Client(timeout=10) as client:
+        port = int(server.url.rsplit(":", 1)[1])
+        slow = [_slow_client(port) for _ in range(300)]
+        # A body that never finishes: headers complete, 10 of 100 bytes sent.
+        body_sock = socket.create_connection(("127.0.0.1", port))
+        body_sock.sendall(b"POST /webhooks/flex HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        try:
+            statuses = [_webhook(client, server).status_code for _ in range(20)]
+            assert statuses == [200] * 20
+            # Each slow connection closed by the server, well before a client would give up.
+            assert all(_closed_by_server(s, within=10) for s in slow)
+            assert _closed_by_server(body_sock, within=10)
+            assert _webhook(client, server).status_code == 200
+        finally:
+            for s in [*slow, body_sock]:
+                s.close()
+        assert "slow connection" in server.log()
