@@ -48,6 +48,11 @@ class CheckpointWatcher:
         log head (answered at once) or not reached within ``within`` seconds."""
         if self.reached(names, position):
             return True
+        if not self.connected.is_set():  # just started, or reconnecting: give it the same time
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.connected.wait(), within)
+            if self.reached(names, position):
+                return True
         if position > self.head and position > await self._fresh_head():
             return False
         waiter = (names, position, asyncio.get_running_loop().create_future())
