@@ -15,6 +15,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 import ledger
+from api.admission import ReadAdmission
 from api.auth import require_token
 from api.errors import EXCEPTION_HANDLERS, error_response
 from api.events import list_events
@@ -141,5 +142,6 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
         logging_config=None,  # logging is configured once, by the command (api/logs.py)
         debug=False,
     )
-    # Request ids on every request, the webhook fast path first, then the framework.
-    return RequestIdMiddleware(WebhookFastPath(app))
+    # Request ids on every request, reads admitted a few at a time, the webhook fast path, then
+    # the framework.
+    return RequestIdMiddleware(ReadAdmission(WebhookFastPath(app), slots=settings.read_pool_size))

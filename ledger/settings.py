@@ -35,6 +35,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ingest_pool_size: int = 4
     read_pool_size: int = 10
     worker_pool_size: int = 4
+    # How long a runner lets commits gather after a wake-up before reading a batch.
+    runner_batch_delay: float = 0.25
     # The HTTP server's guard against slow or idle clients.
     http_header_timeout: float = 10.0
     http_body_timeout: float = 30.0
@@ -118,6 +120,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool
         ingest_pool_size=_int(env, "LEDGER_INGEST_POOL_SIZE", 4, 1),
         read_pool_size=_int(env, "LEDGER_READ_POOL_SIZE", 10, 1),
         worker_pool_size=_int(env, "LEDGER_WORKER_POOL_SIZE", 4, 1),
+        runner_batch_delay=_float(env, "LEDGER_RUNNER_BATCH_DELAY", 0.25),
         http_header_timeout=_float(env, "LEDGER_HTTP_HEADER_TIMEOUT", 10.0),
         http_body_timeout=_float(env, "LEDGER_HTTP_BODY_TIMEOUT", 30.0),
         http_max_connections=_int(env, "LEDGER_HTTP_MAX_CONNECTIONS", 2048, 1),

@@ -66,8 +66,7 @@ def _fulfillment(state: State, status: str | None) -> dict[str, Any]:
     }
 
 
-def _order(record: asyncpg.Record, intents: list[tuple[str, int, State | None]]) -> dict[str, Any]:
-    state = _state(record["state"])
+def _order(record: asyncpg.Record, state: State, intents: list[tuple[str, int, State | None]]) -> dict[str, Any]:
     status = state.get("status")
     return {
         "checkout_session_id": record["checkout_session_id"],
@@ -89,29 +88,31 @@ def _order(record: asyncpg.Record, intents: list[tuple[str, int, State | None]])
 
 
 async def _with_intents(conn: asyncpg.Connection, records: list[asyncpg.Record]) -> list[dict[str, Any]]:
-    sessions: list[str] = []
-    listed: list[str | None] = []
-    listed_by_session: dict[str, list[str]] = {}
-    for record in records:
-        ids = _state(record["state"]).items("payment_intent_ids")
-        listed_by_session[record["checkout_session_id"]] = ids
-        listed_or_none: list[str | None] = list(ids) or [None]
-        for pi_id in listed_or_none:
-            sessions.append(record["checkout_session_id"])
-            listed.append(pi_id)
-    found: dict[str, dict[str, tuple[int, State]]] = {}
-    for row in await conn.fetch(queries.order_intents, sessions, listed):
-        found.setdefault(row["checkout_session_id"], {})[row["payment_intent_id"]] = (
-            row["position"],
-            _state(row["state"]),
-        )
+    """The orders as documents, each with its payment intents: those its session lists and those
+    that name its session, whichever arrived first. One round trip for the whole page."""
+    states = [_state(record["state"]) for record in records]
+    listed = {
+        record["checkout_session_id"]: state.items("payment_intent_ids")
+        for record, state in zip(records, states, strict=True)
+    }
+    found: dict[str, tuple[str | None, int, State]] = {}
+    for row in await conn.fetch(
+        queries.order_intents, sorted({pi for ids in listed.values() for pi in ids}), list(listed)
+    ):
+        if row["payment_intent_id"] not in found:
+            found[row["payment_intent_id"]] = (row["checkout_session_id"], row["position"], _state(row["state"]))
+    naming: dict[str, set[str]] = {}
+    for pi_id, (session_id, _, _) in found.items():
+        if session_id is not None:
+            naming.setdefault(session_id, set()).add(pi_id)
     out = []
-    for record in records:
+    for record, state in zip(records, states, strict=True):
         session_id = record["checkout_session_id"]
-        known = found.get(session_id, {})
-        ids = sorted(set(listed_by_session[session_id]) | set(known))
-        intents = [(pi, known[pi][0] if pi in known else 0, known[pi][1] if pi in known else None) for pi in ids]
-        out.append(_order(record, intents))
+        ids = sorted(set(listed[session_id]) | naming.get(session_id, set()))
+        intents: list[tuple[str, int, State | None]] = [
+            (pi, found[pi][1], found[pi][2]) if pi in found else (pi, 0, None) for pi in ids
+        ]
+        out.append(_order(record, state, intents))
     return out
 
 

@@ -31,7 +31,10 @@ async def running_workers(
     # The workers' own connection budget: they never take the connections of ingest or reads.
     pool = await create_pool(dsn, max_size=settings.worker_pool_size, timeout=5, command_timeout=15)
     wakeup = Wakeup(dsn)
-    runners = [ProjectionRunner(dsn, p, wakeup.subscribe()) for p in PROJECTIONS.values()]
+    runners = [
+        ProjectionRunner(dsn, p, wakeup.subscribe(), quiet_period=settings.runner_batch_delay)
+        for p in PROJECTIONS.values()
+    ]
     flex = None
     if settings.flex_api_key:
         flex = FlexClient(
@@ -49,6 +52,7 @@ async def running_workers(
         concurrency=settings.fulfillment_concurrency,
         max_attempts=settings.fulfillment_max_attempts,
         backoff_base=settings.fulfillment_retry_base,
+        quiet_period=settings.runner_batch_delay,
     )
     tasks = [asyncio.create_task(wakeup.run(), name="wakeup")]
     tasks += [asyncio.create_task(r.run(), name=f"projection-{r.projection.name}") for r in runners]

@@ -94,18 +94,16 @@ SET customer_id = EXCLUDED.customer_id, status = EXCLUDED.status, position = EXC
 SELECT checkout_session_id, position, state::text AS state FROM orders WHERE checkout_session_id = $1;
 
 -- name: order_intents
--- The intents the sessions list, and the intents that name the sessions themselves: two index
--- probes per session (the caller drops the rows found both ways).
-SELECT o.checkout_session_id, pi.payment_intent_id, pi.position, pi.state::text AS state
-FROM unnest($1::text[], $2::text[]) AS o(checkout_session_id, listed)
-CROSS JOIN LATERAL (
-    SELECT p.payment_intent_id, p.position, p.state FROM order_payment_intents p
-    WHERE p.payment_intent_id = o.listed
-    UNION ALL
-    SELECT p.payment_intent_id, p.position, p.state FROM order_payment_intents p
-    WHERE p.checkout_session_id = o.checkout_session_id
-) pi
-ORDER BY o.checkout_session_id, pi.payment_intent_id;
+-- The intents the orders list ($1), and the intents that name the orders' sessions ($2): index
+-- probes per key (the caller drops the rows found both ways).
+SELECT p.payment_intent_id, p.checkout_session_id, p.position, p.state::text AS state
+FROM unnest($1::text[]) AS k(id)
+CROSS JOIN LATERAL (SELECT * FROM order_payment_intents WHERE payment_intent_id = k.id LIMIT 1) p
+UNION ALL
+SELECT p.payment_intent_id, p.checkout_session_id, p.position, p.state::text AS state
+FROM unnest($2::text[]) AS s(id)
+-- OFFSET 0 keeps the subquery a per-session probe (never flattened into a join over the table).
+CROSS JOIN LATERAL (SELECT * FROM order_payment_intents WHERE checkout_session_id = s.id OFFSET 0) p;
 
 -- Orders, newest first: one query per leading filter, so that the filter and the cursor are both
 -- conditions of the one index that also gives the order (never a scan of all orders). The cursor

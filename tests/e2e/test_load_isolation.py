@@ -137,3 +137,21 @@ def test_slow_clients_are_cut_off_and_webhooks_go_on(db_dsn: str, tmp_path: Path
             for s in [*slow, body_sock]:
                 s.close()
         assert "slow connection" in server.log()
+
+
+def test_many_plain_reads_at_once_are_all_answered_and_webhooks_go_on(db_dsn: str, tmp_path: Path) -> None:
+    """Reads are admitted a few at a time (api/admission.py): every one is still answered."""
+    with (
+        run_server(tmp_path, {"LEDGER_DATABASE_URL": db_dsn, "LEDGER_READ_POOL_SIZE": "2"}) as server,
+        httpx.Client(timeout=30) as client,
+    ):
+        assert _webhook(client, server).status_code == 200
+
+        async def both() -> tuple[list[httpx.Response], list[int]]:
+            reads = asyncio.ensure_future(_concurrent_reads(server.url, [f"/v1/orders/cs_{i}" for i in range(300)]))
+            hooks = [(await asyncio.to_thread(_webhook, client, server)).status_code for _ in range(10)]
+            return await reads, hooks
+
+        reads, hooks = asyncio.run(both())
+    assert hooks == [200] * 10
+    assert [r.status_code for r in reads] == [404] * 300
