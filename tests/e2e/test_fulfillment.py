@@ -53,7 +53,12 @@ def wait_fulfillment(server: RunningServer, session_id: str, status: str, timeou
 
 
 def adjustments(server: RunningServer, session_id: str | None = None) -> list[dict]:
-    data = server.get("/v1/inventory/adjustments", params={"limit": 1000}).json()["data"]
+    """The feed as of everything logged so far (projections catch up independently: the order may
+    show its fulfillment before the inventory projection has applied the same commit)."""
+    head = server.get("/v1/projections").json()["data"][0]["head"]
+    reply = server.get("/v1/inventory/adjustments", params={"limit": 1000, "min_position": head})
+    assert reply.headers["ledger-projection-fresh"] == "true"
+    data = reply.json()["data"]
     return [a for a in data if session_id is None or a["checkout_session_id"] == session_id]
 
 
