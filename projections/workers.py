@@ -52,7 +52,6 @@ async def running_workers(
         concurrency=settings.fulfillment_concurrency,
         max_attempts=settings.fulfillment_max_attempts,
         backoff_base=settings.fulfillment_retry_base,
-        quiet_period=settings.runner_batch_delay,
     )
     tasks = [asyncio.create_task(wakeup.run(), name="wakeup")]
     tasks += [asyncio.create_task(r.run(), name=f"projection-{r.projection.name}") for r in runners]
