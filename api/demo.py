@@ -106,7 +106,9 @@ def _summary(api: httpx.Client, orders: list[tuple[str, str]], calls: int, url: 
             f"{', subscription ' + o['subscription_id'] if o['subscription_id'] else ''}\n"
         )
     w("\nInventory adjustments (the feed an inventory system polls, oldest first)\n")
-    for a in api.get("/v1/inventory/adjustments", params={"limit": 100}).json()["data"]:
+    # As of everything logged so far: the inventory projection catches up on its own schedule.
+    head = api.get("/v1/projections").json()["data"][0]["head"]
+    for a in api.get("/v1/inventory/adjustments", params={"limit": 100, "min_position": head}).json()["data"]:
         w(
             f"  #{a['position']:<4} {a['checkout_session_id']}  {a['line_item_id']:<20} "
             f"{a['price_id'] or '-':<14} {a['quantity_delta']:>+4} {a['reason']}\n"

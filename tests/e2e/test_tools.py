@@ -116,7 +116,9 @@ def test_send_each_scenario_end_to_end(db_dsn: str, tmp_path: Path, scenario: st
         if scenario == "split-cart":
             assert len(order_list[0]["payment_intents"]) == 2
         if scenario == "subscription":
-            sub = server.get(f"/v1/subscriptions/{order_list[0]['subscription_id']}").json()
+            sub = server.get(
+                f"/v1/subscriptions/{order_list[0]['subscription_id']}", params={"min_position": max(positions)}
+            ).json()
             assert sub["status"] == "active"
 
 
