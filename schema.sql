@@ -206,12 +206,12 @@ CREATE TABLE IF NOT EXISTS fulfillment_queue (
     created_at           timestamptz NOT NULL DEFAULT now(),
     updated_at           timestamptz NOT NULL DEFAULT now()
 );
--- The reactor's "what is due" query reads this index in its own order; the failed sessions have one
--- of their own, so counting what is pending or failed never reads the fulfilled ones.
 -- Counted once when the column arrives (schema version 4); kept by `queue_fulfilled` from then on.
 UPDATE projection_state
 SET fulfilled_sessions = (SELECT count(*) FROM fulfillment_queue WHERE status = 'fulfilled')
 WHERE name = 'fulfillment' AND fulfilled_sessions IS NULL;
+-- The reactor's "what is due" query reads this index in its own order; the failed sessions have one
+-- of their own, so counting what is pending or failed never reads the fulfilled ones.
 CREATE INDEX IF NOT EXISTS fulfillment_queue_due_order_idx ON fulfillment_queue (next_attempt_at, checkout_session_id)
     WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS fulfillment_queue_failed_idx ON fulfillment_queue (checkout_session_id)
