@@ -15,6 +15,7 @@ from litestar.params import Parameter
 from api.errors import error_response
 from ledger.errors import NotFound
 from projections import read
+from projections.registry import PROJECTIONS
 
 __all__ = ["READ_ROUTES"]
 
@@ -90,10 +91,11 @@ async def get_subscription(state: State, subscription_id: str, min_position: Min
 async def list_projections(state: State, min_position: MinPosition = None) -> Response[Any]:
     from ledger.db import translate_errors
 
+    headers = await _fresh(state, list(PROJECTIONS), min_position)
     with translate_errors():
         async with state.pool.acquire() as conn:
             data = await read.projection_status(conn)
-    return Response({"data": data})
+    return Response({"data": data}, headers=headers)
 
 
 @get("/inventory", summary="Quantity sold per price and product", tags=["inventory"])

@@ -28,7 +28,6 @@ SCENARIOS = {
     "split-cart": {"mode": "payment", "split": True, "items": 2},
     "subscription": {"mode": "subscription", "split": False},
 }
-_PREFIXES = {"svix": "svix", "webhook": "webhook", "flex": "flex"}
 
 
 def load_events(source: str, seed: int) -> list[dict[str, Any]]:
@@ -55,13 +54,12 @@ def load_events(source: str, seed: int) -> list[dict[str, Any]]:
 def _headers(key: bytes, msg_id: str, body: bytes, style: str) -> dict[str, str]:
     ts = str(int(time.time()))
     signature = base64.b64encode(sign(key, msg_id, ts, body)).decode()
-    prefix = _PREFIXES[style]
     if style == "flex":
         return {"flex-event-id": msg_id, "flex-timestamp": ts, "flex-signature": signature}
     return {
-        f"{prefix}-id": msg_id,
-        f"{prefix}-timestamp": ts,
-        f"{prefix}-signature": f"v1,{signature}",
+        f"{style}-id": msg_id,
+        f"{style}-timestamp": ts,
+        f"{style}-signature": f"v1,{signature}",
         "content-type": "application/json",
     }
 

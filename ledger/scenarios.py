@@ -51,10 +51,8 @@ class Checkout:
         self.amounts = [hsa] if not self.split else [hsa, self.total - hsa]
         self.subscription_id = f"fsub_{_ulid(rng)}" if self.mode == "subscription" else None
         self.invoice_id = f"in_{_ulid(rng)}" if self.mode == "subscription" else None
-        self._n = 0
 
     def _event(self, event_type: str, at: int, obj: dict[str, Any]) -> dict[str, Any]:
-        self._n += 1
         return {
             "event_dt": at,
             "event_id": f"evt_{uuid.UUID(int=self.rng.getrandbits(128)).hex}",

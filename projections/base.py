@@ -101,6 +101,3 @@ class Projection:
 
     def table(self, name: str) -> Table:
         return next(t for t in self.tables if t.name == name)
-
-    def fold_all(self, rows: Iterable[LogRow], deltas: Deltas) -> int:
-        return sum(1 for row in rows if self.fold(row, deltas))

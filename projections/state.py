@@ -45,10 +45,6 @@ class State:
     def get(self, field: str, default: Any = None) -> Any:
         return self._doc["v"].get(field, default)
 
-    def key_of(self, field: str) -> list[int] | None:
-        key = self._doc["k"].get(field)
-        return list(key) if key is not None else None
-
     # sets -----------------------------------------------------------------------------------
     def add(self, name: str, item: str | None) -> None:
         if item is None:

@@ -93,8 +93,12 @@ def test_waiting_reads_wake_when_the_projection_arrives(db_dsn: str, tmp_path: P
         ]
         customer = json.loads(body)["object"]["customer"]["customer_id"]
         reads = asyncio.run(_concurrent_reads(server.url, [f"/v1/customers/{customer}?min_position={position}"] * 50))
+        projections = server.get("/v1/projections", params={"min_position": position})
     assert {r.status_code for r in reads} == {200}
     assert {r.headers["ledger-projection-fresh"] for r in reads} == {"true"}
+    # /v1/projections waits for every projection too.
+    assert projections.headers["ledger-projection-fresh"] == "true"
+    assert all(p["position"] >= position for p in projections.json()["data"] if p["kind"] == "projection")
 
 
 def _slow_client(port: int) -> socket.socket:
