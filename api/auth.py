@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import secrets
 from pathlib import Path
+from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
@@ -30,10 +31,10 @@ def load_or_create_token(data_dir: Path) -> tuple[str, bool]:
     return token, True
 
 
-def require_token(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+def require_token(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     tokens: tuple[str, ...] = connection.app.state.api_tokens
     header = connection.headers.get("authorization", "")
-    scheme, _, presented = header.partition(" ")
+    scheme, _sep, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():
         raise NotAuthenticated("missing bearer token: send 'Authorization: Bearer <token>'")
     presented_bytes = presented.strip().encode()

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import sys
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,7 @@ async def database(settings: Settings) -> AsyncIterator[tuple[asyncpg.Connection
             await asyncio.to_thread(embedded.stop)
 
 
-def _run_with_settings(work: Callable[[Settings], Awaitable[int]]) -> int:
+def _run_with_settings(work: Callable[[Settings], Coroutine[Any, Any, int]]) -> int:
     """Reads the settings and runs ``work``; bad settings and an unreachable database end in one line."""
     try:
         settings = load_settings()
@@ -189,7 +189,7 @@ class ProgressPrinter:
             self._task = self._bar.add_task(name, total=None, rate="-")
 
     def __call__(self, progress: Any) -> None:
-        if self._bar is not None:
+        if self._bar is not None and self._task is not None:
             self._bar.update(
                 self._task, completed=progress.position, total=progress.head, rate=f"{progress.events_per_second:,.0f}"
             )

@@ -46,7 +46,9 @@ _HTTP_CODES = {
 }
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response[dict]:
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> Response[dict[str, Any]]:
     return Response({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
@@ -61,13 +63,13 @@ def describe(exc: LedgerError) -> tuple[int, dict[str, Any], dict[str, str]]:
     return status, {"error": {"code": exc.code, "message": exc.message}}, headers
 
 
-def _ledger_error(_: Request, exc: Exception) -> Response[dict]:
+def _ledger_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     assert isinstance(exc, LedgerError)
     status, body, headers = describe(exc)
     return Response(body, status_code=status, headers=headers or None)
 
 
-def _http_error(_: Request, exc: Exception) -> Response[dict]:
+def _http_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     assert isinstance(exc, HTTPException)
     message = exc.detail
     if isinstance(exc, ValidationException) and exc.extra:
@@ -79,7 +81,7 @@ def _http_error(_: Request, exc: Exception) -> Response[dict]:
     return error_response(exc.status_code, code, message, exc.headers)
 
 
-def _unexpected(request: Request, exc: Exception) -> Response[dict]:
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     _log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, "internal_error", "internal error; it has been logged")
 

@@ -98,7 +98,7 @@ def _too_large(declared: str | None, limit: int) -> bool:
     "422 unusable (quarantined); 503 database unavailable (retry).",
     tags=["webhooks"],
 )
-async def flex_webhook(request: Request, state: State) -> Response[bytes]:
+async def flex_webhook(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
     limit = state.settings.webhook_max_bytes
 
     async def read() -> bytes:
@@ -150,7 +150,8 @@ class WebhookFastPath:
             return b"".join(chunks)
 
         try:
-            status, body, extra = 200, await _counted(headers, read, state), {}
+            extra: dict[str, str] = {}
+            status, body = 200, await _counted(headers, read, state)
         except LedgerError as exc:
             status, doc, extra = describe(exc)
             body = _encode(doc)
