@@ -15,6 +15,9 @@ import asyncpg
 
 from ledger.db import apply_schema
 
+# The signing secret of the servers the benchmarks start.
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
 NAIVE_TABLE = """
 CREATE TABLE IF NOT EXISTS bench_naive (
     position    bigserial PRIMARY KEY,
@@ -72,6 +75,22 @@ def checkout_event(i: int, rng: random.Random) -> str:
             },
         }
     )
+
+
+def signed_headers(body: str, secret: str = SECRET) -> dict[str, str]:
+    """Svix headers for ``body``, signed by the official svix library."""
+    from datetime import UTC, datetime
+
+    from svix.webhooks import Webhook
+
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    now = datetime.now(UTC)
+    return {
+        "svix-id": msg_id,
+        "svix-timestamp": str(int(now.timestamp())),
+        "svix-signature": Webhook(secret).sign(msg_id, now, body),
+        "content-type": "application/json",
+    }
 
 
 def events(n: int, seed: int) -> list[str]:

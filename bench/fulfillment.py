@@ -21,12 +21,14 @@ from pathlib import Path
 
 import asyncpg
 
-from api.flex_standin import made_up_line_items
 from bench.common import Server
 from bench.ingest import start_server
 from ledger.log import EventLog, NewEvent
-from ledger.scenarios import Checkout, checkout_events
-from tests.support import FLEX_KEY, run_standin
+from ledger_cli.flex_standin import made_up_line_items
+from ledger_cli.processes import run_standin
+from ledger_cli.scenarios import Checkout, checkout_events
+
+FLEX_KEY = "fsk_test_bench"
 
 
 async def seed(dsn: str, sessions: int) -> None:
@@ -69,7 +71,7 @@ async def main() -> None:
     try:
         dsn = await server.fresh_database()
         await seed(dsn, args.sessions)
-        with run_standin(delay=args.delay) as standin, tempfile.TemporaryDirectory() as tmp:
+        with run_standin(FLEX_KEY, delay=args.delay) as standin, tempfile.TemporaryDirectory() as tmp:
             os.environ.update(
                 FLEX_API_KEY=FLEX_KEY,
                 FLEX_API_BASE_URL=standin.api_base,

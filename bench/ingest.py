@@ -27,9 +27,8 @@ import asyncpg
 import httpx
 from svix.webhooks import Webhook
 
-from bench.common import Server, events, median, naive_inserts
+from bench.common import SECRET, Server, events, median, naive_inserts
 
-SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 HERE = Path(__file__).resolve().parent
 
 

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.common import Server
+from bench.common import Server, signed_headers
 from bench.ingest import start_server
-from ledger.scenarios import Checkout, checkout_events
-from tests.support import signed_headers
+from ledger_cli.scenarios import Checkout, checkout_events
 
 TOKEN = "bench"
 

@@ -25,7 +25,7 @@ import msgspec
 
 from bench.common import Server
 from ledger.log import EventLog, NewEvent
-from ledger.scenarios import Checkout, checkout_events
+from ledger_cli.scenarios import Checkout, checkout_events
 from projections.registry import PROJECTIONS
 
 

@@ -50,7 +50,7 @@ from bench.ingest import SECRET, start_server
 from bench.rebuild import run_rebuild
 from ledger.flex_api import parse_line_items
 from ledger.log import EventLog, NewEvent
-from ledger.scenarios import Checkout, checkout_events
+from ledger_cli.scenarios import Checkout, checkout_events
 from projections.fulfillment_events import fetched_events
 from projections.read import encode_cursor
 from projections.registry import PROJECTIONS

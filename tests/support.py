@@ -7,9 +7,7 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -19,6 +17,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from svix.webhooks import Webhook
+
+from ledger_cli import processes
+from ledger_cli.processes import StandIn, free_port, ledger_command, wait_until_ok
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OTHER_SECRET = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
@@ -97,19 +98,6 @@ def flex_event(event_type: str = "customer.created", event_id: str | None = None
 # The real server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def ledger_command() -> str:
-    """The installed ``ledger`` console script of the running interpreter's environment."""
-    path = Path(sys.executable).parent / "ledger"
-    assert path.exists(), f"ledger is not installed next to {sys.executable}"
-    return str(path)
-
-
 class RunningServer:
     def __init__(self, process: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
         self.process = process
@@ -129,15 +117,7 @@ class RunningServer:
 
 
 def wait_until_ready(url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"ledger serve exited with {process.returncode}:\n{log_path.read_text()}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"ledger serve did not become ready:\n{log_path.read_text()}")
+    wait_until_ok(url + "/readyz", process, "ledger serve", timeout=timeout, log_path=log_path)
 
 
 @contextlib.contextmanager
@@ -178,53 +158,10 @@ def run_server(
 FLEX_KEY = "fsk_test_standin"
 
 
-class StandIn:
-    def __init__(self, process: subprocess.Popen[bytes], url: str, port: int) -> None:
-        self.process = process
-        self.url = url
-        self.port = port
-
-    @property
-    def api_base(self) -> str:
-        return self.url + "/v1"
-
-    def calls(self, session_id: str | None = None) -> int:
-        calls = httpx.get(self.url + "/_standin/calls", timeout=10).json()["calls"]
-        return sum(1 for c in calls if session_id is None or c["session_id"] == session_id)
-
-    def fault(self, session_id: str = "*", *, script: list[dict] | None = None, always: dict | None = None) -> None:
-        spec: dict[str, object] = {"session_id": session_id, "script": script or []}
-        if always is not None:
-            spec["always"] = always
-        httpx.post(self.url + "/_standin/faults", json=spec, timeout=10).raise_for_status()
-
-    def clear_faults(self) -> None:
-        httpx.delete(self.url + "/_standin/faults", timeout=10).raise_for_status()
-
-
 @contextlib.contextmanager
 def run_standin(port: int | None = None, *, api_key: str = FLEX_KEY, delay: float = 0.0) -> Iterator[StandIn]:
-    port = port or free_port()
-    process = subprocess.Popen(
-        [ledger_command(), "flex-standin", "--port", str(port), "--api-key", api_key, "--delay", str(delay)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(url + "/_standin/calls", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("the Flex stand-in did not start") from None
-                time.sleep(0.05)
-        yield StandIn(process, url, port)
-    finally:
-        process.terminate()
-        process.wait(10)
+    with processes.run_standin(api_key, port, delay=delay) as standin:
+        yield standin
 
 
 def fulfillment_env(standin_api_base: str, key: str = FLEX_KEY) -> dict[str, str]:

@@ -14,8 +14,8 @@ import asyncpg
 import httpx
 import pytest
 
-from api.flex_standin import made_up_line_items
-from ledger.scenarios import Checkout, checkout_events
+from ledger_cli.flex_standin import made_up_line_items
+from ledger_cli.scenarios import Checkout, checkout_events
 from tests.support import (
     FLEX_KEY,
     RunningServer,

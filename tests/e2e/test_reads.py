@@ -14,7 +14,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from ledger.scenarios import Checkout, checkout_events
+from ledger_cli.scenarios import Checkout, checkout_events
 from tests.support import API_TOKEN, SECRET, RunningServer, ledger_command, run_server, signed_headers
 
 SECRET_FOR_WORK = SECRET

@@ -27,7 +27,7 @@ from ledger.db import create_pool
 from ledger.db import queries as ledger_queries
 from ledger.flex_api import parse_line_items
 from ledger.log import EventLog
-from ledger.scenarios import Checkout, checkout_events
+from ledger_cli.scenarios import Checkout, checkout_events
 from projections.apply import queries as projection_queries
 from projections.fulfillment import intake_once
 from projections.fulfillment_events import fetched_events

@@ -10,7 +10,7 @@ import asyncpg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger.scenarios import Checkout, checkout_events
+from ledger_cli.scenarios import Checkout, checkout_events
 from tests.conftest import DatabaseFactory
 from tests.projection_support import append, project, snapshot
 

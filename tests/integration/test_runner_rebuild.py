@@ -8,7 +8,7 @@ import dataclasses
 import asyncpg
 import pytest
 
-from ledger.scenarios import Checkout, checkout_events
+from ledger_cli.scenarios import Checkout, checkout_events
 from projections.apply import ProjectionFailed
 from projections.base import Deltas, LogRow
 from projections.orders import ORDERS

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.flex_api import parse_line_items
-from ledger.scenarios import Checkout, checkout_events
+from ledger_cli.scenarios import Checkout, checkout_events
 from projections.base import Deltas, LogRow, merge
 from projections.fulfillment_events import fetched_events
 from projections.registry import PROJECTIONS

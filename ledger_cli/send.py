@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 
 from ledger.errors import ConfigError
-from ledger.scenarios import Checkout, checkout_events
 from ledger.settings import decode_secret
 from ledger.signing import sign
+from ledger_cli.scenarios import Checkout, checkout_events
 
 __all__ = ["SCENARIOS", "load_events", "send"]
 

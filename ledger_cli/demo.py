@@ -16,7 +16,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,50 +27,14 @@ from typing import Any
 import httpx
 import psutil
 
-from api.send import send
-from ledger.scenarios import Checkout, checkout_events
+from ledger_cli.processes import free_port, ledger_command, wait_until_ok
+from ledger_cli.processes import stop as stop_process
+from ledger_cli.scenarios import Checkout, checkout_events
+from ledger_cli.send import send
 
 __all__ = ["run_demo"]
 
 FLEX_KEY = "fsk_test_demo"
-
-
-def _free_port(preferred: int) -> int:
-    for port in (preferred, 0):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return int(s.getsockname()[1])
-    raise OSError("no free port")
-
-
-def _ledger() -> str:
-    return str(Path(sys.executable).parent / "ledger")
-
-
-def _wait(url: str, process: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} did not start in {timeout:.0f} s")
-
-
-def _stop(process: subprocess.Popen[bytes] | None) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _stop_postgres(pgdata: Path) -> None:
@@ -137,12 +100,12 @@ def run_demo(port: int = 8000, data_dir: Path | None = None) -> int:
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     started = time.monotonic()
     try:
-        port = _free_port(port)
-        flex_port = _free_port(0)
+        port = free_port(port)
+        flex_port = free_port()
         print(f"demo: starting (data in {work})", flush=True)
         # Own sessions: Ctrl-C reaches the demo only, which stops everything in order.
         standin = subprocess.Popen(
-            [_ledger(), "flex-standin", "--port", str(flex_port), "--api-key", FLEX_KEY, "--delay", "0.05"],
+            [ledger_command(), "flex-standin", "--port", str(flex_port), "--api-key", FLEX_KEY, "--delay", "0.05"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -160,15 +123,15 @@ def run_demo(port: int = 8000, data_dir: Path | None = None) -> int:
         }
         with open(work / "server.log", "wb") as log:
             server = subprocess.Popen(
-                [_ledger(), "serve", "--port", str(port), "--log-level", "warning"],
+                [ledger_command(), "serve", "--port", str(port), "--log-level", "warning"],
                 env=env,
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
             )
         url = f"http://127.0.0.1:{port}"
-        _wait(f"http://127.0.0.1:{flex_port}/_standin/calls", standin, "the Flex stand-in")
-        _wait(url + "/readyz", server, "the ledger server")
+        wait_until_ok(f"http://127.0.0.1:{flex_port}/_standin/calls", standin, "the Flex stand-in")
+        wait_until_ok(url + "/readyz", server, "the ledger server")
         print(f"demo: ledger serving on {url}, Flex stand-in on :{flex_port}; sending checkouts", flush=True)
 
         checkouts: list[tuple[str, Checkout, dict[str, Any]]] = [
@@ -225,8 +188,8 @@ def run_demo(port: int = 8000, data_dir: Path | None = None) -> int:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
     finally:
-        _stop(server)
-        _stop(standin)
+        stop_process(server)
+        stop_process(standin)
         _stop_postgres((work / "pgdata").resolve())
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -281,7 +281,7 @@ def cmd_fulfill_retry(args: argparse.Namespace) -> int:
 def cmd_send(args: argparse.Namespace) -> int:
     import os
 
-    from api.send import load_events, send
+    from ledger_cli.send import load_events, send
 
     secret = args.secret or next(iter(os.environ.get("LEDGER_WEBHOOK_SECRETS", "").replace(",", " ").split()), "")
     if not secret:
@@ -303,7 +303,7 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from api.demo import run_demo
+    from ledger_cli.demo import run_demo
 
     return run_demo(port=args.port, data_dir=args.data_dir)
 
@@ -311,7 +311,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_flex_standin(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from api.flex_standin import FlexStandIn
+    from ledger_cli.flex_standin import FlexStandIn
 
     app = FlexStandIn(api_key=args.api_key, delay=args.delay)
     print(f"flex stand-in: http://{args.host}:{args.port}/v1 (set FLEX_API_BASE_URL to this)", flush=True)
