@@ -20,6 +20,7 @@ from ledger.embedded import EmbeddedPostgres
 from ledger.errors import ConfigError
 from ledger.log import verify_chain
 from ledger.settings import Settings, load_settings
+from projections.registry import PROJECTIONS
 
 __all__ = ["main"]
 
@@ -358,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rebuilds projections from the event log into new tables while the live ones keep serving, "
         "then switches them in atomically. No name means all.",
     )
-    rebuild.add_argument("names", nargs="*", metavar="NAME", help="orders, customers, subscriptions")
+    rebuild.add_argument("names", nargs="*", metavar="NAME", help=", ".join(PROJECTIONS) + " (none: all)")
     rebuild.add_argument("--all", action="store_true", help="rebuild every projection")
     rebuild.set_defaults(func=cmd_rebuild)
 
