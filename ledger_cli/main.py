@@ -254,7 +254,7 @@ def cmd_fulfill_retry(args: argparse.Namespace) -> int:
 
     async def run(settings: Settings) -> int:
         from projections.apply import queries
-        from projections.fulfillment import requeue
+        from projections.fulfillment.reactor import requeue
 
         async with database(settings) as (conn, _):
             requeued = await requeue(conn, None if args.all_failed else list(args.session_ids))

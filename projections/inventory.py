@@ -11,7 +11,7 @@ from typing import Any
 
 from projections.base import Deltas, LogRow, Projection, Table
 from projections.flex import as_int, as_str, dict_of, epoch_micros
-from projections.fulfillment_events import ADJUSTED
+from projections.fulfillment.events import ADJUSTED
 from projections.state import State
 
 __all__ = ["INVENTORY"]

@@ -15,11 +15,11 @@ from typing import Any
 
 import msgspec
 
-from ledger.flex_api import FlexApiError, parse_line_items
 from projections.base import Deltas, LogRow, Projection, Table
 from projections.flex import as_bool, as_int, as_str, epoch_micros, event_micros, id_of, resource
 from projections.flex import dict_of as _dict
-from projections.fulfillment_events import FAILED, FETCHED, RETRY_REQUESTED
+from projections.fulfillment.events import FAILED, FETCHED, RETRY_REQUESTED
+from projections.fulfillment.line_items import UnusableLineItems, parse_line_items
 from projections.state import State
 
 __all__ = ["ORDERS", "PAYMENT_STATUS_RANK", "SESSION_STATUS_RANK"]
@@ -130,7 +130,7 @@ def _fulfillment(row: LogRow, deltas: Deltas) -> bool:
     if row.event_type == FETCHED:
         try:
             _, items = parse_line_items(obj)
-        except FlexApiError:
+        except UnusableLineItems:
             return False
         state.offer("fulfillment_line_items", [msgspec.to_builtins(i) for i in items], [row.position])
         state.flag("fulfilled")

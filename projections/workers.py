@@ -12,9 +12,9 @@ import contextlib
 from collections.abc import AsyncIterator, Callable
 
 from ledger.db import create_pool
-from ledger.flex_api import FlexClient
 from ledger.settings import Settings
-from projections.fulfillment import FulfillmentReactor
+from projections.fulfillment.flex_client import FlexClient
+from projections.fulfillment.reactor import FulfillmentReactor
 from projections.registry import PROJECTIONS
 from projections.runner import ProjectionRunner, Wakeup
 

@@ -25,12 +25,12 @@ import pytest
 
 from ledger.db import create_pool
 from ledger.db import queries as ledger_queries
-from ledger.flex_api import parse_line_items
 from ledger.log import EventLog
 from ledger_cli.scenarios import Checkout, checkout_events
 from projections.apply import queries as projection_queries
-from projections.fulfillment import intake_once
-from projections.fulfillment_events import fetched_events
+from projections.fulfillment.events import fetched_events
+from projections.fulfillment.line_items import parse_line_items
+from projections.fulfillment.reactor import intake_once
 from projections.registry import PROJECTIONS
 from projections.runner import catch_up_once
 from tests.projection_support import as_new_event

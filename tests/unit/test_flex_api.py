@@ -8,7 +8,8 @@ import time
 import httpx
 import pytest
 
-from ledger.flex_api import FlexClient, PermanentFlexError, TransientFlexError, parse_line_items, retry_after_seconds
+from projections.fulfillment.flex_client import FlexClient, PermanentFlexError, TransientFlexError, retry_after_seconds
+from projections.fulfillment.line_items import UnusableLineItems, parse_line_items
 
 ITEM = {
     "line_item_id": "li_1",
@@ -120,7 +121,18 @@ def test_permissive_parsing() -> None:
         ("b", "fprice_b", "fprod_b"),
         ("c", None, None),
     ]
-    with pytest.raises(PermanentFlexError):
+    with pytest.raises(UnusableLineItems):
         parse_line_items({"line_items": [{"line_item_id": "x", "quantity": "two"}]})
-    with pytest.raises(PermanentFlexError):
+    with pytest.raises(UnusableLineItems):
         parse_line_items({"items": []})
+
+
+@pytest.mark.parametrize("body", [{"line_items": [{"line_item_id": "x", "quantity": "two"}]}, {"items": []}])
+async def test_an_unusable_reply_is_a_permanent_failure(body: dict[str, object]) -> None:
+    sleeps: list[float] = []
+    c, seen = client([httpx.Response(200, json=body)], sleeps)
+    with pytest.raises(PermanentFlexError):
+        await c.line_items("fcs_1")
+    await c.aclose()
+    assert len(seen) == 1
+    assert sleeps == []

@@ -16,10 +16,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.flex_api import parse_line_items
 from ledger_cli.scenarios import Checkout, checkout_events
 from projections.base import Deltas, LogRow, merge
-from projections.fulfillment_events import fetched_events
+from projections.fulfillment.events import fetched_events
+from projections.fulfillment.line_items import parse_line_items
 from projections.registry import PROJECTIONS
 from projections.state import State
 

@@ -28,12 +28,12 @@ from datetime import UTC, datetime
 import asyncpg
 
 from ledger.db import UNAVAILABLE
-from ledger.flex_api import FlexApiError, FlexClient, PermanentFlexError
 from ledger.log import append_with
 from projections.apply import decode_rows, queries
 from projections.base import like_patterns
 from projections.flex import as_str, resource
-from projections.fulfillment_events import failed_event, fetched_events, retry_requested_event
+from projections.fulfillment.events import failed_event, fetched_events, retry_requested_event
+from projections.fulfillment.flex_client import FlexApiError, FlexClient, PermanentFlexError
 from projections.runner import CheckpointMoved, run_exclusively
 
 __all__ = ["NAME", "FulfillmentReactor", "intake_once", "requeue"]

@@ -2,8 +2,8 @@
 
 One ``httpx.AsyncClient`` per process. Transport errors, timeouts, 429 and 5xx are retried
 with exponential backoff and full jitter, honouring ``Retry-After`` (seconds or an HTTP date);
-400, 401, 403, 404 and 422 are not. Parsing is permissive: ``price`` may be an object or an id,
-``product`` nested or an id, unknown fields and extra top-level keys are ignored.
+400, 401, 403, 404 and 422 are not. The reply is read by ``line_items.parse_line_items``; an
+answer it cannot use is a permanent failure.
 """
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
-import msgspec
+
+from projections.fulfillment.line_items import LineItem, UnusableLineItems, parse_line_items
 
 __all__ = [
     "FlexApiError",
     "FlexClient",
-    "LineItem",
     "PermanentFlexError",
     "TransientFlexError",
-    "parse_line_items",
     "retry_after_seconds",
 ]
 
@@ -45,62 +44,6 @@ class TransientFlexError(FlexApiError):
 
 class PermanentFlexError(FlexApiError):
     """Trying again will not help until something is fixed (bad key, unknown session, ...)."""
-
-
-class LineItem(msgspec.Struct, frozen=True, kw_only=True):
-    line_item_id: str
-    price_id: str | None
-    product_id: str | None
-    upc_code: str | None
-    description: str | None
-    quantity: int
-    amount_total: int | None
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def parse_line_items(body: Any) -> tuple[list[dict[str, Any]], list[LineItem]]:
-    """The raw items (kept as returned) and what fulfillment needs from each."""
-    items = body.get("line_items") if isinstance(body, dict) else None
-    if not isinstance(items, list):
-        raise PermanentFlexError("the Line Items API answer has no line_items list")
-    raw: list[dict[str, Any]] = []
-    parsed: list[LineItem] = []
-    for item in items:
-        if not isinstance(item, dict):
-            continue
-        line_item_id = _str(item.get("line_item_id")) or _str(item.get("id"))
-        quantity = _int(item.get("quantity"))
-        if line_item_id is None or quantity is None:
-            raise PermanentFlexError(f"a line item lacks an id or a whole quantity: {str(item)[:200]}")
-        price = item.get("price")
-        price_id = _str(price) if not isinstance(price, dict) else _str(price.get("price_id")) or _str(price.get("id"))
-        product = price.get("product") if isinstance(price, dict) else None
-        product = product if product is not None else item.get("product")
-        if isinstance(product, dict):
-            product_id = _str(product.get("product_id")) or _str(product.get("id"))
-            upc = _str(product.get("upc_code"))
-        else:
-            product_id, upc = _str(product), None
-        raw.append(item)
-        parsed.append(
-            LineItem(
-                line_item_id=line_item_id,
-                price_id=price_id or _str(item.get("price_id")),
-                product_id=product_id or _str(item.get("product_id")),
-                upc_code=upc,
-                description=_str(item.get("description")),
-                quantity=quantity,
-                amount_total=_int(item.get("amount_total")),
-            )
-        )
-    return raw, parsed
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
@@ -194,7 +137,10 @@ class FlexClient:
                 body = response.json()
             except ValueError:
                 raise _transient("Flex API answered with a body that is not JSON", status, None) from None
-            return parse_line_items(body)
+            try:
+                return parse_line_items(body)
+            except UnusableLineItems as exc:
+                raise PermanentFlexError(str(exc), status=status) from None
         finally:
             if self._on_call is not None:
                 self._on_call(status, time.perf_counter() - started)

@@ -13,8 +13,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from ledger.flex_api import LineItem
 from ledger.log import NewEvent
+from projections.fulfillment.line_items import LineItem
 
 __all__ = [
     "ADJUSTED",

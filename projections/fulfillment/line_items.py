@@ -1,0 +1,74 @@
+"""Line items as the Line Items API returns them, read permissively: no HTTP here.
+
+``price`` may be an object or an id, ``product`` nested or an id; unknown fields and extra
+top-level keys are ignored. The fulfillment reactor reads Flex's reply with it, and the orders
+projection reads the same reply again from the log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+__all__ = ["LineItem", "UnusableLineItems", "parse_line_items"]
+
+
+class UnusableLineItems(ValueError):
+    """The reply cannot be read as line items (trying again will not help)."""
+
+
+class LineItem(msgspec.Struct, frozen=True, kw_only=True):
+    line_item_id: str
+    price_id: str | None
+    product_id: str | None
+    upc_code: str | None
+    description: str | None
+    quantity: int
+    amount_total: int | None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def parse_line_items(body: Any) -> tuple[list[dict[str, Any]], list[LineItem]]:
+    """The raw items (kept as returned) and what fulfillment needs from each."""
+    items = body.get("line_items") if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        raise UnusableLineItems("the Line Items API answer has no line_items list")
+    raw: list[dict[str, Any]] = []
+    parsed: list[LineItem] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        line_item_id = _str(item.get("line_item_id")) or _str(item.get("id"))
+        quantity = _int(item.get("quantity"))
+        if line_item_id is None or quantity is None:
+            raise UnusableLineItems(f"a line item lacks an id or a whole quantity: {str(item)[:200]}")
+        price = item.get("price")
+        price_id = _str(price) if not isinstance(price, dict) else _str(price.get("price_id")) or _str(price.get("id"))
+        product = price.get("product") if isinstance(price, dict) else None
+        product = product if product is not None else item.get("product")
+        if isinstance(product, dict):
+            product_id = _str(product.get("product_id")) or _str(product.get("id"))
+            upc = _str(product.get("upc_code"))
+        else:
+            product_id, upc = _str(product), None
+        raw.append(item)
+        parsed.append(
+            LineItem(
+                line_item_id=line_item_id,
+                price_id=price_id or _str(item.get("price_id")),
+                product_id=product_id or _str(item.get("product_id")),
+                upc_code=upc,
+                description=_str(item.get("description")),
+                quantity=quantity,
+                amount_total=_int(item.get("amount_total")),
+            )
+        )
+    return raw, parsed
