@@ -18,6 +18,7 @@ import logging
 import asyncpg
 
 from ledger.db import SERVER_SETTINGS, UNAVAILABLE
+from ledger.db import queries as ledger_queries
 from ledger.log import NOTIFY_CHANNEL
 from projections.apply import queries
 
@@ -81,7 +82,7 @@ class CheckpointWatcher:
         if conn is None or conn.is_closed():
             return self.head
         async with self._query_lock:
-            head = int(await conn.fetchval("SELECT position FROM public.ledger_head WHERE id = 1"))
+            head = int(await conn.fetchval(ledger_queries.head))
         self._update(head=head)
         return self.head
 
