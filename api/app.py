@@ -107,7 +107,9 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
             log = EventLog(ingest_pool)
             async with contextlib.AsyncExitStack() as stack:
                 if workers:
-                    await stack.enter_async_context(running_workers(dsn, settings, on_flex_call=metrics.flex_call))
+                    await stack.enter_async_context(
+                        running_workers(dsn, settings, watcher=checkpoints, on_flex_call=metrics.flex_call)
+                    )
                 committer = await stack.enter_async_context(GroupCommitter(log, on_batch=metrics.batch_size.observe))
                 app.state.update(
                     pool=pool, log=log, events=EventLog(pool), committer=committer, checkpoints=checkpoints

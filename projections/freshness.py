@@ -1,6 +1,7 @@
-"""Read-your-writes: one watcher per process follows the log head and every projection's checkpoint.
+"""One watcher per process follows the log head and every projection's checkpoint.
 
-A read route given ``?min_position=N`` asks the watcher; waiting costs no database round trip
+It wakes the process's projection runners and reactor when the log grows (``subscribe``), and
+serves read-your-writes: a read route given ``?min_position=N`` asks the watcher; waiting costs no database round trip
 per request. The watcher keeps one connection that LISTENs to the log (``ledger_events``, the
 new head) and to the runners (``ledger_checkpoints``, ``name:position`` after each committed
 batch), wherever those runners run, and wakes the requests whose positions were reached. A
@@ -37,9 +38,21 @@ class CheckpointWatcher:
         self.positions: dict[str, int] = {}
         self.connected = asyncio.Event()
         self._waiting: list[tuple[list[str], int, asyncio.Future[None]]] = []
+        self._subscribers: list[asyncio.Event] = []
         self._conn: asyncpg.Connection | None = None
         self._query_lock = asyncio.Lock()
         self._head_refresh: asyncio.Task[int] | None = None
+
+    def subscribe(self) -> asyncio.Event:
+        """An event set whenever the log grows (and after every reconnect, when a notification may
+        have been missed): what wakes a projection runner or the reactor. Polling stays the truth."""
+        event = asyncio.Event()
+        self._subscribers.append(event)
+        return event
+
+    def _wake_subscribers(self) -> None:
+        for event in self._subscribers:
+            event.set()
 
     def reached(self, names: list[str], position: int) -> bool:
         return all(self.positions.get(name, 0) >= position for name in names)
@@ -111,6 +124,8 @@ class CheckpointWatcher:
         self._waiting = still
 
     def _on_notify(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
+        if channel == NOTIFY_CHANNEL:
+            self._wake_subscribers()
         try:
             if channel == NOTIFY_CHANNEL:
                 self._update(head=int(payload))
@@ -132,6 +147,7 @@ class CheckpointWatcher:
                 self._conn = conn
                 await self._resync(conn)
                 self.connected.set()
+                self._wake_subscribers()  # anything missed while disconnected is found by polling
                 ticks = 0
                 while not conn.is_closed():
                     await asyncio.sleep(self.resync_interval)

@@ -18,11 +18,10 @@ from typing import Protocol
 import asyncpg
 
 from ledger.db import SERVER_SETTINGS, UNAVAILABLE
-from ledger.log import NOTIFY_CHANNEL
 from projections.apply import BatchResult, ProjectionFailed, apply_batch, decode_rows, queries
 from projections.base import LogRow, Projection
 
-__all__ = ["LOCK_NAMESPACE", "ProjectionRunner", "Wakeup", "catch_up_once", "lock_id", "run_exclusively"]
+__all__ = ["LOCK_NAMESPACE", "ProjectionRunner", "catch_up_once", "lock_id", "run_exclusively"]
 
 _log = logging.getLogger(__name__)
 
@@ -82,42 +81,6 @@ async def _apply_or_isolate(conn: asyncpg.Connection, projection: Projection, ro
         result.ignored += one.ignored
         result.failures += one.failures
     return result
-
-
-class Wakeup:
-    """LISTEN on the log's channel, fanned out to every runner of this process."""
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self.events: list[asyncio.Event] = []
-
-    def subscribe(self) -> asyncio.Event:
-        event = asyncio.Event()
-        self.events.append(event)
-        return event
-
-    def _notify(self, *_: object) -> None:
-        for event in self.events:
-            event.set()
-
-    async def run(self) -> None:
-        while True:
-            conn = None
-            try:
-                conn = await asyncpg.connect(self.dsn, server_settings=SERVER_SETTINGS)
-                await conn.add_listener(NOTIFY_CHANNEL, self._notify)
-                self._notify()  # anything missed while disconnected is found by polling
-                while not conn.is_closed():
-                    await asyncio.sleep(5)
-                    await conn.execute("SELECT 1")
-            except asyncio.CancelledError:
-                raise
-            except (*UNAVAILABLE, asyncpg.PostgresError):
-                await asyncio.sleep(1)
-            finally:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await conn.close()
 
 
 class Exclusive(Protocol):

@@ -13,10 +13,11 @@ from collections.abc import AsyncIterator, Callable
 
 from ledger.db import create_pool
 from ledger.settings import Settings
+from projections.freshness import CheckpointWatcher
 from projections.fulfillment.flex_client import FlexClient
 from projections.fulfillment.reactor import FulfillmentReactor
 from projections.registry import PROJECTIONS
-from projections.runner import ProjectionRunner, Wakeup
+from projections.runner import ProjectionRunner
 
 __all__ = ["running_workers"]
 
@@ -26,13 +27,19 @@ async def running_workers(
     dsn: str,
     settings: Settings,
     *,
+    watcher: CheckpointWatcher | None = None,
     on_flex_call: Callable[[int | None, float], None] | None = None,
 ) -> AsyncIterator[list[ProjectionRunner]]:
+    """Runs the workers until the context ends. ``watcher`` is the process's own when it has one
+    (``ledger serve``); otherwise the workers follow the log with one of their own."""
     # The workers' own connection budget: they never take the connections of ingest or reads.
     pool = await create_pool(dsn, max_size=settings.worker_pool_size, timeout=5, command_timeout=15)
-    wakeup = Wakeup(dsn)
+    tasks: list[asyncio.Task[None]] = []
+    if watcher is None:
+        watcher = CheckpointWatcher(dsn)
+        tasks.append(asyncio.create_task(watcher.run(), name="checkpoint-watcher"))
     runners = [
-        ProjectionRunner(dsn, p, wakeup.subscribe(), quiet_period=settings.runner_batch_delay)
+        ProjectionRunner(dsn, p, watcher.subscribe(), quiet_period=settings.runner_batch_delay)
         for p in PROJECTIONS.values()
     ]
     flex = None
@@ -48,12 +55,11 @@ async def running_workers(
         dsn,
         pool,
         flex,
-        wakeup.subscribe(),
+        watcher.subscribe(),
         concurrency=settings.fulfillment_concurrency,
         max_attempts=settings.fulfillment_max_attempts,
         backoff_base=settings.fulfillment_retry_base,
     )
-    tasks = [asyncio.create_task(wakeup.run(), name="wakeup")]
     tasks += [asyncio.create_task(r.run(), name=f"projection-{r.projection.name}") for r in runners]
     tasks.append(asyncio.create_task(reactor.run(), name="fulfillment"))
     try:
