@@ -21,7 +21,7 @@ from api.errors import EXCEPTION_HANDLERS, error_response
 from api.events import list_events
 from api.logs import RequestIdMiddleware
 from api.metrics import CONTENT_TYPE_LATEST, Metrics
-from api.reads import READ_ROUTES
+from api.read_routes import READ_ROUTES
 from api.webhooks import WebhookFastPath, flex_webhook
 from ledger.db import READ_SETTINGS, SCHEMA_VERSION, UNAVAILABLE, apply_schema, create_pool, queries
 from ledger.embedded import EmbeddedPostgres

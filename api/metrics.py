@@ -82,7 +82,7 @@ class Metrics:
             self.flex_errors.labels(label).inc()
 
     async def render(self, conn: asyncpg.Connection) -> bytes:
-        from projections.read import projection_status
+        from projections.documents import projection_status
 
         rows: list[dict[str, Any]] = await projection_status(conn)
         for row in rows:

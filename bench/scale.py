@@ -50,9 +50,9 @@ from bench.ingest import SECRET, start_server
 from bench.rebuild import run_rebuild
 from ledger.log import EventLog, NewEvent
 from ledger_cli.scenarios import Checkout, checkout_events
+from projections.documents import encode_cursor
 from projections.fulfillment.events import fetched_events
 from projections.fulfillment.line_items import parse_line_items
-from projections.read import encode_cursor
 from projections.registry import PROJECTIONS
 from projections.runner import catch_up_once
 

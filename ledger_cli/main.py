@@ -214,7 +214,7 @@ class ProgressPrinter:
 def cmd_status(args: argparse.Namespace) -> int:
     async def run(settings: Settings) -> int:
         from projections.apply import queries
-        from projections.read import projection_status
+        from projections.documents import projection_status
 
         async with database(settings) as (conn, _):
             rows = await projection_status(conn)

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from ledger.log import EventLog, NewEvent
-from projections import read
+from projections import documents
 from projections.registry import PROJECTIONS
 from projections.runner import catch_up_once
 
@@ -41,9 +41,9 @@ async def snapshot(pool: asyncpg.Pool, *, drop_positions: bool = True) -> dict[s
         customers = [r[0] for r in await conn.fetch("SELECT customer_id FROM customers ORDER BY 1")]
         subscriptions = [r[0] for r in await conn.fetch("SELECT subscription_id FROM subscriptions ORDER BY 1")]
     out = {
-        "orders": [await read.get_order(pool, s) for s in sessions],
-        "customers": [await read.get_customer(pool, c) for c in customers],
-        "subscriptions": [await read.get_subscription(pool, s) for s in subscriptions],
+        "orders": [await documents.get_order(pool, s) for s in sessions],
+        "customers": [await documents.get_customer(pool, c) for c in customers],
+        "subscriptions": [await documents.get_subscription(pool, s) for s in subscriptions],
     }
     if drop_positions:
         for docs in out.values():

@@ -14,7 +14,7 @@ from litestar.params import Parameter
 
 from api.errors import error_response
 from ledger.errors import NotFound
-from projections import read
+from projections import documents
 from projections.registry import PROJECTIONS
 
 __all__ = ["READ_ROUTES"]
@@ -45,7 +45,7 @@ async def _fresh(state: State, names: list[str], min_position: int | None) -> di
 async def get_order(state: State, checkout_session_id: str, min_position: MinPosition = None) -> Response[Any]:
     headers = await _fresh(state, ["orders"], min_position)
     return _found_or_404(
-        await read.get_order(state.pool, checkout_session_id),
+        await documents.get_order(state.pool, checkout_session_id),
         f"no order for checkout session {checkout_session_id!r}",
         headers,
     )
@@ -62,7 +62,7 @@ async def list_orders(
     min_position: MinPosition = None,
 ) -> Response[Any]:
     headers = await _fresh(state, ["orders"], min_position)
-    data, next_cursor = await read.list_orders(
+    data, next_cursor = await documents.list_orders(
         state.pool,
         customer_id=customer_id,
         status=status,
@@ -76,14 +76,14 @@ async def list_orders(
 @get("/customers/{customer_id:str}", summary="One customer", tags=["customers"])
 async def get_customer(state: State, customer_id: str, min_position: MinPosition = None) -> Response[Any]:
     headers = await _fresh(state, ["customers"], min_position)
-    return _found_or_404(await read.get_customer(state.pool, customer_id), f"no customer {customer_id!r}", headers)
+    return _found_or_404(await documents.get_customer(state.pool, customer_id), f"no customer {customer_id!r}", headers)
 
 
 @get("/subscriptions/{subscription_id:str}", summary="One subscription", tags=["subscriptions"])
 async def get_subscription(state: State, subscription_id: str, min_position: MinPosition = None) -> Response[Any]:
     headers = await _fresh(state, ["subscriptions"], min_position)
     return _found_or_404(
-        await read.get_subscription(state.pool, subscription_id), f"no subscription {subscription_id!r}", headers
+        await documents.get_subscription(state.pool, subscription_id), f"no subscription {subscription_id!r}", headers
     )
 
 
@@ -94,14 +94,14 @@ async def list_projections(state: State, min_position: MinPosition = None) -> Re
     headers = await _fresh(state, list(PROJECTIONS), min_position)
     with translate_errors():
         async with state.pool.acquire() as conn:
-            data = await read.projection_status(conn)
+            data = await documents.projection_status(conn)
     return Response({"data": data}, headers=headers)
 
 
 @get("/inventory", summary="Quantity sold per price and product", tags=["inventory"])
 async def get_inventory(state: State, min_position: MinPosition = None) -> Response[Any]:
     headers = await _fresh(state, ["inventory"], min_position)
-    return Response({"data": await read.inventory_levels(state.pool)}, headers=headers)
+    return Response({"data": await documents.inventory_levels(state.pool)}, headers=headers)
 
 
 @get("/inventory/adjustments", summary="The inventory adjustments feed, oldest first", tags=["inventory"])
@@ -115,7 +115,7 @@ async def list_adjustments(
     from api.events import parse_cursor
 
     headers = await _fresh(state, ["inventory"], min_position)
-    data, next_cursor = await read.list_adjustments(state.pool, after=parse_cursor(cursor, after), limit=limit)
+    data, next_cursor = await documents.list_adjustments(state.pool, after=parse_cursor(cursor, after), limit=limit)
     return Response({"data": data, "next_cursor": next_cursor}, headers=headers)
 
 
