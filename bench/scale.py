@@ -37,22 +37,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
-from svix.webhooks import Webhook
 
-from bench.common import Server, events, naive_inserts
-from bench.ingest import SECRET, start_server
+from bench.common import Server, events, naive_inserts, signed_headers
+from bench.ingest import start_server
 from bench.rebuild import run_rebuild
 from ledger.log import EventLog, NewEvent
-from ledger_cli.scenarios import Checkout, checkout_events
+from ledger_cli.scenarios import Checkout, checkout_events, fulfillment_events
 from projections.documents import encode_cursor
-from projections.fulfillment.events import fetched_events
-from projections.fulfillment.line_items import parse_line_items
 from projections.registry import PROJECTIONS
 from projections.runner import catch_up_once
 
@@ -86,8 +82,7 @@ def _traffic(seed: int) -> list[NewEvent]:
         )
         for e in checkout_events(c)
     ]
-    raw, items = parse_line_items({"line_items": c.line_items()})
-    return out + fetched_events(c.session_id, raw, items, datetime.fromtimestamp(c.start + 60, UTC))
+    return out + fulfillment_events(c)
 
 
 async def fill(dsn: str, target: int, seed: int) -> int:
@@ -116,13 +111,15 @@ async def fill(dsn: str, target: int, seed: int) -> int:
     return seed
 
 
+# The reactor counts the filled history as handled: its sessions are not queued for fulfillment.
+REACTOR_AT_HEAD = "UPDATE projection_state SET position = (SELECT position FROM ledger_head) WHERE name = 'fulfillment'"
+
+
 async def settle(dsn: str) -> None:
-    """Projections rebuilt to the head by the caller; the reactor counts the filled history as handled."""
+    """Projections rebuilt to the head by the caller; the reactor moved to the head as well."""
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(
-            "UPDATE projection_state SET position = (SELECT position FROM ledger_head) WHERE name = 'fulfillment'"
-        )
+        await conn.execute(REACTOR_AT_HEAD)
     finally:
         await conn.close()
 
@@ -132,19 +129,7 @@ async def settle(dsn: str) -> None:
 
 
 def signed_requests(n: int, seed: int) -> list[tuple[dict[str, str], str]]:
-    wh = Webhook(SECRET)
-    now = datetime.now(UTC)
-    out = []
-    for i, body in enumerate(events(n, seed)):
-        msg_id = f"msg_scale_{seed}_{i}"
-        headers = {
-            "svix-id": msg_id,
-            "svix-timestamp": str(int(now.timestamp())),
-            "svix-signature": wh.sign(msg_id, now, body),
-            "content-type": "application/json",
-        }
-        out.append((headers, body))
-    return out
+    return [(signed_headers(body), body) for body in events(n, seed)]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -321,9 +306,7 @@ async def measure(dsn: str, size: int, n_webhooks: int, workdir: Path, seed: int
             while await catch_up_once(conn, projection, 1000):
                 pass
         m["catch_up_per_s"] = behind / (time.perf_counter() - started)
-        await conn.execute(
-            "UPDATE projection_state SET position = (SELECT position FROM ledger_head) WHERE name = 'fulfillment'"
-        )
+        await conn.execute(REACTOR_AT_HEAD)
     finally:
         await conn.close()
 

@@ -9,7 +9,12 @@ from __future__ import annotations
 import random
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+
+from ledger.log import NewEvent
+from projections.fulfillment.events import fetched_events
+from projections.fulfillment.line_items import parse_line_items
 
 __all__ = ["Checkout", "checkout_events"]
 
@@ -162,3 +167,10 @@ def checkout_events(c: Checkout) -> list[dict[str, Any]]:
         events.append(c._event("customer.subscription.updated", t + 14, {"subscription": {**sub, "status": "active"}}))
     events.append(c._event("checkout.session.completed", t + 20, {"checkout_session": c.session("complete")}))
     return events
+
+
+def fulfillment_events(c: Checkout) -> list[NewEvent]:
+    """What the fulfillment reactor appends for this checkout once Flex has answered its line
+    items (as the stand-in answers): the fetched line items, then one adjustment per line item."""
+    raw, items = parse_line_items({"line_items": c.line_items()})
+    return fetched_events(c.session_id, raw, items, datetime.fromtimestamp(c.start + 60, UTC))

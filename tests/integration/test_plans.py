@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -26,10 +25,8 @@ import pytest
 from ledger.db import create_pool
 from ledger.db import queries as ledger_queries
 from ledger.log import EventLog
-from ledger_cli.scenarios import Checkout, checkout_events
+from ledger_cli.scenarios import Checkout, checkout_events, fulfillment_events
 from projections.apply import queries as projection_queries
-from projections.fulfillment.events import fetched_events
-from projections.fulfillment.line_items import parse_line_items
 from projections.fulfillment.reactor import intake_once
 from projections.registry import PROJECTIONS
 from projections.runner import catch_up_once
@@ -81,13 +78,7 @@ def _checkouts(n: int, seed: int = 0) -> list[dict[str, Any]]:
 
 def _fulfilment(n: int, seed: int = 0) -> list[Any]:
     """The events the reactor appends for ``n`` fulfilled checkouts."""
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    out = []
-    for i in range(n):
-        checkout = Checkout(seed=seed + i)
-        raw, items = parse_line_items({"line_items": checkout.line_items()})
-        out += fetched_events(checkout.session_id, raw, items, now)
-    return out
+    return [e for i in range(n) for e in fulfillment_events(Checkout(seed=seed + i))]
 
 
 async def _no_autovacuum(conn: asyncpg.Connection) -> None:

@@ -10,16 +10,13 @@ from __future__ import annotations
 import copy
 import json
 import random
-from datetime import UTC, datetime
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger_cli.scenarios import Checkout, checkout_events
+from ledger_cli.scenarios import Checkout, checkout_events, fulfillment_events
 from projections.base import Deltas, LogRow, merge
-from projections.fulfillment.events import fetched_events
-from projections.fulfillment.line_items import parse_line_items
 from projections.registry import PROJECTIONS
 from projections.state import State
 
@@ -106,10 +103,7 @@ def _project(rows: list[LogRow], batch_size: int) -> dict[str, dict[str, dict[st
 def _traffic(checkouts: list[Checkout]) -> list[dict[str, Any]]:
     """The checkouts' webhooks, then the reactor's line items and adjustments for each."""
     events = [e for c in checkouts for e in checkout_events(c)]
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    for c in checkouts:
-        raw, items = parse_line_items({"line_items": c.line_items()})
-        events += [json.loads(e.raw_body) for e in fetched_events(c.session_id, raw, items, now)]
+    events += [json.loads(e.raw_body) for c in checkouts for e in fulfillment_events(c)]
     return events
 
 
