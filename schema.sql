@@ -188,12 +188,11 @@ CREATE TABLE IF NOT EXISTS projection_state (
     rebuilt_at           timestamptz,
     updated_at           timestamptz NOT NULL DEFAULT now()
 );
-INSERT INTO projection_state (name) VALUES ('orders'), ('customers'), ('subscriptions'), ('inventory')
-ON CONFLICT (name) DO NOTHING;
-
--- The fulfillment reactor: its own checkpoint (never rebuilt) and one row per completed session.
-INSERT INTO projection_state (name) VALUES ('fulfillment') ON CONFLICT (name) DO NOTHING;
+-- The rows are seeded by the service from its registry of followers (projections/registry.py):
+-- every projection and the fulfillment reactor, which has its own checkpoint (never rebuilt).
 ALTER TABLE projection_state ADD COLUMN IF NOT EXISTS fulfilled_sessions bigint;  -- the reactor's count
+
+-- The fulfillment reactor's queue: one row per completed session.
 CREATE TABLE IF NOT EXISTS fulfillment_queue (
     checkout_session_id  text PRIMARY KEY,
     status               text NOT NULL DEFAULT 'pending'
@@ -210,6 +209,7 @@ CREATE TABLE IF NOT EXISTS fulfillment_queue (
 UPDATE projection_state
 SET fulfilled_sessions = (SELECT count(*) FROM fulfillment_queue WHERE status = 'fulfilled')
 WHERE name = 'fulfillment' AND fulfilled_sessions IS NULL;
+ALTER TABLE projection_state ALTER COLUMN fulfilled_sessions SET DEFAULT 0;
 -- The reactor's "what is due" query reads this index in its own order; the failed sessions have one
 -- of their own, so counting what is pending or failed never reads the fulfilled ones.
 CREATE INDEX IF NOT EXISTS fulfillment_queue_due_order_idx ON fulfillment_queue (next_attempt_at, checkout_session_id)
@@ -305,6 +305,37 @@ WHERE NOT EXISTS (SELECT 1 FROM ledger_schema WHERE version >= 4)
 GROUP BY price_id, product_id
 ON CONFLICT ON CONSTRAINT inventory_levels_key DO NOTHING;
 
-INSERT INTO ledger_schema (id, version) VALUES (1, 4)
+-- `ledger rebuild` builds projections' tables in this schema, from their blocks above, and swaps
+-- them in (projections/rebuild.py). The table names come from the service's projection registry.
+CREATE OR REPLACE FUNCTION ledger_build_begin() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    DROP SCHEMA IF EXISTS ledger_build CASCADE;
+    CREATE SCHEMA ledger_build;
+END
+$$;
+CREATE OR REPLACE FUNCTION ledger_build_lock_live(tables text[]) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE (SELECT 'LOCK TABLE ' || string_agg(format('public.%I', t), ', ') || ' IN ACCESS EXCLUSIVE MODE'
+             FROM unnest(tables) AS t);
+END
+$$;
+CREATE OR REPLACE FUNCTION ledger_build_swap(tables text[]) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY tables LOOP
+        EXECUTE format('DROP TABLE public.%I', t);
+        EXECUTE format('ALTER TABLE ledger_build.%I SET SCHEMA public', t);
+    END LOOP;
+END
+$$;
+CREATE OR REPLACE FUNCTION ledger_build_end() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    DROP SCHEMA IF EXISTS ledger_build CASCADE;
+END
+$$;
+
+-- Version 5: the rebuild functions above; checkpoints seeded by the service.
+INSERT INTO ledger_schema (id, version) VALUES (1, 5)
 ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
 WHERE ledger_schema.version < EXCLUDED.version;

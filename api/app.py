@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 
 import asyncpg
 from litestar import Litestar, Response, Router, get
-from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -22,13 +21,18 @@ from api.events import list_events
 from api.logs import RequestIdMiddleware
 from api.metrics import CONTENT_TYPE_LATEST, Metrics
 from api.read_routes import READ_ROUTES
-from api.webhooks import WebhookFastPath, flex_webhook
-from ledger.db import READ_SETTINGS, SCHEMA_VERSION, UNAVAILABLE, apply_schema, create_pool, queries
+from api.state import AppState
+from api.webhooks import PATH as WEBHOOK_PATH
+from api.webhooks import WEBHOOK_OPERATION, flex_webhook
+from ledger.db import READ_SETTINGS, SCHEMA_VERSION, UNAVAILABLE, create_pool
 from ledger.embedded import EmbeddedPostgres
+from ledger.errors import DatabaseUnavailable
 from ledger.group_commit import GroupCommitter
 from ledger.log import EventLog
 from ledger.settings import Settings
 from projections.freshness import CheckpointWatcher
+from projections.registry import install
+from projections.status import read_status
 from projections.workers import running_workers
 
 __all__ = ["create_app"]
@@ -43,12 +47,11 @@ async def healthz() -> dict[str, str]:
 
 
 @get("/readyz", summary="Database reachable and schema current", tags=["operations"])
-async def readyz(state: State) -> object:
+async def readyz(state: AppState) -> object:
     try:
         async with asyncio.timeout(2):
-            async with state.pool.acquire() as conn:
-                version = await conn.fetchval(queries.schema_version)
-    except (*UNAVAILABLE, asyncpg.PostgresError):
+            version = await state.events.schema_version()
+    except (TimeoutError, DatabaseUnavailable, asyncpg.PostgresError):
         return error_response(503, "not_ready", "the database is unreachable", {"Retry-After": "5"})
     if version != SCHEMA_VERSION:
         return error_response(503, "not_ready", f"schema version is {version}, expected {SCHEMA_VERSION}")
@@ -56,16 +59,13 @@ async def readyz(state: State) -> object:
 
 
 @get("/metrics", summary="Prometheus metrics", tags=["operations"], media_type=CONTENT_TYPE_LATEST)
-async def prometheus_metrics(state: State) -> Response[bytes]:
+async def prometheus_metrics(state: AppState) -> Response[bytes]:
     try:
         async with asyncio.timeout(5):
-            async with state.pool.acquire() as conn:
-                body = await state.metrics.render(conn)
-    except (*UNAVAILABLE, asyncpg.PostgresError):
-        from prometheus_client import generate_latest
-
-        body = generate_latest(state.metrics.registry)  # what this process knows, without the database
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+            followers = await read_status(state.pool)
+    except (TimeoutError, DatabaseUnavailable, asyncpg.PostgresError):
+        followers = None  # what this process knows, without the database
+    return Response(state.metrics.render(followers), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _apply_schema_until_done(pool: asyncpg.Pool) -> None:
@@ -73,7 +73,7 @@ async def _apply_schema_until_done(pool: asyncpg.Pool) -> None:
     while True:
         try:
             async with pool.acquire() as conn:
-                await apply_schema(conn)
+                await install(conn)
             return
         except UNAVAILABLE as exc:
             _log.warning("database not reachable yet (%s); retrying in %.0fs", type(exc).__name__, SCHEMA_RETRY_SECONDS)
@@ -129,7 +129,7 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
     app = Litestar(
         route_handlers=[flex_webhook, healthz, readyz, prometheus_metrics, v1],
         lifespan=[lifespan],
-        state=State({"settings": settings, "api_tokens": api_tokens, "metrics": metrics}),
+        state=AppState({"settings": settings, "api_tokens": api_tokens, "metrics": metrics}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.webhook_max_bytes + 1,
         openapi_config=OpenAPIConfig(
@@ -144,6 +144,6 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
         logging_config=None,  # logging is configured once, by the command (api/logs.py)
         debug=False,
     )
-    # Request ids on every request, reads admitted a few at a time, the webhook fast path, then
-    # the framework.
-    return RequestIdMiddleware(ReadAdmission(WebhookFastPath(app), slots=settings.read_pool_size))
+    app.openapi_schema.paths = {**(app.openapi_schema.paths or {}), WEBHOOK_PATH: WEBHOOK_OPERATION}
+    # Request ids on every request, reads admitted a few at a time, then the framework.
+    return RequestIdMiddleware(ReadAdmission(app, slots=settings.read_pool_size))

@@ -10,6 +10,7 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from api.state import AppState
 from ledger.errors import NotAuthenticated
 
 __all__ = ["load_or_create_token", "require_token"]
@@ -32,7 +33,7 @@ def load_or_create_token(data_dir: Path) -> tuple[str, bool]:
 
 
 def require_token(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    tokens: tuple[str, ...] = connection.app.state.api_tokens
+    tokens = AppState.of(connection.scope).api_tokens
     header = connection.headers.get("authorization", "")
     scheme, _sep, presented = header.partition(" ")
     if scheme.lower() != "bearer" or not presented.strip():

@@ -19,7 +19,7 @@ from ledger.errors import (
     UnusableEvent,
 )
 
-__all__ = ["EXCEPTION_HANDLERS", "describe", "error_response"]
+__all__ = ["EXCEPTION_HANDLERS", "INTERNAL_ERROR", "describe", "error_body", "error_response"]
 
 _log = logging.getLogger(__name__)
 
@@ -46,10 +46,18 @@ _HTTP_CODES = {
 }
 
 
+# A bug, not the client: logged where it happened, answered with this.
+INTERNAL_ERROR = ("internal_error", "internal error; it has been logged")
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> Response[dict[str, Any]]:
-    return Response({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+    return Response(error_body(code, message), status_code=status, headers=headers)
 
 
 def describe(exc: LedgerError) -> tuple[int, dict[str, Any], dict[str, str]]:
@@ -60,7 +68,7 @@ def describe(exc: LedgerError) -> tuple[int, dict[str, Any], dict[str, str]]:
         headers["Retry-After"] = str(exc.retry_after)
     elif isinstance(exc, NotAuthenticated):
         headers["WWW-Authenticate"] = 'Bearer realm="flex-ledger"'
-    return status, {"error": {"code": exc.code, "message": exc.message}}, headers
+    return status, error_body(exc.code, exc.message), headers
 
 
 def _ledger_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -83,7 +91,7 @@ def _http_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str,
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     _log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, "internal_error", "internal error; it has been logged")
+    return error_response(500, *INTERNAL_ERROR)
 
 
 EXCEPTION_HANDLERS = {LedgerError: _ledger_error, HTTPException: _http_error, Exception: _unexpected}

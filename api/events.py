@@ -6,9 +6,9 @@ from typing import Annotated
 
 import msgspec
 from litestar import get
-from litestar.datastructures import State
 from litestar.params import Parameter
 
+from api.state import AppState
 from ledger.errors import InvalidRequest
 from ledger.log import LoggedEvent
 
@@ -31,7 +31,7 @@ def parse_cursor(cursor: str | None, after: int | None) -> int:
 
 @get("/events", summary="Read the event log", tags=["events"])
 async def list_events(
-    state: State,
+    state: AppState,
     after: Annotated[int | None, Parameter(ge=0, description="return events after this position")] = None,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     event_type: str | None = None,

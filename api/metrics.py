@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import asyncpg
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -81,11 +80,9 @@ class Metrics:
         if status is None or not 200 <= status < 300:
             self.flex_errors.labels(label).inc()
 
-    async def render(self, conn: asyncpg.Connection) -> bytes:
-        from projections.documents import projection_status
-
-        rows: list[dict[str, Any]] = await projection_status(conn)
-        for row in rows:
+    def render(self, followers: list[dict[str, Any]] | None) -> bytes:
+        """The exposition; ``followers`` (``projections.status``) when the database could be read."""
+        for row in followers or ():
             self.head.set(row["head"])
             self.position.labels(row["name"]).set(row["position"])
             self.lag.labels(row["name"]).set(row["lag"])

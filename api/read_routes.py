@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Response, get
-from litestar.datastructures import State
 from litestar.params import Parameter
 
 from api.errors import error_response
+from api.state import AppState
 from ledger.errors import NotFound
 from projections import documents
 from projections.registry import PROJECTIONS
+from projections.status import read_status
 
 __all__ = ["READ_ROUTES"]
 
@@ -32,7 +33,7 @@ def _found_or_404(doc: dict[str, Any] | None, message: str, headers: dict[str, s
     return Response(doc, headers=headers)
 
 
-async def _fresh(state: State, names: list[str], min_position: int | None) -> dict[str, str]:
+async def _fresh(state: AppState, names: list[str], min_position: int | None) -> dict[str, str]:
     """Waits (no database round trips: the process's checkpoint watcher) until ``names`` have applied
     ``min_position``; a position beyond the log head is answered at once, as not fresh."""
     if min_position is None:
@@ -42,7 +43,7 @@ async def _fresh(state: State, names: list[str], min_position: int | None) -> di
 
 
 @get("/orders/{checkout_session_id:str}", summary="One order (checkout session)", tags=["orders"])
-async def get_order(state: State, checkout_session_id: str, min_position: MinPosition = None) -> Response[Any]:
+async def get_order(state: AppState, checkout_session_id: str, min_position: MinPosition = None) -> Response[Any]:
     headers = await _fresh(state, ["orders"], min_position)
     return _found_or_404(
         await documents.get_order(state.pool, checkout_session_id),
@@ -53,7 +54,7 @@ async def get_order(state: State, checkout_session_id: str, min_position: MinPos
 
 @get("/orders", summary="Orders, newest first", tags=["orders"])
 async def list_orders(
-    state: State,
+    state: AppState,
     customer_id: str | None = None,
     status: str | None = None,
     client_reference_id: str | None = None,
@@ -74,13 +75,13 @@ async def list_orders(
 
 
 @get("/customers/{customer_id:str}", summary="One customer", tags=["customers"])
-async def get_customer(state: State, customer_id: str, min_position: MinPosition = None) -> Response[Any]:
+async def get_customer(state: AppState, customer_id: str, min_position: MinPosition = None) -> Response[Any]:
     headers = await _fresh(state, ["customers"], min_position)
     return _found_or_404(await documents.get_customer(state.pool, customer_id), f"no customer {customer_id!r}", headers)
 
 
 @get("/subscriptions/{subscription_id:str}", summary="One subscription", tags=["subscriptions"])
-async def get_subscription(state: State, subscription_id: str, min_position: MinPosition = None) -> Response[Any]:
+async def get_subscription(state: AppState, subscription_id: str, min_position: MinPosition = None) -> Response[Any]:
     headers = await _fresh(state, ["subscriptions"], min_position)
     return _found_or_404(
         await documents.get_subscription(state.pool, subscription_id), f"no subscription {subscription_id!r}", headers
@@ -88,25 +89,21 @@ async def get_subscription(state: State, subscription_id: str, min_position: Min
 
 
 @get("/projections", summary="Every projection's position, lag and state", tags=["operations"])
-async def list_projections(state: State, min_position: MinPosition = None) -> Response[Any]:
-    from ledger.db import translate_errors
-
+async def list_projections(state: AppState, min_position: MinPosition = None) -> Response[Any]:
     headers = await _fresh(state, list(PROJECTIONS), min_position)
-    with translate_errors():
-        async with state.pool.acquire() as conn:
-            data = await documents.projection_status(conn)
+    data = await read_status(state.pool)
     return Response({"data": data}, headers=headers)
 
 
 @get("/inventory", summary="Quantity sold per price and product", tags=["inventory"])
-async def get_inventory(state: State, min_position: MinPosition = None) -> Response[Any]:
+async def get_inventory(state: AppState, min_position: MinPosition = None) -> Response[Any]:
     headers = await _fresh(state, ["inventory"], min_position)
     return Response({"data": await documents.inventory_levels(state.pool)}, headers=headers)
 
 
 @get("/inventory/adjustments", summary="The inventory adjustments feed, oldest first", tags=["inventory"])
 async def list_adjustments(
-    state: State,
+    state: AppState,
     after: Annotated[int | None, Parameter(ge=0, description="adjustments after this log position")] = None,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     cursor: str | None = None,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import asyncpg
 
-from ledger.db import apply_schema
+from projections.registry import install
 
 # The signing secret of the servers the benchmarks start.
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -128,7 +128,7 @@ class Server:
         dsn = urlunsplit((p.scheme, p.netloc, "/" + name, p.query, p.fragment))
         conn = await asyncpg.connect(dsn)
         try:
-            await apply_schema(conn)
+            await install(conn)
             await conn.execute(NAIVE_TABLE)
         finally:
             await conn.close()

@@ -1,4 +1,4 @@
-"""The database: connecting, applying ``schema.sql``, named queries, and error translation.
+"""The database: connecting, applying ``schema.sql``, and error translation.
 
 Driver and network exceptions become ``DatabaseUnavailable`` here and nowhere else.
 """
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator, Iterator
 from importlib import resources
 from pathlib import Path
@@ -16,19 +15,18 @@ from typing import Any
 import asyncpg
 
 from ledger.errors import DatabaseUnavailable
+from ledger.sql import log_queries
 
 __all__ = [
     "READ_SETTINGS",
     "SCHEMA_VERSION",
-    "Queries",
     "apply_schema",
     "create_pool",
-    "queries",
     "schema_sql",
     "translate_errors",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Appenders and readers give up rather than queue behind a stuck client.
 SERVER_SETTINGS = {
@@ -51,22 +49,6 @@ def schema_sql() -> str:
         return packaged.read_text(encoding="utf-8")
     return (Path(__file__).resolve().parent.parent / "schema.sql").read_text(encoding="utf-8")
 
-
-class Queries:
-    """Named queries from a ``.sql`` file: each starts at a ``-- name: x`` line."""
-
-    def __init__(self, text: str) -> None:
-        parts = re.split(r"^-- name: *(\w+) *$", text, flags=re.MULTILINE)
-        self._sql = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
-
-    def __getattr__(self, name: str) -> str:
-        try:
-            return self._sql[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
-queries = Queries(resources.files("ledger").joinpath("sql/queries.sql").read_text(encoding="utf-8"))
 
 # What "the database is unreachable, too slow or refusing us" looks like from asyncpg.
 UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -113,13 +95,16 @@ async def create_pool(
 async def apply_schema(conn: asyncpg.Connection) -> None:
     """Applies ``schema.sql``; harmless to run twice or from two processes at once."""
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_KEY)
+        await conn.execute(log_queries.schema_lock, _SCHEMA_LOCK_KEY)
+        await conn.execute(log_queries.schema_timeout)
         await conn.execute(schema_sql())
 
 
 @contextlib.asynccontextmanager
-async def connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
+async def connect(dsn: str, *, unlimited: bool = False) -> AsyncIterator[asyncpg.Connection]:
+    """One connection; ``unlimited`` lifts the statement time limit (operator commands over the whole log)."""
+    settings = {**SERVER_SETTINGS, "statement_timeout": "0"} if unlimited else SERVER_SETTINGS
+    conn = await asyncpg.connect(dsn, server_settings=settings)
     try:
         yield conn
     finally:

@@ -15,9 +15,23 @@ from datetime import datetime
 import asyncpg
 import msgspec
 
-from ledger.db import queries, translate_errors
+from ledger.db import translate_errors
+from ledger.sql import log_queries
 
-__all__ = ["GENESIS_HASH", "AppendResult", "ChainReport", "EventLog", "LoggedEvent", "NewEvent"]
+__all__ = [
+    "GENESIS_HASH",
+    "AppendResult",
+    "ChainReport",
+    "EventLog",
+    "LogSummary",
+    "LoggedEvent",
+    "NewEvent",
+    "append_with",
+    "head_position",
+    "read_batch",
+    "summary",
+    "verify_chain",
+]
 
 GENESIS_HASH = bytes(32)
 NOTIFY_CHANNEL = "ledger_events"
@@ -77,20 +91,26 @@ class EventLog:
     async def quarantine(self, *, message_id: str | None, headers: str, body: bytes, reason: str) -> int:
         with translate_errors():
             async with self.pool.acquire() as conn:
-                return int(await conn.fetchval(queries.quarantine, message_id, headers, body, reason))
+                return int(await conn.fetchval(log_queries.quarantine, message_id, headers, body, reason))
 
     async def head(self) -> int:
         with translate_errors():
             async with self.pool.acquire() as conn:
-                return int(await conn.fetchval(queries.head))
+                return await head_position(conn)
+
+    async def schema_version(self) -> int:
+        """The version of the schema applied to this database (``DatabaseUnavailable`` before any)."""
+        with translate_errors():
+            async with self.pool.acquire() as conn:
+                return int(await conn.fetchval(log_queries.schema_version))
 
     async def list(self, *, after: int, limit: int, event_type: str | None = None) -> list[LoggedEvent]:
         with translate_errors():
             async with self.pool.acquire() as conn:
                 if event_type is None:
-                    rows = await conn.fetch(queries.list_events, after, limit)
+                    rows = await conn.fetch(log_queries.list_events, after, limit)
                 else:
-                    rows = await conn.fetch(queries.list_events_of_type, after, limit, event_type)
+                    rows = await conn.fetch(log_queries.list_events_of_type, after, limit, event_type)
         return [
             LoggedEvent(
                 position=r["position"],
@@ -105,10 +125,31 @@ class EventLog:
         ]
 
 
+class LogSummary(msgspec.Struct, kw_only=True):
+    head: int  # positions are contiguous from 1: also the number of events
+    quarantined: int
+
+
+async def summary(conn: asyncpg.Connection) -> LogSummary:
+    row = await conn.fetchrow(log_queries.log_summary)
+    return LogSummary(head=row["head"], quarantined=row["quarantined"])
+
+
+async def head_position(conn: asyncpg.Connection) -> int:
+    """The position of the last event appended (0 for an empty log)."""
+    return int(await conn.fetchval(log_queries.head))
+
+
+async def read_batch(conn: asyncpg.Connection, after: int, upto: int, patterns: Sequence[str]) -> list[asyncpg.Record]:
+    """The events at positions ``after < position <= upto`` whose type is ``LIKE`` one of ``patterns``,
+    in log order: how every follower of the log (projection runner, rebuild, reactor) reads it."""
+    return list(await conn.fetch(log_queries.read_batch, after, upto, patterns))
+
+
 async def append_with(conn: asyncpg.Connection, events: Sequence[NewEvent]) -> list[AppendResult]:
     """Appends a batch on ``conn``: in the caller's transaction if one is open, else in its own."""
     rows = await conn.fetch(
-        queries.append,
+        log_queries.append,
         [e.event_id for e in events],
         [e.event_type for e in events],
         [e.source for e in events],
@@ -127,7 +168,7 @@ async def verify_chain(
     """Walks the whole log in segments, checking positions, links and hashes, then the head."""
     after, prev_hash, rows = 0, GENESIS_HASH, 0
     while True:
-        seg = await conn.fetchrow(queries.verify_chain, after, prev_hash, segment)
+        seg = await conn.fetchrow(log_queries.verify_chain, after, prev_hash, segment)
         if seg["bad_position"] is not None:
             return ChainReport(
                 ok=False, rows=rows, head_position=after, bad_position=seg["bad_position"], problem=seg["problem"]
@@ -138,7 +179,7 @@ async def verify_chain(
         after, prev_hash = seg["last_position"], seg["last_hash"]
         if progress is not None:
             progress(rows)
-    head = await conn.fetchrow(queries.head)
+    head = await conn.fetchrow(log_queries.head)
     if head["position"] != after or head["hash"] != prev_hash:
         bad = min(after, head["position"]) + 1 if head["position"] != after else after
         return ChainReport(

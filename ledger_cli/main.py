@@ -15,12 +15,12 @@ import asyncpg
 
 import ledger
 from api.logs import configure_logging
-from ledger.db import UNAVAILABLE, apply_schema, connect
+from ledger.db import UNAVAILABLE, connect
 from ledger.embedded import EmbeddedPostgres
 from ledger.errors import ConfigError
 from ledger.log import verify_chain
 from ledger.settings import Settings, load_settings
-from projections.registry import PROJECTIONS
+from projections.registry import PROJECTIONS, install
 
 __all__ = ["main"]
 
@@ -39,9 +39,8 @@ async def database(settings: Settings) -> AsyncIterator[tuple[asyncpg.Connection
         embedded = EmbeddedPostgres(settings.data_dir)
         dsn = await asyncio.to_thread(embedded.start)
     try:
-        async with connect(dsn) as conn:
-            await conn.execute("SET statement_timeout = 0")
-            await apply_schema(conn)
+        async with connect(dsn, unlimited=True) as conn:
+            await install(conn)
             yield conn, dsn
     finally:
         if embedded is not None:
@@ -213,19 +212,18 @@ class ProgressPrinter:
 
 def cmd_status(args: argparse.Namespace) -> int:
     async def run(settings: Settings) -> int:
-        from projections.apply import queries
-        from projections.documents import projection_status
+        from ledger.log import summary
+        from projections.status import projection_status
 
         async with database(settings) as (conn, _):
             rows = await projection_status(conn)
-            summary = await conn.fetchrow(queries.log_summary)
-            head, events, quarantined = summary["head"], summary["head"], summary["quarantined"]
+            log = await summary(conn)
         if args.json:
             import json
 
-            print(json.dumps({"head": head, "events": events, "quarantined": quarantined, "projections": rows}))
+            print(json.dumps({"head": log.head, "quarantined": log.quarantined, "projections": rows}))
             return 0
-        print(f"log: head at position {head}, {events} events, {quarantined} quarantined deliveries")
+        print(f"log: head at position {log.head}, {log.quarantined} quarantined deliveries")
         header = ("projection", "position", "lag", "state", "applied", "ignored", "failed", "last error")
         table = [header] + [
             (
@@ -253,12 +251,11 @@ def cmd_fulfill_retry(args: argparse.Namespace) -> int:
         return _fail("name one or more checkout session ids, or --all-failed")
 
     async def run(settings: Settings) -> int:
-        from projections.apply import queries
-        from projections.fulfillment.reactor import requeue
+        from projections.fulfillment.reactor import queued_sessions, requeue
 
         async with database(settings) as (conn, _):
             requeued = await requeue(conn, None if args.all_failed else list(args.session_ids))
-            known = {r["checkout_session_id"]: r for r in await conn.fetch(queries.queue_get, list(args.session_ids))}
+            known = await queued_sessions(conn, list(args.session_ids))
         for session_id, generation in requeued:
             print(f"ledger fulfill retry: {session_id} queued again (attempt generation {generation})")
         done = {s for s, _ in requeued}
@@ -266,12 +263,12 @@ def cmd_fulfill_retry(args: argparse.Namespace) -> int:
         for session_id in args.session_ids:
             if session_id in done:
                 continue
-            row = known.get(session_id)
-            if row is None:
+            status = known.get(session_id)
+            if status is None:
                 print(f"ledger fulfill retry: {session_id}: no completed session with that id", file=sys.stderr)
                 code = 1
             else:
-                print(f"ledger fulfill retry: {session_id}: not failed (it is {row['status']}); nothing to do")
+                print(f"ledger fulfill retry: {session_id}: not failed (it is {status}); nothing to do")
         if args.all_failed and not requeued:
             print("ledger fulfill retry: no failed sessions")
         return code

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from importlib import resources
 
 import asyncpg
 import msgspec
 
-from ledger.db import Queries
 from projections.base import Deltas, LogRow, Projection, merge
-from projections.state import State
+from projections.mergeable import Mergeable
+from projections.sql import projection_queries as sql
 
-__all__ = ["BatchResult", "ProjectionFailed", "apply_batch", "decode_rows", "queries"]
+__all__ = ["BatchResult", "ProjectionFailed", "apply_batch", "decode_rows"]
 
 _log = logging.getLogger(__name__)
 
-queries = Queries(resources.files("projections").joinpath("sql/queries.sql").read_text(encoding="utf-8"))
 _decode = msgspec.json.Decoder()
 _encode = msgspec.json.Encoder()
 
@@ -79,7 +77,7 @@ async def apply_batch(
             continue
         positions = deltas.positions[table.name]
         ids = sorted(states)
-        stored = {r["id"]: r for r in await conn.fetch(getattr(queries, table.load), ids)}
+        stored = {r["id"]: r for r in await conn.fetch(getattr(sql, table.load), ids)}
         columns: list[list[object]] = []
         out_positions: list[int] = []
         out_states: list[str] = []
@@ -87,7 +85,7 @@ async def apply_batch(
             state, position = states[entity_id], positions[entity_id]
             previous = stored.get(entity_id)
             if previous is not None:
-                state = merge(State(_decode.decode(previous["state"])), state)
+                state = merge(Mergeable(_decode.decode(previous["state"])), state)
                 position = max(position, previous["position"])
             values = table.row(entity_id, state)
             if not columns:
@@ -96,5 +94,5 @@ async def apply_batch(
                 column.append(value)
             out_positions.append(position)
             out_states.append(_encode.encode(state.doc).decode())
-        await conn.execute(getattr(queries, table.upsert), ids, *columns, out_positions, out_states)
+        await conn.execute(getattr(sql, table.upsert), ids, *columns, out_positions, out_states)
     return result

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from projections.state import State
+from projections.mergeable import Mergeable
 
 __all__ = ["Deltas", "LogRow", "Projection", "Table", "like_patterns", "merge"]
 
@@ -27,33 +27,33 @@ class LogRow(msgspec.Struct, frozen=True, kw_only=True):
 
 @dataclass(frozen=True)
 class Table:
-    """A projection table: ``load``/``upsert`` are query names in ``projections/sql/queries.sql``;
+    """A projection table: ``load``/``upsert`` are query names in ``projections/sql/``;
     ``row`` gives the upsert's column values (after the key and before ``position, state``)."""
 
     name: str
     load: str
     upsert: str
-    row: Callable[[str, State], tuple[Any, ...]]
+    row: Callable[[str, Mergeable], tuple[Any, ...]]
 
 
 class Deltas:
     """The states one batch contributes, per table and entity id."""
 
     def __init__(self) -> None:
-        self.by_table: dict[str, dict[str, State]] = {}
+        self.by_table: dict[str, dict[str, Mergeable]] = {}
         self.positions: dict[str, dict[str, int]] = {}
 
-    def state(self, table: str, entity_id: str, position: int) -> State:
+    def state(self, table: str, entity_id: str, position: int) -> Mergeable:
         states = self.by_table.setdefault(table, {})
         positions = self.positions.setdefault(table, {})
         positions[entity_id] = max(position, positions.get(entity_id, 0))
         existing = states.get(entity_id)
         if existing is None:
-            existing = states[entity_id] = State()
+            existing = states[entity_id] = Mergeable()
         return existing
 
 
-def merge(into: State, other: State) -> State:
+def merge(into: Mergeable, other: Mergeable) -> Mergeable:
     """The join of two states (commutative, associative, idempotent)."""
     doc = other.doc
     for fld, value in doc["v"].items():

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from projections.base import Deltas, LogRow, Projection, Table
-from projections.flex import as_str, epoch_micros, event_micros, id_of, resource
-from projections.flex import dict_of as _dict
-from projections.state import State
+from projections.fields import as_str, epoch_micros, event_micros, id_of, resource
+from projections.fields import dict_of as _dict
+from projections.mergeable import Mergeable
 
 __all__ = ["CUSTOMERS"]
 
@@ -85,7 +85,7 @@ def fold(row: LogRow, deltas: Deltas) -> bool:
     return False
 
 
-def _row(_: str, state: State) -> tuple[Any, ...]:
+def _row(_: str, state: Mergeable) -> tuple[Any, ...]:
     return (state.get("email"), state.flagged("deleted"))
 
 

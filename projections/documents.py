@@ -1,4 +1,4 @@
-"""The read side: orders, customers, subscriptions and projection status, as API documents."""
+"""The read side: orders, customers, subscriptions and inventory, as API documents."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import msgspec
 
 from ledger.db import translate_errors
 from ledger.errors import InvalidRequest
-from projections.apply import queries
-from projections.flex import iso
-from projections.state import State
+from projections.fields import iso
+from projections.mergeable import Mergeable
+from projections.sql import projection_queries as queries
 
 __all__ = [
     "decode_cursor",
@@ -22,17 +22,16 @@ __all__ = [
     "get_order",
     "get_subscription",
     "list_orders",
-    "projection_status",
 ]
 
 _decode = msgspec.json.Decoder()
 
 
-def _state(text: str) -> State:
-    return State(_decode.decode(text))
+def _state(text: str) -> Mergeable:
+    return Mergeable(_decode.decode(text))
 
 
-async def _fetch_state(pool: asyncpg.Pool, query: str, entity_id: str) -> tuple[int, State] | None:
+async def _fetch_state(pool: asyncpg.Pool, query: str, entity_id: str) -> tuple[int, Mergeable] | None:
     """One entity's (position, state), by a ``*_get`` query."""
     with translate_errors():
         async with pool.acquire() as conn:
@@ -40,7 +39,7 @@ async def _fetch_state(pool: asyncpg.Pool, query: str, entity_id: str) -> tuple[
     return None if record is None else (record["position"], _state(record["state"]))
 
 
-def _intent(payment_intent_id: str, state: State | None) -> dict[str, Any]:
+def _intent(payment_intent_id: str, state: Mergeable | None) -> dict[str, Any]:
     get = state.get if state is not None else (lambda *_: None)
     return {
         "payment_intent_id": payment_intent_id,
@@ -50,7 +49,7 @@ def _intent(payment_intent_id: str, state: State | None) -> dict[str, Any]:
     }
 
 
-def _fulfillment(state: State, status: str | None) -> dict[str, Any]:
+def _fulfillment(state: Mergeable, status: str | None) -> dict[str, Any]:
     fulfillment: str | None
     if state.flagged("fulfilled"):
         fulfillment = "fulfilled"
@@ -66,7 +65,9 @@ def _fulfillment(state: State, status: str | None) -> dict[str, Any]:
     }
 
 
-def _order(record: asyncpg.Record, state: State, intents: list[tuple[str, int, State | None]]) -> dict[str, Any]:
+def _order(
+    record: asyncpg.Record, state: Mergeable, intents: list[tuple[str, int, Mergeable | None]]
+) -> dict[str, Any]:
     status = state.get("status")
     return {
         "checkout_session_id": record["checkout_session_id"],
@@ -95,7 +96,7 @@ async def _with_intents(conn: asyncpg.Connection, records: list[asyncpg.Record])
         record["checkout_session_id"]: state.items("payment_intent_ids")
         for record, state in zip(records, states, strict=True)
     }
-    found: dict[str, tuple[str | None, int, State]] = {}
+    found: dict[str, tuple[str | None, int, Mergeable]] = {}
     for row in await conn.fetch(
         queries.order_intents, sorted({pi for ids in listed.values() for pi in ids}), list(listed)
     ):
@@ -109,7 +110,7 @@ async def _with_intents(conn: asyncpg.Connection, records: list[asyncpg.Record])
     for record, state in zip(records, states, strict=True):
         session_id = record["checkout_session_id"]
         ids = sorted(set(listed[session_id]) | naming.get(session_id, set()))
-        intents: list[tuple[str, int, State | None]] = [
+        intents: list[tuple[str, int, Mergeable | None]] = [
             (pi, found[pi][1], found[pi][2]) if pi in found else (pi, 0, None) for pi in ids
         ]
         out.append(_order(record, state, intents))
@@ -221,51 +222,6 @@ async def get_subscription(pool: asyncpg.Pool, subscription_id: str) -> dict[str
         "test_mode": state.get("test_mode"),
         "position": position,
     }
-
-
-async def projection_status(conn: asyncpg.Connection) -> list[dict[str, Any]]:
-    """Every projection's checkpoint, lag and health; ``state`` says whether a runner holds it."""
-    from projections.runner import LOCK_NAMESPACE, REBUILD_LOCK_OFFSET, lock_id
-
-    held = {(r["classid"], r["objid"]) for r in await conn.fetch(queries.held_locks)}
-    counts = await conn.fetchrow(queries.queue_counts)
-    out = []
-    for r in await conn.fetch(queries.state_all):
-        name = r["name"]
-        running = (LOCK_NAMESPACE, lock_id(name)) in held
-        rebuilding = (LOCK_NAMESPACE, REBUILD_LOCK_OFFSET + lock_id(name)) in held
-        state = "rebuilding" if rebuilding else "running" if running else "stopped"
-        if r["failed_events"] and state == "running":
-            state = "degraded"
-        out.append(
-            {
-                "name": name,
-                "position": r["position"],
-                "head": r["head"],
-                "lag": max(r["head"] - r["position"], 0),
-                "state": state,
-                "generation": r["generation"],
-                "applied_events": r["applied_events"],
-                "ignored_events": r["ignored_events"],
-                "failed_events": r["failed_events"],
-                "last_error": r["last_error"],
-                "last_error_position": r["last_error_position"],
-                "last_error_at": r["last_error_at"].isoformat() if r["last_error_at"] else None,
-                "rebuild_position": r["rebuild_position"],
-                "rebuilt_at": r["rebuilt_at"].isoformat() if r["rebuilt_at"] else None,
-                "updated_at": r["updated_at"].isoformat(),
-            }
-        )
-        if name == "fulfillment":
-            out[-1].update(
-                kind="reactor",
-                pending_sessions=counts["pending"],
-                failed_sessions=counts["failed"],
-                fulfilled_sessions=counts["fulfilled"],
-            )
-        else:
-            out[-1]["kind"] = "projection"
-    return out
 
 
 async def list_adjustments(pool: asyncpg.Pool, *, after: int, limit: int) -> tuple[list[dict[str, Any]], str | None]:

@@ -19,9 +19,8 @@ import logging
 import asyncpg
 
 from ledger.db import SERVER_SETTINGS, UNAVAILABLE
-from ledger.db import queries as ledger_queries
-from ledger.log import NOTIFY_CHANNEL
-from projections.apply import queries
+from ledger.log import NOTIFY_CHANNEL, head_position
+from projections.sql import projection_queries
 
 __all__ = ["CHECKPOINT_CHANNEL", "CheckpointWatcher"]
 
@@ -95,13 +94,13 @@ class CheckpointWatcher:
         if conn is None or conn.is_closed():
             return self.head
         async with self._query_lock:
-            head = int(await conn.fetchval(ledger_queries.head))
+            head = await head_position(conn)
         self._update(head=head)
         return self.head
 
     async def _resync(self, conn: asyncpg.Connection) -> None:
         async with self._query_lock:
-            rows = await conn.fetch(queries.state_all)
+            rows = await conn.fetch(projection_queries.state_all)
         # A rebuild switch may move a checkpoint anywhere: the database's word is final.
         self.positions.update({r["name"]: r["position"] for r in rows})
         self._update(head=max((r["head"] for r in rows), default=self.head))

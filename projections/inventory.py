@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from projections.base import Deltas, LogRow, Projection, Table
-from projections.flex import as_int, as_str, dict_of, epoch_micros
+from projections.fields import as_int, as_str, dict_of, epoch_micros
 from projections.fulfillment.events import ADJUSTED
-from projections.state import State
+from projections.mergeable import Mergeable
 
 __all__ = ["INVENTORY"]
 
@@ -36,7 +36,7 @@ def fold(row: LogRow, deltas: Deltas) -> bool:
     return True
 
 
-def _row(_: str, state: State) -> tuple[Any, ...]:
+def _row(_: str, state: Mergeable) -> tuple[Any, ...]:
     return (
         state.get("checkout_session_id"),
         state.get("line_item_id"),

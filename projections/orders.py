@@ -16,11 +16,11 @@ from typing import Any
 import msgspec
 
 from projections.base import Deltas, LogRow, Projection, Table
-from projections.flex import as_bool, as_int, as_str, epoch_micros, event_micros, id_of, resource
-from projections.flex import dict_of as _dict
+from projections.fields import as_bool, as_int, as_str, epoch_micros, event_micros, id_of, resource
+from projections.fields import dict_of as _dict
 from projections.fulfillment.events import FAILED, FETCHED, RETRY_REQUESTED
 from projections.fulfillment.line_items import UnusableLineItems, parse_line_items
-from projections.state import State
+from projections.mergeable import Mergeable
 
 __all__ = ["ORDERS", "PAYMENT_STATUS_RANK", "SESSION_STATUS_RANK"]
 
@@ -165,7 +165,7 @@ def fold(row: LogRow, deltas: Deltas) -> bool:
     return False
 
 
-def _order_row(_: str, state: State) -> tuple[Any, ...]:
+def _order_row(_: str, state: Mergeable) -> tuple[Any, ...]:
     sort_at = state.get("created_at") or state.min_of("seen_at") or 0
     return (
         state.get("status"),
@@ -176,7 +176,7 @@ def _order_row(_: str, state: State) -> tuple[Any, ...]:
     )
 
 
-def _intent_row(_: str, state: State) -> tuple[Any, ...]:
+def _intent_row(_: str, state: Mergeable) -> tuple[Any, ...]:
     return (state.get("checkout_session_id"),)
 
 

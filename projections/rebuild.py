@@ -26,14 +26,14 @@ import asyncpg
 import msgspec
 
 from ledger.db import SERVER_SETTINGS, schema_sql
-from ledger.db import queries as ledger_queries
-from projections.apply import apply_batch, decode_rows, queries
+from ledger.log import head_position, read_batch
+from projections.apply import apply_batch, decode_rows
 from projections.base import LogRow, Projection, like_patterns
-from projections.runner import LOCK_NAMESPACE, REBUILD_LOCK_OFFSET, lock_id
+from projections.coordination import REBUILD_LOCK_OFFSET, LocksBusy, release, take_all
+from projections.registry import lock_id
+from projections.sql import projection_queries as sql
 
-__all__ = ["BUILD_SCHEMA", "Progress", "RebuildBusy", "rebuild", "tables_ddl"]
-
-BUILD_SCHEMA = "ledger_build"
+__all__ = ["Progress", "RebuildBusy", "rebuild", "tables_ddl"]
 
 
 class RebuildBusy(Exception):
@@ -103,23 +103,17 @@ async def rebuild(
     """
     names = [p.name for p in projections]
     # One rebuild at a time (they share the build schema), and each projection marked as rebuilding.
-    locks = [REBUILD_LOCK_OFFSET, *(REBUILD_LOCK_OFFSET + lock_id(n) for n in names)]
-    taken: list[int] = []
-    for key in locks:
-        if not await conn.fetchval(queries.try_lock, LOCK_NAMESPACE, key):
-            for held in taken:
-                await conn.execute(queries.unlock, LOCK_NAMESPACE, held)
-            raise RebuildBusy("another ledger rebuild is running")
-        taken.append(key)
+    try:
+        taken = await take_all(conn, [REBUILD_LOCK_OFFSET, *(REBUILD_LOCK_OFFSET + lock_id(n) for n in names)])
+    except LocksBusy:
+        raise RebuildBusy("another ledger rebuild is running") from None
     patterns = like_patterns(p for projection in projections for p in projection.prefixes)
     reader = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS) if dsn else conn
     counts = {n: _Counts() for n in names}
     pending: asyncio.Task[list[asyncpg.Record]] | None = None
     try:
-        await conn.execute("SET statement_timeout = 0")
-        await conn.execute(f"DROP SCHEMA IF EXISTS {BUILD_SCHEMA} CASCADE")
-        await conn.execute(f"CREATE SCHEMA {BUILD_SCHEMA}")
-        await conn.execute(f"SET search_path = {BUILD_SCHEMA}, public")
+        await conn.execute(sql.no_statement_timeout)
+        await conn.execute(sql.build_begin)
         # Secondary indexes are built once the bulk of the rows is in, not row by row.
         deferred: list[str] = []
         for name in names:
@@ -128,7 +122,7 @@ async def rebuild(
                     deferred.append(statement)
                 else:
                     await conn.execute(statement)
-        await conn.execute(queries.rebuild_started, names)
+        await conn.execute(sql.rebuild_started, names)
 
         position = 0
         started = time.monotonic()
@@ -143,9 +137,9 @@ async def rebuild(
             return progress
 
         def fetch(start: int, end: int) -> asyncio.Task[list[asyncpg.Record]]:
-            return asyncio.ensure_future(reader.fetch(queries.read_batch, start, end, patterns))
+            return asyncio.ensure_future(read_batch(reader, start, end, patterns))
 
-        head = await conn.fetchval(ledger_queries.head)
+        head = await head_position(conn)
         while head - position > switch_gap:
             end = min(head, position + batch_size)
             records = await (pending or fetch(position, end))
@@ -153,38 +147,36 @@ async def rebuild(
             pending = fetch(end, ahead) if reader is not conn and head - end > switch_gap else None
             async with conn.transaction():
                 await _apply(conn, projections, records, position, end, counts)
-                await conn.execute(queries.rebuild_progress, names, end)
+                await conn.execute(sql.rebuild_progress, names, end)
             position = end
             report(head)
             if pending is None:
-                head = await conn.fetchval(ledger_queries.head)
+                head = await head_position(conn)
 
         for statement in deferred:
             await conn.execute(statement)
 
         # The switch: live tables locked first (the live runners' lock order: tables, then state).
-        live_tables = ", ".join(f"public.{t}" for p in projections for t in p.table_names)
+        tables = [t for p in projections for t in p.table_names]
         async with conn.transaction():
-            await conn.execute(f"LOCK TABLE {live_tables} IN ACCESS EXCLUSIVE MODE")
-            await conn.execute(queries.rebuild_lock_states, names)
-            head = await conn.fetchval(ledger_queries.head)
+            await conn.execute(sql.build_lock_live, tables)
+            await conn.execute(sql.rebuild_lock_states, names)
+            head = await head_position(conn)
             while position < head:
                 end = min(head, position + batch_size)
-                records = await conn.fetch(queries.read_batch, position, end, patterns)
+                records = await read_batch(conn, position, end, patterns)
                 await _apply(conn, projections, records, position, end, counts)
                 position = end
+            await conn.execute(sql.build_swap, tables)
             for projection in projections:
-                for table in projection.table_names:
-                    await conn.execute(f"DROP TABLE public.{table}")
-                    await conn.execute(f"ALTER TABLE {BUILD_SCHEMA}.{table} SET SCHEMA public")
                 await conn.execute(
-                    queries.rebuild_switched,
+                    sql.rebuild_switched,
                     projection.name,
                     position,
                     counts[projection.name].applied,
                     counts[projection.name].ignored,
                 )
-        await conn.execute(f"DROP SCHEMA IF EXISTS {BUILD_SCHEMA} CASCADE")
+        await conn.execute(sql.build_end)
         return report(head, done=True)
     finally:
         if pending is not None:
@@ -192,6 +184,5 @@ async def rebuild(
         if reader is not conn:
             await reader.close()
         if not conn.is_closed():
-            await conn.execute("SET search_path TO DEFAULT")
-            for key in taken:
-                await conn.execute(queries.unlock, LOCK_NAMESPACE, key)
+            await conn.execute(sql.search_path_reset)
+            await release(conn, taken)

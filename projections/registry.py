@@ -1,16 +1,37 @@
-"""Every projection, by name."""
+"""Every follower of the log, by name: the projections and the fulfillment reactor.
+
+This is the one list of them. It gives each its advisory lock id (``projections.coordination``),
+its checkpoint row (``install``), the names ``ledger rebuild`` accepts and the rows of
+``ledger status``.
+"""
 
 from __future__ import annotations
 
+import asyncpg
+
+from ledger.db import apply_schema
 from projections.base import Projection
 from projections.customers import CUSTOMERS
+from projections.follower import seed_checkpoints
 from projections.inventory import INVENTORY
 from projections.orders import ORDERS
 from projections.subscriptions import SUBSCRIPTIONS
 
-__all__ = ["PROJECTIONS", "get"]
+__all__ = ["FOLLOWERS", "FULFILLMENT", "PROJECTIONS", "get", "install", "lock_id"]
 
 PROJECTIONS: dict[str, Projection] = {p.name: p for p in (ORDERS, CUSTOMERS, SUBSCRIPTIONS, INVENTORY)}
+FULFILLMENT = "fulfillment"  # the reactor: follows the log too, but is never rebuilt
+
+# Lock ids are compared between processes that may run different releases during a deploy: a
+# follower keeps its id for ever, and a new one takes the next free number.
+_LOCK_IDS = {ORDERS.name: 1, CUSTOMERS.name: 2, SUBSCRIPTIONS.name: 3, FULFILLMENT: 4, INVENTORY.name: 5}
+assert set(_LOCK_IDS) == {*PROJECTIONS, FULFILLMENT}, "every follower needs a lock id"
+assert len(set(_LOCK_IDS.values())) == len(_LOCK_IDS), "lock ids are unique"
+FOLLOWERS: tuple[str, ...] = (*PROJECTIONS, FULFILLMENT)
+
+
+def lock_id(name: str) -> int:
+    return _LOCK_IDS[name]
 
 
 def get(name: str) -> Projection:
@@ -18,3 +39,10 @@ def get(name: str) -> Projection:
         return PROJECTIONS[name]
     except KeyError:
         raise KeyError(f"no projection named {name!r} (known: {', '.join(PROJECTIONS)})") from None
+
+
+async def install(conn: asyncpg.Connection) -> None:
+    """Applies ``schema.sql`` and gives every follower its checkpoint; harmless to run twice."""
+    async with conn.transaction():  # no follower ever sees the schema without its checkpoint
+        await apply_schema(conn)
+        await seed_checkpoints(conn, FOLLOWERS)

@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from projections.base import Deltas, LogRow, Projection, Table
-from projections.flex import as_bool, as_int, as_str, epoch_micros, event_micros, id_of, resource
+from projections.fields import as_bool, as_int, as_str, epoch_micros, event_micros, id_of, resource
+from projections.mergeable import Mergeable
 from projections.orders import SESSION_STATUS_RANK
-from projections.state import State
 
 __all__ = ["STATUS_RANK", "SUBSCRIPTIONS"]
 
@@ -115,7 +115,7 @@ def fold(row: LogRow, deltas: Deltas) -> bool:
     return False
 
 
-def _row(_: str, state: State) -> tuple[Any, ...]:
+def _row(_: str, state: Mergeable) -> tuple[Any, ...]:
     return (state.get("customer_id"), state.get("status"))
 
 

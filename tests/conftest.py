@@ -17,7 +17,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from ledger.db import apply_schema, create_pool
+from ledger.db import create_pool
+from projections.registry import install
 from tests.support import EmbeddedServer, unique_name, with_database
 
 
@@ -77,7 +78,7 @@ def template_db(pg_server_dsn: str) -> Iterator[str]:
         await _run(pg_server_dsn, f'CREATE DATABASE "{name}"')
         conn = await asyncpg.connect(with_database(pg_server_dsn, name))
         try:
-            await apply_schema(conn)
+            await install(conn)
         finally:
             await conn.close()
 

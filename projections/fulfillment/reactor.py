@@ -26,69 +26,81 @@ import random
 from datetime import UTC, datetime
 
 import asyncpg
+import msgspec
 
 from ledger.db import UNAVAILABLE
 from ledger.log import append_with
-from projections.apply import decode_rows, queries
-from projections.base import like_patterns
-from projections.flex import as_str, resource
+from projections.apply import BatchResult
+from projections.base import LogRow, like_patterns
+from projections.coordination import run_exclusively
+from projections.fields import as_str, resource
+from projections.follower import follow, follow_once
 from projections.fulfillment.events import failed_event, fetched_events, retry_requested_event
 from projections.fulfillment.flex_client import FlexApiError, FlexClient, PermanentFlexError
-from projections.runner import CheckpointMoved, run_exclusively
+from projections.fulfillment.sql import queue_queries as sql
+from projections.registry import FULFILLMENT, lock_id
 
-__all__ = ["NAME", "FulfillmentReactor", "intake_once", "requeue"]
+__all__ = ["FulfillmentReactor", "QueueCounts", "intake_once", "queue_counts", "queued_sessions", "requeue"]
 
 _log = logging.getLogger(__name__)
 
-NAME = "fulfillment"
 _COMPLETED = "checkout.session.completed"
+
+
+class _Intake:
+    """The reactor's follower of the log: queues each completed session once."""
+
+    name = FULFILLMENT
+    patterns = like_patterns([_COMPLETED])
+
+    async def apply(self, conn: asyncpg.Connection, rows: list[LogRow]) -> BatchResult:
+        sessions: dict[str, int] = {}
+        for row in rows:
+            if row.event_type != _COMPLETED:
+                continue
+            session = resource(row.payload, "checkout_session", "checkout_session_id")
+            session_id = as_str(session.get("checkout_session_id")) if session else None
+            if session_id and session and session.get("status", "complete") == "complete":
+                sessions.setdefault(session_id, row.position)
+        if sessions:
+            await conn.execute(sql.queue_enqueue, list(sessions), list(sessions.values()))
+        return BatchResult(applied=len(sessions))
+
+
+_INTAKE = _Intake()
 
 
 async def intake_once(conn: asyncpg.Connection, batch_size: int = 1000) -> int:
     """Queues the completed sessions of one batch after the checkpoint. Returns how far it moved."""
-    state = await conn.fetchrow(queries.state_get, NAME)
-    head = state["head"]
-    start = state["position"]
-    if start >= head:
-        return 0
-    end = min(head, start + batch_size)
-    records = await conn.fetch(queries.read_batch, start, end, like_patterns([_COMPLETED]))
-    rows, _ = decode_rows(records)
-    sessions: dict[str, int] = {}
-    for row in rows:
-        if row.event_type != _COMPLETED:
-            continue
-        session = resource(row.payload, "checkout_session", "checkout_session_id")
-        session_id = as_str(session.get("checkout_session_id")) if session else None
-        if session_id and session and session.get("status", "complete") == "complete":
-            sessions.setdefault(session_id, row.position)
-    async with conn.transaction():
-        if sessions:
-            await conn.execute(queries.queue_enqueue, list(sessions), list(sessions.values()))
-        moved = await conn.fetch(
-            queries.checkpoint_advance,
-            NAME,
-            start,
-            state["generation"],
-            end,
-            len(sessions),
-            (end - start) - len(sessions),
-        )
-        if not moved:
-            raise CheckpointMoved
-    return int(end - start)
+    return await follow_once(conn, _INTAKE, batch_size)
 
 
 async def requeue(conn: asyncpg.Connection, session_ids: list[str] | None) -> list[tuple[str, int]]:
     """``ledger fulfill retry``: failed sessions back to pending, each with a logged request."""
     now = datetime.now(UTC)
     async with conn.transaction():
-        rows = await conn.fetch(queries.queue_requeue, session_ids)
+        rows = await conn.fetch(sql.queue_requeue, session_ids)
         if rows:
             await append_with(
                 conn, [retry_requested_event(r["checkout_session_id"], r["generation"], now) for r in rows]
             )
     return [(r["checkout_session_id"], r["generation"]) for r in rows]
+
+
+async def queued_sessions(conn: asyncpg.Connection, session_ids: list[str]) -> dict[str, str]:
+    """The queue status (pending, fulfilled, failed) of each of ``session_ids`` that is queued."""
+    return {r["checkout_session_id"]: r["status"] for r in await conn.fetch(sql.queue_get, session_ids)}
+
+
+class QueueCounts(msgspec.Struct, kw_only=True):
+    pending: int
+    failed: int
+    fulfilled: int
+
+
+async def queue_counts(conn: asyncpg.Connection) -> QueueCounts:
+    row = await conn.fetchrow(sql.queue_counts)
+    return QueueCounts(pending=row["pending"], failed=row["failed"], fulfilled=row["fulfilled"] or 0)
 
 
 class FulfillmentReactor:
@@ -106,8 +118,10 @@ class FulfillmentReactor:
         poll_interval: float = 1.0,
         standby_interval: float = 2.0,
         quiet_period: float = 0.05,
+        batch_size: int = 1000,
     ) -> None:
         self.dsn = dsn
+        self.batch_size = batch_size
         self.pool = pool
         self.quiet_period = quiet_period
         self.client = client
@@ -125,32 +139,35 @@ class FulfillmentReactor:
         """Runs until cancelled; one active reactor across processes (session advisory lock)."""
         if self.client is None:
             _log.warning("fulfillment: FLEX_API_KEY is not set; completed sessions wait as pending")
-        await run_exclusively(self.dsn, NAME, self, self._loop, self.standby_interval)
+        await run_exclusively(self.dsn, FULFILLMENT, lock_id(FULFILLMENT), self, self._follow, self.standby_interval)
 
-    async def _loop(self, conn: asyncpg.Connection) -> None:
+    async def _follow(self, conn: asyncpg.Connection) -> None:
         workers: set[asyncio.Task[None]] = set()
-        try:
-            while True:
-                self.wake.clear()
-                try:
-                    while await intake_once(conn):
-                        pass
-                except CheckpointMoved:
+
+        async def dispatch(conn: asyncpg.Connection) -> None:
+            """Once the intake is at the head: due sessions to workers, up to ``concurrency``."""
+            free = self.concurrency - len(self._in_flight)
+            if self.client is None or free <= 0:
+                return
+            for row in await conn.fetch(sql.queue_due, free + len(self._in_flight)):
+                session_id = row["checkout_session_id"]
+                if session_id in self._in_flight or len(self._in_flight) >= self.concurrency:
                     continue
-                if self.client is not None:
-                    free = self.concurrency - len(self._in_flight)
-                    if free > 0:
-                        for row in await conn.fetch(queries.queue_due, free + len(self._in_flight)):
-                            session_id = row["checkout_session_id"]
-                            if session_id in self._in_flight or len(self._in_flight) >= self.concurrency:
-                                continue
-                            self._in_flight.add(session_id)
-                            task = asyncio.create_task(self._fulfill(session_id))
-                            workers.add(task)
-                            task.add_done_callback(workers.discard)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), self.poll_interval)
-                await asyncio.sleep(self.quiet_period)  # gather a few commits' worth, as the runners do
+                self._in_flight.add(session_id)
+                task = asyncio.create_task(self._fulfill(session_id))
+                workers.add(task)
+                task.add_done_callback(workers.discard)
+
+        try:
+            await follow(
+                conn,
+                _INTAKE,
+                self.wake,
+                batch_size=self.batch_size,
+                poll_interval=self.poll_interval,
+                quiet_period=self.quiet_period,  # gathers a few commits' worth, as the runners do
+                when_caught_up=dispatch,
+            )
         finally:
             for task in workers:
                 task.cancel()
@@ -164,7 +181,7 @@ class FulfillmentReactor:
         try:
             async with self.pool.acquire() as conn:
                 # the due list may be a moment old: a worker may have just finished this session
-                if await conn.fetchval(queries.queue_status, session_id) != "pending":
+                if await conn.fetchval(sql.queue_status, session_id) != "pending":
                     return
             try:
                 raw, items = await self.client.line_items(session_id)
@@ -173,11 +190,11 @@ class FulfillmentReactor:
                 return
             now = datetime.now(UTC)
             async with self.pool.acquire() as conn, conn.transaction():
-                row = await conn.fetchrow(queries.queue_lock, session_id)
+                row = await conn.fetchrow(sql.queue_lock, session_id)
                 if row is None or row["status"] != "pending":
                     return  # fulfilled or parked meanwhile: nothing to record
                 await append_with(conn, fetched_events(session_id, raw, items, now))
-                await conn.execute(queries.queue_fulfilled, session_id)
+                await conn.execute(sql.queue_fulfilled, session_id)
             _log.info("fulfillment: %s fulfilled with %d line items", session_id, len(items))
         except asyncio.CancelledError:
             raise
@@ -187,14 +204,14 @@ class FulfillmentReactor:
             _log.exception("fulfillment: %s: unexpected failure; will retry", session_id)
             with contextlib.suppress(Exception):
                 async with self.pool.acquire() as conn:
-                    await conn.execute(queries.queue_retry_later, session_id, "unexpected error", 30.0)
+                    await conn.execute(sql.queue_retry_later, session_id, "unexpected error", 30.0)
         finally:
             self._in_flight.discard(session_id)
             self.wake.set()
 
     async def _record_failure(self, session_id: str, exc: FlexApiError) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(queries.queue_lock, session_id)
+            row = await conn.fetchrow(sql.queue_lock, session_id)
             if row is None or row["status"] != "pending":
                 return
             attempts = row["attempts"] + 1
@@ -207,9 +224,9 @@ class FulfillmentReactor:
                 await append_with(
                     conn, [failed_event(session_id, row["generation"], reason, exc.status, datetime.now(UTC))]
                 )
-                await conn.execute(queries.queue_failed, session_id, reason)
+                await conn.execute(sql.queue_failed, session_id, reason)
                 _log.warning("fulfillment: %s failed: %s", session_id, reason)
             else:
                 delay = max(self._backoff(attempts), exc.retry_after or 0.0)
-                await conn.execute(queries.queue_retry_later, session_id, exc.message, delay)
+                await conn.execute(sql.queue_retry_later, session_id, exc.message, delay)
                 _log.info("fulfillment: %s: %s; retrying in %.1fs", session_id, exc.message, delay)

@@ -181,7 +181,8 @@ def test_metrics_move_for_every_webhook_outcome_and_for_lag(db_dsn: str, tmp_pat
 
     import asyncpg
 
-    from projections.runner import LOCK_NAMESPACE, lock_id
+    from projections.coordination import LOCK_NAMESPACE
+    from projections.registry import lock_id
 
     async def scenario() -> tuple[float, float]:
         holder = await asyncpg.connect(db_dsn)

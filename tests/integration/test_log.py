@@ -8,10 +8,10 @@ import json
 import asyncpg
 import pytest
 
-from ledger.db import queries
 from ledger.errors import UnusableEvent
 from ledger.group_commit import GroupCommitter
 from ledger.log import EventLog, NewEvent, verify_chain
+from ledger.sql import log_queries as queries
 
 
 def ev(event_id: str, body: dict | None = None, event_type: str = "customer.created") -> NewEvent:

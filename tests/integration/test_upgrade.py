@@ -10,8 +10,9 @@ from pathlib import Path
 
 import asyncpg
 
-from ledger.db import SCHEMA_VERSION, apply_schema
+from ledger.db import SCHEMA_VERSION
 from ledger.log import EventLog, verify_chain
+from projections.registry import install
 from tests.projection_support import as_new_event
 from tests.support import unique_name, with_database
 
@@ -64,8 +65,8 @@ async def test_a_version_3_database_upgrades_in_place(pg_server_dsn: str) -> Non
             )
             hashes = await conn.fetch("SELECT position, hash FROM events ORDER BY position")
 
-            await apply_schema(conn)
-            await apply_schema(conn)  # twice is harmless
+            await install(conn)
+            await install(conn)  # twice is harmless
 
             assert await conn.fetchval("SELECT version FROM ledger_schema") == SCHEMA_VERSION
             assert await conn.fetch("SELECT position, hash FROM events ORDER BY position") == hashes

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 from ledger_cli.scenarios import Checkout, checkout_events, fulfillment_events
 from projections.base import Deltas, LogRow, merge
+from projections.mergeable import Mergeable
 from projections.registry import PROJECTIONS
-from projections.state import State
 
 # --------------------------------------------------------------------------------------------
 # The state: a join (commutative, associative, idempotent)
@@ -35,8 +35,8 @@ _ops = st.lists(
 )
 
 
-def _state(ops: list[tuple[Any, ...]]) -> State:
-    state = State()
+def _state(ops: list[tuple[Any, ...]]) -> Mergeable:
+    state = Mergeable()
     for op, *args in ops:
         if op == "offer":  # keys are unique per fact, as the folds make them (they end in a unique id)
             field, value, key = args
@@ -45,26 +45,26 @@ def _state(ops: list[tuple[Any, ...]]) -> State:
     return state
 
 
-def _join(a: State, b: State) -> dict[str, Any]:
-    return merge(State(copy.deepcopy(a.doc)), State(copy.deepcopy(b.doc))).doc
+def _join(a: Mergeable, b: Mergeable) -> dict[str, Any]:
+    return merge(Mergeable(copy.deepcopy(a.doc)), Mergeable(copy.deepcopy(b.doc))).doc
 
 
 @given(_ops, _ops, _ops)
 def test_merging_states_is_a_join(x: list[tuple[Any, ...]], y: list[tuple[Any, ...]], z: list[tuple[Any, ...]]) -> None:
     a, b, c = _state(x), _state(y), _state(z)
     assert _join(a, b) == _join(b, a)
-    assert _join(State(_join(a, b)), c) == _join(a, State(_join(b, c)))
+    assert _join(Mergeable(_join(a, b)), c) == _join(a, Mergeable(_join(b, c)))
     assert _join(a, a) == a.doc
     # Applying the operations in any order is the same as merging their states.
     assert _state(x + y).doc == _join(a, b) == _state(y + x).doc
 
 
 def test_a_larger_key_wins_whatever_arrives_first() -> None:
-    early, late = State(), State()
+    early, late = Mergeable(), Mergeable()
     early.offer("status", "open", [1, 100])
     late.offer("status", "complete", [2, 50])
-    assert merge(State(copy.deepcopy(early.doc)), late).get("status") == "complete"
-    assert merge(State(copy.deepcopy(late.doc)), early).get("status") == "complete"
+    assert merge(Mergeable(copy.deepcopy(early.doc)), late).get("status") == "complete"
+    assert merge(Mergeable(copy.deepcopy(late.doc)), early).get("status") == "complete"
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,7 +77,7 @@ def _rows(events: list[dict[str, Any]]) -> list[LogRow]:
 
 def _project(rows: list[LogRow], batch_size: int) -> dict[str, dict[str, dict[str, Any]]]:
     """Every projection's tables as the runner would leave them: {projection.table: {id: row}}."""
-    tables: dict[str, dict[str, State]] = {}
+    tables: dict[str, dict[str, Mergeable]] = {}
     for projection in PROJECTIONS.values():
         mine = [r for r in rows if projection.matches(r.event_type)]
         for i in range(0, len(mine), batch_size):

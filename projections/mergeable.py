@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Key", "State"]
+__all__ = ["Key", "Mergeable"]
 
 Key = list[int]
 
 
-class State:
+class Mergeable:
+    """One entity's state as a JSON document of mergeable facts."""
+
     __slots__ = ("_doc",)
 
     def __init__(self, doc: dict[str, Any] | None = None) -> None:

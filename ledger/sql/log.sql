@@ -1,4 +1,4 @@
--- Every runtime query of the ledger, loaded once by ledger.db.Queries.
+-- The log's queries: appends, reads, the chain check. Loaded by ledger/sql/__init__.py.
 -- A query starts at a "-- name:" line and runs to the next one.
 
 -- name: append
@@ -69,3 +69,22 @@ SELECT count(*) AS rows,
        (array_agg(expected ORDER BY position) FILTER (WHERE problem IS NOT NULL))[1] AS bad_position,
        (array_agg(problem ORDER BY position) FILTER (WHERE problem IS NOT NULL))[1] AS problem
 FROM checked;
+
+-- name: read_batch
+SELECT position, event_type, raw_body
+FROM events
+WHERE position > $1 AND position <= $2 AND event_type LIKE ANY ($3::text[])
+ORDER BY position;
+
+-- name: log_summary
+-- Positions are contiguous from 1, so the head is also the number of events.
+SELECT h.position AS head, (SELECT count(*) FROM public.quarantine) AS quarantined
+FROM public.ledger_head h;
+
+-- name: schema_lock
+-- Taken while schema.sql is applied, so that two processes starting at once apply it in turn.
+SELECT pg_advisory_xact_lock($1);
+
+-- name: schema_timeout
+-- Applying the schema may rewrite large tables (upgrades): no statement limit for it.
+SELECT set_config('statement_timeout', '0', true);

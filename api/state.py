@@ -1,0 +1,38 @@
+"""``AppState``: what the routes share, typed. Litestar hands it to any handler that asks for
+``state: AppState``; ``AppState.of(scope)`` gives it to raw ASGI code."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+
+from litestar import Litestar
+from litestar.datastructures import State
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from api.metrics import Metrics
+    from ledger.group_commit import GroupCommitter
+    from ledger.log import EventLog
+    from ledger.settings import Settings
+    from projections.freshness import CheckpointWatcher
+
+__all__ = ["AppState"]
+
+
+class AppState(State):
+    # Set when the app is made:
+    settings: Settings
+    api_tokens: tuple[str, ...]
+    metrics: Metrics
+    # Set by the lifespan, once the database is reachable:
+    pool: asyncpg.Pool  # reads (planned per call)
+    log: EventLog  # appends and quarantine, on the ingest pool
+    events: EventLog  # reads of the log, on the read pool
+    committer: GroupCommitter
+    checkpoints: CheckpointWatcher
+
+    @classmethod
+    def of(cls, scope: Any) -> AppState:
+        """The state of the app serving this ASGI ``scope``."""
+        return cast(AppState, Litestar.from_scope(scope).state)

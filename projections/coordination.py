@@ -1,0 +1,100 @@
+"""Who runs what: one active follower per name across every process, one rebuild at a time.
+
+Advisory locks of this service are ``(LOCK_NAMESPACE, id)`` pairs; the ids are given by the
+registry (``projections.registry.lock_id``). A follower's runner holds its lock for as long as
+its connection lives (a second process waits as a standby and takes over if the first goes
+away); ``ledger rebuild`` holds ``REBUILD_LOCK_OFFSET`` and ``REBUILD_LOCK_OFFSET + id`` for
+each projection it rebuilds. ``ledger status`` reads the held locks to say what is running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
+
+import asyncpg
+
+from ledger.db import SERVER_SETTINGS, UNAVAILABLE
+from projections.sql import projection_queries as sql
+
+__all__ = [
+    "LOCK_NAMESPACE",
+    "REBUILD_LOCK_OFFSET",
+    "LocksBusy",
+    "held_locks",
+    "release",
+    "run_exclusively",
+    "take_all",
+]
+
+_log = logging.getLogger(__name__)
+
+LOCK_NAMESPACE = 0x4C454447  # "LEDG"
+REBUILD_LOCK_OFFSET = 1000
+
+
+class LocksBusy(Exception):
+    """Some lock asked for is held by another session."""
+
+
+class Exclusive(Protocol):
+    active: bool
+
+
+async def take_all(conn: asyncpg.Connection, ids: Iterable[int]) -> list[int]:
+    """Takes every lock in ``ids`` on ``conn``, or none of them (``LocksBusy``)."""
+    taken: list[int] = []
+    for lock in ids:
+        if not await conn.fetchval(sql.try_lock, LOCK_NAMESPACE, lock):
+            await release(conn, taken)
+            raise LocksBusy
+        taken.append(lock)
+    return taken
+
+
+async def release(conn: asyncpg.Connection, ids: Iterable[int]) -> None:
+    for lock in ids:
+        await conn.execute(sql.unlock, LOCK_NAMESPACE, lock)
+
+
+async def held_locks(conn: asyncpg.Connection) -> set[int]:
+    """The ids of this service's advisory locks that some session of this database holds."""
+    return {r["objid"] for r in await conn.fetch(sql.held_locks) if r["classid"] == LOCK_NAMESPACE}
+
+
+async def run_exclusively(
+    dsn: str,
+    name: str,
+    lock: int,
+    owner: Exclusive,
+    body: Callable[[asyncpg.Connection], Awaitable[None]],
+    standby_interval: float,
+) -> None:
+    """Runs ``body`` on a dedicated connection holding advisory lock ``lock``.
+
+    While another process holds the lock this one waits as a standby; if the connection (and so
+    the lock) is lost, it reconnects and competes again. ``owner.active`` says whether it holds it.
+    """
+    while True:
+        conn = None
+        try:
+            conn = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
+            if not await conn.fetchval(sql.try_lock, LOCK_NAMESPACE, lock):
+                await asyncio.sleep(standby_interval)
+                continue
+            owner.active = True
+            _log.info("%s: running", name)
+            await body(conn)
+        except asyncio.CancelledError:
+            raise
+        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+            _log.warning("%s: %s; retrying", name, exc)
+            await asyncio.sleep(1)
+        finally:
+            owner.active = False
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(conn.close(), 5)

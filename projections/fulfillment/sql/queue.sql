@@ -1,0 +1,59 @@
+-- The fulfillment queue: one row per completed session, worked by the reactor.
+
+-- name: queue_enqueue
+INSERT INTO fulfillment_queue (checkout_session_id, completed_position)
+SELECT * FROM unnest($1::text[], $2::bigint[])
+ON CONFLICT (checkout_session_id) DO NOTHING;
+
+-- name: queue_due
+SELECT checkout_session_id, generation, attempts
+FROM fulfillment_queue
+WHERE status = 'pending' AND next_attempt_at <= now()
+ORDER BY next_attempt_at, checkout_session_id
+LIMIT $1;
+
+-- name: queue_lock
+SELECT status, generation, attempts FROM fulfillment_queue WHERE checkout_session_id = $1 FOR UPDATE;
+
+-- name: queue_fulfilled
+-- The session is done; the reactor's count of fulfilled sessions moves with it (so that counting
+-- them never reads the whole queue).
+WITH done AS (
+    UPDATE fulfillment_queue SET status = 'fulfilled', last_error = NULL, updated_at = now()
+    WHERE checkout_session_id = $1 AND status <> 'fulfilled'
+    RETURNING 1
+)
+UPDATE public.projection_state SET fulfilled_sessions = fulfilled_sessions + (SELECT count(*) FROM done)
+WHERE name = 'fulfillment';
+
+-- name: queue_failed
+UPDATE fulfillment_queue SET status = 'failed', attempts = attempts + 1, last_error = $2, updated_at = now()
+WHERE checkout_session_id = $1;
+
+-- name: queue_retry_later
+UPDATE fulfillment_queue
+SET attempts = attempts + 1, last_error = $2, next_attempt_at = now() + make_interval(secs => $3),
+    updated_at = now()
+WHERE checkout_session_id = $1;
+
+-- name: queue_requeue
+-- `ledger fulfill retry`: failed sessions (all of them when $1 is NULL) go back to pending.
+UPDATE fulfillment_queue
+SET status = 'pending', attempts = 0, generation = generation + 1, next_attempt_at = now(), last_error = NULL,
+    updated_at = now()
+WHERE status = 'failed' AND ($1::text[] IS NULL OR checkout_session_id = ANY ($1::text[]))
+RETURNING checkout_session_id, generation;
+
+-- name: queue_get
+SELECT checkout_session_id, status, attempts, generation, last_error FROM fulfillment_queue
+WHERE checkout_session_id = ANY ($1::text[]);
+
+-- name: queue_counts
+-- Pending and failed sessions are read from their partial indexes; fulfilled ones are counted as
+-- they are fulfilled.
+SELECT (SELECT count(*) FROM fulfillment_queue WHERE status = 'pending') AS pending,
+       (SELECT count(*) FROM fulfillment_queue WHERE status = 'failed') AS failed,
+       (SELECT fulfilled_sessions FROM public.projection_state WHERE name = 'fulfillment') AS fulfilled;
+
+-- name: queue_status
+SELECT status FROM fulfillment_queue WHERE checkout_session_id = $1;

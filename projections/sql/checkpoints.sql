@@ -1,0 +1,37 @@
+-- The checkpoints of the log's followers (projection runners and the fulfillment reactor): one
+-- row each in projection_state, moved by compare-and-set in the follower's own transaction.
+
+-- name: checkpoints_seed
+-- One row per follower named in projections/registry.py; a new follower starts at position 0.
+INSERT INTO public.projection_state (name, fulfilled_sessions)
+SELECT name, 0 FROM unnest($1::text[]) AS name
+ON CONFLICT (name) DO NOTHING;
+
+-- name: state_get
+SELECT s.name, s.position, s.generation, h.position AS head
+FROM public.projection_state s CROSS JOIN public.ledger_head h
+WHERE s.name = $1;
+
+-- name: state_all
+SELECT s.name, s.position, s.generation, s.applied_events, s.ignored_events, s.failed_events,
+       s.last_error, s.last_error_position, s.last_error_at, s.rebuild_position, s.rebuild_started_at,
+       s.rebuilt_at, s.updated_at, h.position AS head
+FROM public.projection_state s CROSS JOIN public.ledger_head h
+ORDER BY s.name;
+
+-- name: checkpoint_advance
+-- Compare-and-set: only the runner that read position $2 in generation $3 may move it. Returns a
+-- row when it moved, and tells the read-your-writes watchers (at commit).
+WITH moved AS (
+    UPDATE public.projection_state
+    SET position = $4, applied_events = applied_events + $5, ignored_events = ignored_events + $6,
+        updated_at = now()
+    WHERE name = $1 AND position = $2 AND generation = $3
+    RETURNING name, position
+)
+SELECT pg_notify('ledger_checkpoints', name || ':' || position) FROM moved;
+
+-- name: record_failure
+UPDATE public.projection_state
+SET failed_events = failed_events + 1, last_error = $2, last_error_position = $3, last_error_at = now()
+WHERE name = $1;

@@ -1,0 +1,15 @@
+-- The customers projection and its read side (unqualified tables: see orders.sql).
+
+-- name: customers_load
+SELECT k.id, t.position, t.state::text AS state
+FROM unnest($1::text[]) AS k(id)
+CROSS JOIN LATERAL (SELECT position, state FROM customers WHERE customer_id = k.id LIMIT 1) t;
+
+-- name: customers_upsert
+INSERT INTO customers (customer_id, email, deleted, position, state)
+SELECT * FROM unnest($1::text[], $2::text[], $3::boolean[], $4::bigint[], $5::json[])
+ON CONFLICT (customer_id) DO UPDATE
+SET email = EXCLUDED.email, deleted = EXCLUDED.deleted, position = EXCLUDED.position, state = EXCLUDED.state;
+
+-- name: customer_get
+SELECT customer_id, position, state::text AS state FROM customers WHERE customer_id = $1;

@@ -1,0 +1,90 @@
+-- The orders projection (orders, order_payment_intents) and its read side.
+-- Hot-path queries reach the large tables only through index conditions, in a form whose plan
+-- cannot change with planner statistics: per-key lookups are `unnest(keys) CROSS JOIN LATERAL
+-- (... WHERE key = k.id LIMIT 1)`, one probe of the unique index each, and lists are keyset pages
+-- over the index that gives their order (tests/integration/test_plans.py checks every query).
+-- Table names are unqualified on purpose: `ledger rebuild` runs the same statements with the
+-- build schema first on its search_path.
+
+-- name: orders_load
+SELECT k.id, t.position, t.state::text AS state
+FROM unnest($1::text[]) AS k(id)
+CROSS JOIN LATERAL (SELECT position, state FROM orders WHERE checkout_session_id = k.id LIMIT 1) t;
+
+-- name: orders_upsert
+INSERT INTO orders (checkout_session_id, status, customer_id, client_reference_id, subscription_id, sort_at,
+                    position, state)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
+                     $8::json[])
+ON CONFLICT (checkout_session_id) DO UPDATE
+SET status = EXCLUDED.status, customer_id = EXCLUDED.customer_id,
+    client_reference_id = EXCLUDED.client_reference_id, subscription_id = EXCLUDED.subscription_id,
+    sort_at = EXCLUDED.sort_at, position = EXCLUDED.position, state = EXCLUDED.state;
+
+-- name: intents_load
+SELECT k.id, t.position, t.state::text AS state
+FROM unnest($1::text[]) AS k(id)
+CROSS JOIN LATERAL (SELECT position, state FROM order_payment_intents WHERE payment_intent_id = k.id LIMIT 1) t;
+
+-- name: intents_upsert
+INSERT INTO order_payment_intents (payment_intent_id, checkout_session_id, position, state)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::json[])
+ON CONFLICT (payment_intent_id) DO UPDATE
+SET checkout_session_id = EXCLUDED.checkout_session_id, position = EXCLUDED.position, state = EXCLUDED.state;
+
+-- name: order_get
+SELECT checkout_session_id, position, state::text AS state FROM orders WHERE checkout_session_id = $1;
+
+-- name: order_intents
+-- The intents the orders list ($1), and the intents that name the orders' sessions ($2): index
+-- probes per key (the caller drops the rows found both ways).
+SELECT p.payment_intent_id, p.checkout_session_id, p.position, p.state::text AS state
+FROM unnest($1::text[]) AS k(id)
+CROSS JOIN LATERAL (SELECT * FROM order_payment_intents WHERE payment_intent_id = k.id LIMIT 1) p
+UNION ALL
+SELECT p.payment_intent_id, p.checkout_session_id, p.position, p.state::text AS state
+FROM unnest($2::text[]) AS s(id)
+-- OFFSET 0 keeps the subquery a per-session probe (never flattened into a join over the table).
+CROSS JOIN LATERAL (SELECT * FROM order_payment_intents WHERE checkout_session_id = s.id OFFSET 0) p;
+
+-- Orders, newest first: one query per leading filter, so that the filter and the cursor are both
+-- conditions of the one index that also gives the order (never a scan of all orders). The cursor
+-- ($4, $5) is the (sort_at, checkout_session_id) of the previous page's last row; the first page
+-- passes the largest bigint. The other filters, when given, are checked on the rows found.
+
+-- name: orders_list
+SELECT checkout_session_id, position, state::text AS state, sort_at
+FROM orders
+WHERE (sort_at, checkout_session_id) < ($4::bigint, $5::text)
+  AND ($1::text IS NULL OR customer_id = $1)
+  AND ($2::text IS NULL OR status = $2)
+  AND ($3::text IS NULL OR client_reference_id = $3)
+ORDER BY sort_at DESC, checkout_session_id DESC
+LIMIT $6;
+
+-- name: orders_list_by_customer
+SELECT checkout_session_id, position, state::text AS state, sort_at
+FROM orders
+WHERE customer_id = $1 AND (sort_at, checkout_session_id) < ($4::bigint, $5::text)
+  AND ($2::text IS NULL OR status = $2)
+  AND ($3::text IS NULL OR client_reference_id = $3)
+ORDER BY sort_at DESC, checkout_session_id DESC
+LIMIT $6;
+
+-- name: orders_list_by_status
+SELECT checkout_session_id, position, state::text AS state, sort_at
+FROM orders
+WHERE status = $2 AND (sort_at, checkout_session_id) < ($4::bigint, $5::text)
+  AND ($1::text IS NULL OR customer_id = $1)
+  AND ($3::text IS NULL OR client_reference_id = $3)
+ORDER BY sort_at DESC, checkout_session_id DESC
+LIMIT $6;
+
+-- name: orders_list_by_reference
+SELECT checkout_session_id, position, state::text AS state, sort_at
+FROM orders
+WHERE client_reference_id = $3 AND (sort_at, checkout_session_id) < ($4::bigint, $5::text)
+  AND ($1::text IS NULL OR customer_id = $1)
+  AND ($2::text IS NULL OR status = $2)
+ORDER BY sort_at DESC, checkout_session_id DESC
+LIMIT $6;

@@ -1,0 +1,41 @@
+-- Blue/green rebuild (projections/rebuild.py). The build schema's DDL is in schema.sql: the
+-- projections' table blocks and the ledger_build_* functions.
+
+-- name: build_begin
+-- A fresh, empty build schema, first on this session's search path.
+SELECT ledger_build_begin(), set_config('search_path', 'ledger_build, public', false);
+
+-- name: build_lock_live
+-- The live tables, locked before the switch (reads wait a moment; nothing fails).
+SELECT ledger_build_lock_live($1::text[]);
+
+-- name: build_swap
+-- The build tables replace the live ones.
+SELECT ledger_build_swap($1::text[]);
+
+-- name: build_end
+SELECT ledger_build_end();
+
+-- name: search_path_reset
+SELECT set_config('search_path', reset_val, false) FROM pg_settings WHERE name = 'search_path';
+
+-- name: no_statement_timeout
+-- A rebuild reads the whole log: no statement limit on its own connection.
+SELECT set_config('statement_timeout', '0', false);
+
+-- name: rebuild_started
+UPDATE public.projection_state SET rebuild_position = 0, rebuild_started_at = now() WHERE name = ANY ($1);
+
+-- name: rebuild_progress
+UPDATE public.projection_state SET rebuild_position = $2 WHERE name = ANY ($1);
+
+-- name: rebuild_lock_states
+SELECT 1 FROM public.projection_state WHERE name = ANY ($1) FOR UPDATE;
+
+-- name: rebuild_switched
+-- The new tables are in: the checkpoint jumps to where the rebuild got, in a new generation.
+UPDATE public.projection_state
+SET position = $2, generation = generation + 1, applied_events = $3, ignored_events = $4,
+    failed_events = 0, last_error = NULL, last_error_position = NULL, last_error_at = NULL,
+    rebuild_position = NULL, rebuilt_at = now(), updated_at = now()
+WHERE name = $1;

@@ -1,0 +1,16 @@
+-- The subscriptions projection and its read side (unqualified tables: see orders.sql).
+
+-- name: subscriptions_load
+SELECT k.id, t.position, t.state::text AS state
+FROM unnest($1::text[]) AS k(id)
+CROSS JOIN LATERAL (SELECT position, state FROM subscriptions WHERE subscription_id = k.id LIMIT 1) t;
+
+-- name: subscriptions_upsert
+INSERT INTO subscriptions (subscription_id, customer_id, status, position, state)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::json[])
+ON CONFLICT (subscription_id) DO UPDATE
+SET customer_id = EXCLUDED.customer_id, status = EXCLUDED.status, position = EXCLUDED.position,
+    state = EXCLUDED.state;
+
+-- name: subscription_get
+SELECT subscription_id, position, state::text AS state FROM subscriptions WHERE subscription_id = $1;

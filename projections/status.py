@@ -1,0 +1,67 @@
+"""``ledger status``, ``GET /v1/projections`` and the metrics: how every follower of the log is doing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from ledger.db import translate_errors
+from projections.coordination import REBUILD_LOCK_OFFSET, held_locks
+from projections.fulfillment.reactor import queue_counts
+from projections.registry import FOLLOWERS, FULFILLMENT, lock_id
+from projections.sql import projection_queries as sql
+
+__all__ = ["projection_status", "read_status"]
+
+
+async def projection_status(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    """Every follower's checkpoint, lag and health; ``state`` says whether a runner holds it."""
+    held = await held_locks(conn)
+    counts = await queue_counts(conn)
+    out = []
+    for r in await conn.fetch(sql.state_all):
+        name = r["name"]
+        if name not in FOLLOWERS:
+            continue  # a follower a newer release added, seen from an older one
+        running = lock_id(name) in held
+        rebuilding = REBUILD_LOCK_OFFSET + lock_id(name) in held
+        state = "rebuilding" if rebuilding else "running" if running else "stopped"
+        if r["failed_events"] and state == "running":
+            state = "degraded"
+        out.append(
+            {
+                "name": name,
+                "position": r["position"],
+                "head": r["head"],
+                "lag": max(r["head"] - r["position"], 0),
+                "state": state,
+                "generation": r["generation"],
+                "applied_events": r["applied_events"],
+                "ignored_events": r["ignored_events"],
+                "failed_events": r["failed_events"],
+                "last_error": r["last_error"],
+                "last_error_position": r["last_error_position"],
+                "last_error_at": r["last_error_at"].isoformat() if r["last_error_at"] else None,
+                "rebuild_position": r["rebuild_position"],
+                "rebuilt_at": r["rebuilt_at"].isoformat() if r["rebuilt_at"] else None,
+                "updated_at": r["updated_at"].isoformat(),
+            }
+        )
+        if name == FULFILLMENT:
+            out[-1].update(
+                kind="reactor",
+                pending_sessions=counts.pending,
+                failed_sessions=counts.failed,
+                fulfilled_sessions=counts.fulfilled,
+            )
+        else:
+            out[-1]["kind"] = "projection"
+    return out
+
+
+async def read_status(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+    """``projection_status`` on a connection of ``pool``; ``DatabaseUnavailable`` when it cannot be read."""
+    with translate_errors():
+        async with pool.acquire() as conn:
+            return await projection_status(conn)
