@@ -57,7 +57,7 @@ def merge(into: Mergeable, other: Mergeable) -> Mergeable:
     """The join of two states (commutative, associative, idempotent)."""
     doc = other.doc
     for fld, value in doc["v"].items():
-        into.offer(fld, value, doc["k"][fld])
+        into.offer(fld, value, doc["k"][fld], clears=True)
     for name, items in doc["s"].items():
         for item in items:
             into.add(name, item)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from projections.base import Deltas, LogRow, Projection, Table
-from projections.fields import as_str, epoch_micros, event_micros, id_of, resource
+from projections.fields import as_bool, as_str, epoch_micros, event_micros, id_of, newest_first_key, nulled, resource
 from projections.fields import dict_of as _dict
 from projections.mergeable import Mergeable
 
@@ -27,12 +27,14 @@ def _customer(row: LogRow, deltas: Deltas) -> bool:
     if customer_id is None:
         return False
     when = event_micros(row.payload)
-    key = [_FROM_CUSTOMER, when, row.position]
+    deleted = row.event_type == "customer.deleted" or obj.get("deleted") is True
+    key = [_FROM_CUSTOMER, *newest_first_key(row.payload, final=deleted)]
     state = deltas.state("customers", customer_id, row.position)
     for field in ("email", "first_name", "last_name", "phone"):
-        state.offer(field, as_str(obj.get(field)), key)
+        state.offer(field, as_str(obj.get(field)), key, clears=nulled(obj, field))
     state.offer("created_at", epoch_micros(obj.get("created_at")), key)
-    if row.event_type == "customer.deleted" or obj.get("deleted") is True:
+    state.offer("test_mode", as_bool(obj.get("test_mode", row.payload.get("test_mode"))), key)
+    if deleted:
         state.flag("deleted")
         state.earliest("deleted_at", when or None)
     return True
@@ -50,7 +52,7 @@ def _session(row: LogRow, deltas: Deltas) -> bool:
     session_id = as_str(session.get("checkout_session_id"))
     if customer_id is None or session_id is None:
         return False
-    key = [_FROM_OTHERS, event_micros(row.payload), row.position]
+    key = [_FROM_OTHERS, *newest_first_key(row.payload)]
     state = deltas.state("customers", customer_id, row.position)
     state.add("order_ids", session_id)
     state.add("subscription_ids", id_of(session.get("subscription"), "subscription_id"))

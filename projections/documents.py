@@ -13,6 +13,7 @@ from ledger.db import translate_errors
 from ledger.errors import InvalidRequest
 from projections.fields import iso
 from projections.mergeable import Mergeable
+from projections.money import order_money
 from projections.sql import projection_queries as queries
 
 __all__ = [
@@ -39,24 +40,15 @@ async def _fetch_state(pool: asyncpg.Pool, query: str, entity_id: str) -> tuple[
     return None if record is None else (record["position"], _state(record["state"]))
 
 
-def _intent(payment_intent_id: str, state: Mergeable | None) -> dict[str, Any]:
-    get = state.get if state is not None else (lambda *_: None)
-    return {
-        "payment_intent_id": payment_intent_id,
-        "status": get("status"),
-        "amount": get("amount"),
-        "payment_card_type": get("payment_card_type"),
-    }
-
-
 def _fulfillment(state: Mergeable, status: str | None) -> dict[str, Any]:
-    fulfillment: str | None
+    fulfillment: str
     if state.flagged("fulfilled"):
         fulfillment = "fulfilled"
     elif state.get("fulfillment_status"):
         fulfillment = state.get("fulfillment_status")
     else:
-        fulfillment = "pending" if status == "complete" else None
+        # Only a complete session is fulfilled (Flex: check `status == "complete"` first).
+        fulfillment = "pending" if status == "complete" else "not_applicable"
     return {
         "status": fulfillment,
         "line_items": state.get("fulfillment_line_items") or [],
@@ -66,9 +58,19 @@ def _fulfillment(state: Mergeable, status: str | None) -> dict[str, Any]:
 
 
 def _order(
-    record: asyncpg.Record, state: Mergeable, intents: list[tuple[str, int, Mergeable | None]]
+    record: asyncpg.Record,
+    state: Mergeable,
+    intents: list[tuple[str, int, Mergeable | None]],
+    completed_twice: bool,
 ) -> dict[str, Any]:
     status = state.get("status")
+    amount_total = state.get("amount_total")
+    money = order_money(amount_total=amount_total, order=state, intents=[(pi, s) for pi, _, s in intents])
+    flags = []
+    if status == "complete" and money.legs_mismatch:
+        flags.append("payment_legs_mismatch")
+    if status == "complete" and completed_twice:
+        flags.append("duplicate_payment")
     return {
         "checkout_session_id": record["checkout_session_id"],
         "status": status,
@@ -76,9 +78,20 @@ def _order(
         "customer_id": state.get("customer_id"),
         "customer_email": state.get("customer_email"),
         "client_reference_id": state.get("client_reference_id"),
-        "amount_total": state.get("amount_total"),
+        "metadata": state.get("metadata"),
+        "amount_total": amount_total,
         "amount_subtotal": state.get("amount_subtotal"),
-        "payment_intents": [_intent(pi_id, pi_state) for pi_id, _, pi_state in intents],
+        "total_details": state.get("total_details"),
+        "shipping_details": state.get("shipping_details"),
+        "payment_intents": money.payment_intents,
+        "payment_status": money.payment_status,
+        "amount_paid": money.amount_paid,
+        "amount_refunded": money.amount_refunded,
+        "amount_disputed": money.amount_disputed,
+        "amount_net": money.amount_net,
+        "refunds": money.refunds,
+        "disputes": money.disputes,
+        "flags": flags,
         "subscription_id": state.get("subscription_id"),
         "fulfillment": _fulfillment(state, status),
         "created_at": iso(state.get("created_at")),
@@ -90,7 +103,7 @@ def _order(
 
 async def _with_intents(conn: asyncpg.Connection, records: list[asyncpg.Record]) -> list[dict[str, Any]]:
     """The orders as documents, each with its payment intents: those its session lists and those
-    that name its session, whichever arrived first. One round trip for the whole page."""
+    that name its session, whichever arrived first. Two round trips for the whole page."""
     states = [_state(record["state"]) for record in records]
     listed = {
         record["checkout_session_id"]: state.items("payment_intent_ids")
@@ -106,6 +119,13 @@ async def _with_intents(conn: asyncpg.Connection, records: list[asyncpg.Record])
     for pi_id, (session_id, _, _) in found.items():
         if session_id is not None:
             naming.setdefault(session_id, set()).add(pi_id)
+    references = sorted(
+        {s.get("client_reference_id") for s in states if s.get("status") == "complete" and s.get("client_reference_id")}
+    )
+    completed: dict[str, set[str]] = {}
+    if references:
+        for row in await conn.fetch(queries.orders_completed_by_reference, references):
+            completed.setdefault(row["client_reference_id"], set()).add(row["checkout_session_id"])
     out = []
     for record, state in zip(records, states, strict=True):
         session_id = record["checkout_session_id"]
@@ -113,7 +133,8 @@ async def _with_intents(conn: asyncpg.Connection, records: list[asyncpg.Record])
         intents: list[tuple[str, int, Mergeable | None]] = [
             (pi, found[pi][1], found[pi][2]) if pi in found else (pi, 0, None) for pi in ids
         ]
-        out.append(_order(record, state, intents))
+        others = completed.get(state.get("client_reference_id") or "", set()) - {session_id}
+        out.append(_order(record, state, intents, completed_twice=bool(others)))
     return out
 
 

@@ -19,7 +19,10 @@ __all__ = [
     "event_micros",
     "id_of",
     "iso",
+    "newest_first_key",
+    "nulled",
     "resource",
+    "ulid_millis",
 ]
 
 _BIGINT = 2**63 - 1
@@ -97,6 +100,37 @@ def event_micros(payload: dict[str, Any]) -> int:
     """The event's own time (``event_dt``), 0 when Flex did not send a usable one."""
     micros = epoch_micros(payload.get("event_dt"))
     return micros if micros is not None else 0
+
+
+_CROCKFORD = {c: i for i, c in enumerate("0123456789ABCDEFGHJKMNPQRSTVWXYZ")}
+
+
+def ulid_millis(value: Any) -> int:
+    """The millisecond time in a ULID-shaped id (``evt_01J…``, or the bare 26 characters); 0 if none."""
+    text = as_str(value)
+    if text is None:
+        return 0
+    body = text.rpartition("_")[2].upper()
+    if len(body) != 26 or body[0] > "7" or any(c not in _CROCKFORD for c in body):
+        return 0
+    millis = 0
+    for c in body[:10]:
+        millis = millis * 32 + _CROCKFORD[c]
+    return millis
+
+
+def newest_first_key(payload: dict[str, Any], *, final: bool = False) -> list[Any]:
+    """How snapshots are ordered, whatever order they arrived in: a state that can never be left
+    (``final``) first, then the event's own time, then the millisecond time of a ULID-shaped
+    ``event_id``, then the ``event_id`` itself. Never the log position (that is arrival order)."""
+    event_id = payload.get("event_id")
+    event_id = event_id if isinstance(event_id, str) else ""
+    return [1 if final else 0, event_micros(payload), ulid_millis(event_id), event_id]
+
+
+def nulled(obj: dict[str, Any], field: str) -> bool:
+    """Whether ``obj`` says ``field`` is null (which clears it), as opposed to not saying."""
+    return field in obj and obj[field] is None
 
 
 def iso(micros: int | None) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from projections.base import Deltas, LogRow, Projection, Table
-from projections.fields import as_int, as_str, dict_of, epoch_micros
+from projections.fields import as_int, as_str, dict_of, epoch_micros, newest_first_key
 from projections.fulfillment.events import ADJUSTED
 from projections.mergeable import Mergeable
 
@@ -27,7 +27,7 @@ def fold(row: LogRow, deltas: Deltas) -> bool:
     delta = as_int(adjustment.get("quantity_delta"))
     if adjustment_id is None or delta is None:
         return False
-    key = [row.position]
+    key = newest_first_key(row.payload)
     state = deltas.state("inventory_adjustments", adjustment_id, row.position)
     for field in _FIELDS:
         state.offer(field, as_str(adjustment.get(field)), key)

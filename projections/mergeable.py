@@ -5,7 +5,8 @@ idempotent, so replaying any permutation of the same events, with any number of 
 in any batching, gives the same state:
 
 * ``offer(field, value, key)``: the value with the largest ``key`` wins (last-writer-wins, where
-  "last" is defined by the event's own time and lifecycle rank, never by arrival);
+  "last" is defined by the event's own content, never by arrival: ``newest_first_key``); an
+  explicit null offered with ``clears`` wins like a value and clears the field;
 * ``add(name, item)``: set union;
 * ``earliest(name, when)`` / ``latest(name, when)``: min / max;
 * ``flag(name)``: once true, true.
@@ -19,7 +20,7 @@ from typing import Any
 
 __all__ = ["Key", "Mergeable"]
 
-Key = list[int]
+Key = list[Any]  # compared as lists: the same types at each place (see projections.fields.newest_first_key)
 
 
 class Mergeable:
@@ -35,8 +36,10 @@ class Mergeable:
         return self._doc
 
     # last-writer-wins fields ---------------------------------------------------------------
-    def offer(self, field: str, value: Any, key: Key) -> None:
-        if value is None:
+    def offer(self, field: str, value: Any, key: Key, *, clears: bool = False) -> None:
+        """``value`` for ``field`` if ``key`` is the largest offered; ``None`` is "not said" unless
+        ``clears`` (the snapshot said null), when it takes the field's place like any value."""
+        if value is None and not clears:
             return
         keys = self._doc["k"]
         current = keys.get(field)

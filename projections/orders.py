@@ -1,12 +1,16 @@
-"""The ``orders`` projection: one order per checkout session, and its payment intents.
+"""The ``orders`` projection: one order per checkout session, its payment intents, and the money
+after the sale (refunds, disputes, cancellations).
 
-* A session's status only moves forward (``open`` < ``expired``/``canceled`` < ``paid`` <
-  ``complete``): a late or duplicate event never downgrades it.
-* Other session fields come from the snapshot with the highest (status rank, event time, log
-  position) that carries them.
+* Every field takes the value of the newest snapshot that carries it, newest by
+  ``projections.fields.newest_first_key``: a state that can never be left first (a completed,
+  expired or canceled session; a succeeded or canceled payment), then the event's own time and id.
+  An explicit ``null`` clears a field; a missing one changes nothing.
 * Payment intents are kept by id, in their own table, whether they arrive before or after the
   session; a split cart is one order with two payment intents. The read side joins the ids the
   session lists with the intents that name the session.
+* Refunds and disputes are kept on their payment intent (``refund:<id>``, ``dispute:<id>``), so
+  they reach the order through it whichever arrives first; the money is worked out when the order
+  is read (``projections/money.py``).
 """
 
 from __future__ import annotations
@@ -16,29 +20,32 @@ from typing import Any
 import msgspec
 
 from projections.base import Deltas, LogRow, Projection, Table
-from projections.fields import as_bool, as_int, as_str, epoch_micros, event_micros, id_of, resource
+from projections.fields import (
+    as_bool,
+    as_int,
+    as_str,
+    epoch_micros,
+    event_micros,
+    id_of,
+    newest_first_key,
+    nulled,
+    resource,
+)
 from projections.fields import dict_of as _dict
 from projections.fulfillment.events import FAILED, FETCHED, RETRY_REQUESTED
 from projections.fulfillment.line_items import UnusableLineItems, parse_line_items
-from projections.mergeable import Mergeable
+from projections.mergeable import Key, Mergeable
 
-__all__ = ["ORDERS", "PAYMENT_STATUS_RANK", "SESSION_STATUS_RANK"]
+__all__ = ["ORDERS", "SESSION_FINAL"]
 
-SESSION_STATUS_RANK = {"open": 0, "expired": 1, "canceled": 1, "paid": 2, "complete": 3}
+# Session states a session never leaves.
+SESSION_FINAL = frozenset({"complete", "expired", "canceled"})
 _SESSION_STATUS_FROM_TYPE = {
     "checkout.session.completed": "complete",
     "checkout.session.expired": "expired",
     "checkout.session.created": "open",
 }
-PAYMENT_STATUS_RANK = {
-    "requires_payment_method": 0,
-    "requires_confirmation": 1,
-    "requires_action": 2,
-    "processing": 3,
-    "requires_capture": 4,
-    "canceled": 5,
-    "succeeded": 6,
-}
+_PAYMENT_FINAL = frozenset({"succeeded", "canceled"})
 _PAYMENT_STATUS_FROM_TYPE = {
     "payment_intent.succeeded": "succeeded",
     "payment_intent.canceled": "canceled",
@@ -47,23 +54,29 @@ _PAYMENT_STATUS_FROM_TYPE = {
     "payment_intent.requires_action": "requires_action",
     "payment_intent.amount_capturable_updated": "requires_capture",
 }
+_REFUND_FINAL = frozenset({"failed", "canceled"})
+_DISPUTE_FINAL = frozenset({"won", "lost"})
+_DISPUTE_STATUS_FROM_TYPE = {
+    "charge.dispute.created": "needs_response",
+    "charge.dispute.funds_reinstated": "won",
+}
 
 
 def _payment_intent(
-    obj: dict[str, Any], status_hint: str | None, when: int, position: int, deltas: Deltas, session_id: str | None
+    row: LogRow, obj: dict[str, Any], status_hint: str | None, deltas: Deltas, session_id: str | None
 ) -> str | None:
     pi_id = as_str(obj.get("payment_intent_id")) or as_str(obj.get("id"))
     if pi_id is None:
         return None
     status = as_str(obj.get("status")) or status_hint
-    rank = PAYMENT_STATUS_RANK.get(status or "", -1)
-    key = [rank, when, position]
-    state = deltas.state("order_payment_intents", pi_id, position)
+    key = newest_first_key(row.payload, final=status in _PAYMENT_FINAL)
+    state = deltas.state("order_payment_intents", pi_id, row.position)
     state.offer("status", status, key)
     state.offer("amount", as_int(obj.get("amount")), key)
-    state.offer("amount_received", as_int(obj.get("amount_received")), key)
+    state.offer("amount_received", as_int(obj.get("amount_received")), key, clears=nulled(obj, "amount_received"))
     state.offer("payment_card_type", as_str(obj.get("payment_card_type")), key)
     state.offer("customer_id", id_of(obj.get("customer"), "customer_id"), key)
+    state.offer("test_mode", as_bool(obj.get("test_mode", row.payload.get("test_mode"))), key)
     linked = (
         session_id
         or id_of(obj.get("checkout_session"), "checkout_session_id")
@@ -73,14 +86,84 @@ def _payment_intent(
     return pi_id
 
 
+def _refund(row: LogRow, refund: dict[str, Any], deltas: Deltas, *, pi_id: str | None, order: Mergeable | None) -> bool:
+    """A refund, on its payment intent (or, when only its session is known, on the order)."""
+    refund_id = as_str(refund.get("refund_id")) or as_str(refund.get("id"))
+    if refund_id is None:
+        return False
+    items = refund.get("items")
+    first_item = _dict(items[0]) if isinstance(items, list) and items else {}
+    pi_id = (
+        as_str(refund.get("payment_intent_id"))
+        or id_of(refund.get("payment_intent"), "payment_intent_id")
+        or id_of(first_item.get("payment_intent"), "payment_intent_id")
+        or pi_id
+    )
+    status = as_str(refund.get("status")) or ("succeeded" if row.event_type == "charge.refunded" else None)
+    doc = {
+        "refund_id": refund_id,
+        "payment_intent_id": pi_id,
+        "amount": as_int(refund.get("amount")),
+        "status": status,
+        "reason": as_str(refund.get("reason")),
+        "created_at": epoch_micros(refund.get("created_at") or refund.get("created")),
+    }
+    key = newest_first_key(row.payload, final=status in _REFUND_FINAL)
+    target = deltas.state("order_payment_intents", pi_id, row.position) if pi_id else order
+    if target is None:
+        return False
+    target.offer(f"refund:{refund_id}", doc, key)
+    target.add("refund_ids", refund_id)
+    return True
+
+
+def _dispute(
+    row: LogRow, dispute: dict[str, Any], deltas: Deltas, *, pi_id: str | None, order: Mergeable | None
+) -> bool:
+    dispute_id = as_str(dispute.get("dispute_id")) or as_str(dispute.get("id"))
+    if dispute_id is None:
+        return False
+    pi_id = (
+        as_str(dispute.get("payment_intent_id")) or id_of(dispute.get("payment_intent"), "payment_intent_id") or pi_id
+    )
+    status = as_str(dispute.get("status")) or _DISPUTE_STATUS_FROM_TYPE.get(row.event_type)
+    evidence = _dict(dispute.get("evidence_details"))
+    doc = {
+        "dispute_id": dispute_id,
+        "payment_intent_id": pi_id,
+        "amount": as_int(dispute.get("amount")),
+        "status": status,
+        "reason": as_str(dispute.get("reason")),
+        "evidence_due_by": epoch_micros(dispute.get("evidence_due_by") or evidence.get("due_by")),
+    }
+    key = newest_first_key(row.payload, final=status in _DISPUTE_FINAL)
+    target = deltas.state("order_payment_intents", pi_id, row.position) if pi_id else order
+    if target is None:
+        return False
+    target.offer(f"dispute:{dispute_id}", doc, key)
+    target.add("dispute_ids", dispute_id)
+    return True
+
+
+def _listed(value: Any) -> list[dict[str, Any]]:
+    """A list of objects, whether sent as a list or as Stripe's ``{"data": [...]}``."""
+    if isinstance(value, dict):
+        value = value.get("data")
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _offer_object(state: Mergeable, field: str, obj: dict[str, Any], key: Key) -> None:
+    value = obj.get(field)
+    state.offer(field, value if isinstance(value, dict) else None, key, clears=nulled(obj, field))
+
+
 def _session(row: LogRow, session: dict[str, Any], deltas: Deltas) -> bool:
     session_id = as_str(session.get("checkout_session_id")) or as_str(session.get("id"))
     if session_id is None:
         return False
     when = event_micros(row.payload)
     status = as_str(session.get("status")) or _SESSION_STATUS_FROM_TYPE.get(row.event_type)
-    rank = SESSION_STATUS_RANK.get(status or "", -1)
-    key = [rank, when, row.position]
+    key = newest_first_key(row.payload, final=status in SESSION_FINAL)
     state = deltas.state("orders", session_id, row.position)
     state.offer("status", status, key)
     state.offer("mode", as_str(session.get("mode")), key)
@@ -97,9 +180,16 @@ def _session(row: LogRow, session: dict[str, Any], deltas: Deltas) -> bool:
     if email is None and isinstance(customer, dict):
         email = as_str(customer.get("email"))
     state.offer("customer_email", email or as_str(defaults.get("email")), key)
-    state.offer("client_reference_id", as_str(session.get("client_reference_id")), key)
+    state.offer(
+        "client_reference_id",
+        as_str(session.get("client_reference_id")),
+        key,
+        clears=nulled(session, "client_reference_id"),
+    )
     state.offer("amount_total", as_int(session.get("amount_total")), key)
     state.offer("amount_subtotal", as_int(session.get("amount_subtotal")), key)
+    for field in ("total_details", "shipping_details", "metadata"):
+        _offer_object(state, field, session, key)
     state.offer("subscription_id", id_of(session.get("subscription"), "subscription_id"), key)
     state.offer("test_mode", as_bool(session.get("test_mode", row.payload.get("test_mode"))), key)
     created = epoch_micros(session.get("created_at"))
@@ -108,12 +198,33 @@ def _session(row: LogRow, session: dict[str, Any], deltas: Deltas) -> bool:
     if status == "complete":
         state.earliest("completed_at", when or None)
     intents = session.get("payment_intents")
+    listed: list[str] = []
     for item in [*(intents if isinstance(intents, list) else []), session.get("payment_intent")]:
-        if isinstance(item, dict):
-            state.add("payment_intent_ids", _payment_intent(item, None, when, row.position, deltas, session_id))
-        else:
-            state.add("payment_intent_ids", as_str(item))
+        pi_id = _payment_intent(row, item, None, deltas, session_id) if isinstance(item, dict) else as_str(item)
+        if pi_id is not None:
+            listed.append(pi_id)
+            state.add("payment_intent_ids", pi_id)
+    # Refunds and disputes the session carries: on their payment intent, else the session's only one.
+    only = listed[0] if len(set(listed)) == 1 else None
+    for refund in _listed(session.get("refunds")):
+        _refund(row, refund, deltas, pi_id=only, order=state)
+    for dispute in _listed(session.get("disputes")):
+        _dispute(row, dispute, deltas, pi_id=only, order=state)
     return True
+
+
+def _charge(row: LogRow, deltas: Deltas) -> bool:
+    """``charge.refunded`` (a charge with its refunds) and ``charge.refund.updated`` (a refund)."""
+    obj = _dict(row.payload.get("object"))
+    refund = obj.get("refund")
+    if isinstance(refund, dict):
+        return _refund(row, refund, deltas, pi_id=None, order=None)
+    charge = resource(row.payload, "charge", "charge_id")
+    if charge is None:
+        return False
+    pi_id = id_of(charge.get("payment_intent"), "payment_intent_id") or as_str(charge.get("payment_intent_id"))
+    found = [_refund(row, r, deltas, pi_id=pi_id, order=None) for r in _listed(charge.get("refunds"))]
+    return any(found)
 
 
 def _fulfillment(row: LogRow, deltas: Deltas) -> bool:
@@ -132,18 +243,18 @@ def _fulfillment(row: LogRow, deltas: Deltas) -> bool:
             _, items = parse_line_items(obj)
         except UnusableLineItems:
             return False
-        state.offer("fulfillment_line_items", [msgspec.to_builtins(i) for i in items], [row.position])
+        state.offer("fulfillment_line_items", [msgspec.to_builtins(i) for i in items], newest_first_key(row.payload))
         state.flag("fulfilled")
         state.earliest("fulfilled_at", epoch_micros(obj.get("fetched_at")) or event_micros(row.payload) or None)
         return True
     generation = as_int(obj.get("generation")) or 1
     if row.event_type == FAILED:
-        key = [generation, 1, row.position]
+        key = [generation, 1, *newest_first_key(row.payload)]
         state.offer("fulfillment_status", "failed", key)
         state.offer("fulfillment_error", as_str(obj.get("error")) or "failed", key)
         return True
     if row.event_type == RETRY_REQUESTED:
-        key = [generation, 0, row.position]
+        key = [generation, 0, *newest_first_key(row.payload)]
         state.offer("fulfillment_status", "pending", key)
         state.offer("fulfillment_error", "", key)
         return True
@@ -151,17 +262,25 @@ def _fulfillment(row: LogRow, deltas: Deltas) -> bool:
 
 
 def fold(row: LogRow, deltas: Deltas) -> bool:
-    if row.event_type.startswith("ledger."):
+    event_type = row.event_type
+    if event_type.startswith("ledger."):
         return _fulfillment(row, deltas)
-    if row.event_type.startswith("checkout.session."):
+    if event_type.startswith("checkout.session."):
         session = resource(row.payload, "checkout_session", "checkout_session_id")
         return session is not None and _session(row, session, deltas)
-    if row.event_type.startswith("payment_intent."):
+    if event_type.startswith("payment_intent."):
         obj = resource(row.payload, "payment_intent", "payment_intent_id")
         if obj is None:
             return False
-        hint = _PAYMENT_STATUS_FROM_TYPE.get(row.event_type)
-        return _payment_intent(obj, hint, event_micros(row.payload), row.position, deltas, None) is not None
+        return _payment_intent(row, obj, _PAYMENT_STATUS_FROM_TYPE.get(event_type), deltas, None) is not None
+    if event_type.startswith("refund."):
+        refund = resource(row.payload, "refund", "refund_id")
+        return refund is not None and _refund(row, refund, deltas, pi_id=None, order=None)
+    if event_type.startswith("charge.dispute."):
+        dispute = resource(row.payload, "dispute", "dispute_id")
+        return dispute is not None and _dispute(row, dispute, deltas, pi_id=None, order=None)
+    if event_type in ("charge.refunded", "charge.refund.updated"):
+        return _charge(row, deltas)
     return False
 
 
@@ -182,7 +301,16 @@ def _intent_row(_: str, state: Mergeable) -> tuple[Any, ...]:
 
 ORDERS = Projection(
     name="orders",
-    prefixes=("checkout.session.", "payment_intent.", FETCHED, FAILED, RETRY_REQUESTED),
+    prefixes=(
+        "checkout.session.",
+        "payment_intent.",
+        "refund.",
+        "charge.refund",  # charge.refunded, charge.refund.updated
+        "charge.dispute.",
+        FETCHED,
+        FAILED,
+        RETRY_REQUESTED,
+    ),
     tables=(
         Table("orders", load="orders_load", upsert="orders_upsert", row=_order_row),
         Table("order_payment_intents", load="intents_load", upsert="intents_upsert", row=_intent_row),

@@ -10,22 +10,25 @@ from __future__ import annotations
 from typing import Any
 
 from projections.base import Deltas, LogRow, Projection, Table
-from projections.fields import as_bool, as_int, as_str, epoch_micros, event_micros, id_of, resource
+from projections.fields import (
+    as_bool,
+    as_int,
+    as_str,
+    epoch_micros,
+    event_micros,
+    id_of,
+    newest_first_key,
+    nulled,
+    resource,
+)
 from projections.mergeable import Mergeable
-from projections.orders import SESSION_STATUS_RANK
+from projections.orders import SESSION_FINAL
 
-__all__ = ["STATUS_RANK", "SUBSCRIPTIONS"]
+__all__ = ["SUBSCRIPTIONS"]
 
-STATUS_RANK = {
-    "incomplete": 0,
-    "incomplete_expired": 1,
-    "trialing": 2,
-    "active": 3,
-    "past_due": 4,
-    "unpaid": 5,
-    "paused": 6,
-    "canceled": 7,
-}
+# States a subscription never leaves; between the others (past_due -> active is a recovery, not a
+# step back) the newest snapshot decides.
+_FINAL = frozenset({"canceled", "incomplete_expired"})
 _INVOICE_PAYMENT = {
     "invoice.created": "open",
     "invoice.finalized": "open",
@@ -37,7 +40,7 @@ _INVOICE_PAYMENT = {
     "invoice.voided": "void",
     "invoice.marked_uncollectible": "uncollectible",
 }
-_PAYMENT_RANK = {"open": 0, "action_required": 1, "failed": 2, "uncollectible": 3, "void": 3, "paid": 4}
+_PAYMENT_FINAL = frozenset({"paid", "void", "uncollectible"})
 
 
 def _subscription(row: LogRow, deltas: Deltas) -> bool:
@@ -49,15 +52,15 @@ def _subscription(row: LogRow, deltas: Deltas) -> bool:
         return False
     when = event_micros(row.payload)
     status = "canceled" if row.event_type == "customer.subscription.deleted" else as_str(sub.get("status"))
-    key = [when, STATUS_RANK.get(status or "", -1), row.position]
+    key = newest_first_key(row.payload, final=status in _FINAL)
     state = deltas.state("subscriptions", subscription_id, row.position)
     state.offer("status", status, key)
     state.offer("customer_id", id_of(sub.get("customer"), "customer_id"), [1, *key])
     for field in ("current_period_start", "current_period_end", "trial_start", "trial_end", "cancel_at"):
-        state.offer(field, epoch_micros(sub.get(field)), key)
+        state.offer(field, epoch_micros(sub.get(field)), key, clears=nulled(sub, field))
     state.offer("cancel_at_period_end", as_bool(sub.get("cancel_at_period_end")), key)
     state.offer("latest_invoice", id_of(sub.get("latest_invoice"), "invoice_id"), key)
-    state.offer("test_mode", as_bool(sub.get("test_mode")), key)
+    state.offer("test_mode", as_bool(sub.get("test_mode", row.payload.get("test_mode"))), key)
     state.offer("created_at", epoch_micros(sub.get("created_at")), key)
     items = sub.get("items")
     if isinstance(items, list):
@@ -78,7 +81,7 @@ def _invoice(row: LogRow, deltas: Deltas) -> bool:
         return False
     when = event_micros(row.payload)
     payment = _INVOICE_PAYMENT.get(row.event_type) or as_str(invoice.get("status"))
-    key = [when, _PAYMENT_RANK.get(payment or "", -1), row.position]
+    key = newest_first_key(row.payload, final=payment in _PAYMENT_FINAL)
     state = deltas.state("subscriptions", subscription_id, row.position)
     state.offer("payment_status", payment, key)
     state.offer("latest_invoice", as_str(invoice.get("invoice_id")), key)
@@ -98,7 +101,7 @@ def _session(row: LogRow, deltas: Deltas) -> bool:
     if subscription_id is None or session_id is None:
         return False
     status = as_str(session.get("status"))
-    key = [SESSION_STATUS_RANK.get(status or "", -1), event_micros(row.payload), row.position]
+    key = newest_first_key(row.payload, final=status in SESSION_FINAL)
     state = deltas.state("subscriptions", subscription_id, row.position)
     state.offer("checkout_session_id", session_id, key)
     state.offer("customer_id", id_of(session.get("customer"), "customer_id"), [0, *key])

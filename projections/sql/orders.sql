@@ -88,3 +88,12 @@ WHERE client_reference_id = $3 AND (sort_at, checkout_session_id) < ($4::bigint,
   AND ($2::text IS NULL OR status = $2)
 ORDER BY sort_at DESC, checkout_session_id DESC
 LIMIT $6;
+
+-- name: orders_completed_by_reference
+-- Up to a few completed sessions for each client_reference_id in $1 (a second one is a double
+-- payment): a probe of the reference index per id.
+SELECT r.ref AS client_reference_id, o.checkout_session_id
+FROM unnest($1::text[]) AS r(ref)
+CROSS JOIN LATERAL (
+    SELECT checkout_session_id FROM orders WHERE client_reference_id = r.ref AND status = 'complete' LIMIT 3
+) o;
