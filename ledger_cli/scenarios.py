@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +16,14 @@ from ledger.log import NewEvent
 from projections.fulfillment.events import fetched_events
 from projections.fulfillment.line_items import parse_line_items
 
-__all__ = ["Checkout", "checkout_events"]
+__all__ = [
+    "Checkout",
+    "cancel_events",
+    "checkout_events",
+    "dispute_events",
+    "fulfillment_events",
+    "refund_events",
+]
 
 
 def _ulid(rng: random.Random) -> str:
@@ -32,7 +39,8 @@ class Checkout:
     split: bool = False  # two payment intents (HSA/FSA card + regular card)
     items: int = 1
     start: int = 1_767_225_600  # 2026-01-01T00:00:00Z
-    ids: dict[str, Any] = field(default_factory=dict)
+    test_mode: bool = True
+    capture: str = "automatic"  # "manual": authorized at checkout, captured (or voided) later
 
     def __post_init__(self) -> None:
         rng = random.Random(self.seed)
@@ -100,7 +108,17 @@ class Checkout:
             "created_at": self.start,
             "expires_at": self.start + 3600,
             "success_url": "https://shop.example.com/thanks?session={CHECKOUT_SESSION_ID}",
-            "test_mode": True,
+            "capture_method": self.capture,
+            "total_details": {"amount_discount": 0, "amount_tax": 0, "amount_shipping": 0},
+            "shipping_details": {
+                "line1": f"{self.seed} Main St",
+                "city": "Springfield",
+                "state": "IL",
+                "postal_code": "62701",
+                "country": "US",
+            },
+            "metadata": {"cart": f"cart-{self.seed}"},
+            "test_mode": self.test_mode,
         }
 
 
@@ -117,31 +135,41 @@ def checkout_events(c: Checkout) -> list[dict[str, Any]]:
                     "email": c.email,
                     "first_name": "Sam",
                     "last_name": f"Shopper{c.seed}",
-                    "test_mode": True,
+                    "test_mode": c.test_mode,
                 }
             },
         )
     ]
     for i, (pi, amount) in enumerate(zip(c.intents, c.amounts, strict=True)):
         card = "primary" if i == 0 else "secondary"
-        base = {"payment_intent_id": pi, "amount": amount, "customer": c.customer_id, "payment_card_type": card}
+        base = {
+            "payment_intent_id": pi,
+            "amount": amount,
+            "customer": c.customer_id,
+            "payment_card_type": card,
+            "capture_method": c.capture,
+            "test_mode": c.test_mode,
+        }
         events.append(
             c._event(
                 "payment_intent.created", t + 2 + i, {"payment_intent": {**base, "status": "requires_payment_method"}}
             )
         )
     for i, (pi, amount) in enumerate(zip(c.intents, c.amounts, strict=True)):
-        base = {"payment_intent_id": pi, "amount": amount, "amount_received": amount, "customer": c.customer_id}
-        events.append(
-            c._event("payment_intent.succeeded", t + 10 + i, {"payment_intent": {**base, "status": "succeeded"}})
-        )
+        base = {"payment_intent_id": pi, "amount": amount, "customer": c.customer_id, "test_mode": c.test_mode}
+        if c.capture == "manual":  # authorized only: captured or voided after the checkout
+            held = {**base, "amount_capturable": amount, "amount_received": 0, "status": "requires_capture"}
+            events.append(c._event("payment_intent.amount_capturable_updated", t + 10 + i, {"payment_intent": held}))
+        else:
+            paid = {**base, "amount_received": amount, "status": "succeeded"}
+            events.append(c._event("payment_intent.succeeded", t + 10 + i, {"payment_intent": paid}))
     if c.mode == "subscription":
         sub = {
             "subscription_id": c.subscription_id,
             "customer": c.customer_id,
             "latest_invoice": c.invoice_id,
             "items": [{"price": p["price_id"], "quantity": 1} for p in c.prices],
-            "test_mode": True,
+            "test_mode": c.test_mode,
             "current_period_start": t + 12,
             "current_period_end": t + 12 + 30 * 86400,
             "created_at": t + 12,
@@ -174,3 +202,62 @@ def fulfillment_events(c: Checkout) -> list[NewEvent]:
     items (as the stand-in answers): the fetched line items, then one adjustment per line item."""
     raw, items = parse_line_items({"line_items": c.line_items()})
     return fetched_events(c.session_id, raw, items, datetime.fromtimestamp(c.start + 60, UTC))
+
+
+def refund_events(c: Checkout, amount: int, *, at: int = 100, outcome: str = "succeeded") -> list[dict[str, Any]]:
+    """A refund of ``amount`` on the checkout's first payment intent: created pending, then
+    ``outcome`` (``succeeded``, ``failed`` or ``canceled``), ``at`` seconds after the checkout."""
+    refund = {
+        "refund_id": f"fre_{_ulid(c.rng)}",
+        "payment_intent_id": c.intents[0],
+        "amount": amount,
+        "reason": "requested_by_customer",
+        "created_at": datetime.fromtimestamp(c.start + at, UTC).isoformat(),
+        "metadata": {},
+        "test_mode": c.test_mode,
+    }
+    return [
+        c._event("refund.created", c.start + at, {"refund": {**refund, "status": "pending"}}),
+        c._event("refund.updated", c.start + at + 5, {"refund": {**refund, "status": outcome}}),
+    ]
+
+
+def dispute_events(c: Checkout, *, at: int = 200, outcome: str = "lost") -> list[dict[str, Any]]:
+    """A dispute of the first payment intent's full amount: created, funds withdrawn, then closed
+    ``won`` or ``lost``. Flex documents the event names, not the dispute object: Stripe's shape."""
+    dispute = {
+        "dispute_id": f"dp_{_ulid(c.rng)}",
+        "payment_intent": c.intents[0],
+        "amount": c.amounts[0],
+        "reason": "fraudulent",
+        "evidence_details": {"due_by": c.start + at + 7 * 86400},
+        "test_mode": c.test_mode,
+    }
+    return [
+        c._event("charge.dispute.created", c.start + at, {"dispute": {**dispute, "status": "needs_response"}}),
+        c._event(
+            "charge.dispute.funds_withdrawn", c.start + at + 1, {"dispute": {**dispute, "status": "under_review"}}
+        ),
+        c._event("charge.dispute.closed", c.start + at + 86400, {"dispute": {**dispute, "status": outcome}}),
+    ]
+
+
+def cancel_events(c: Checkout, *, at: int = 300) -> list[dict[str, Any]]:
+    """The authorizations of a manual-capture checkout voided (``payment_intent.canceled``)."""
+    return [
+        c._event(
+            "payment_intent.canceled",
+            c.start + at + i,
+            {
+                "payment_intent": {
+                    "payment_intent_id": pi,
+                    "amount": amount,
+                    "amount_received": 0,
+                    "customer": c.customer_id,
+                    "status": "canceled",
+                    "test_mode": c.test_mode,
+                }
+            },
+        )
+        for i, (pi, amount) in enumerate(zip(c.intents, c.amounts, strict=True))
+    ]

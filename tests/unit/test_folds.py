@@ -16,9 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger_cli.scenarios import Checkout, checkout_events, fulfillment_events
-from projections.base import Deltas, LogRow, merge
+from projections.base import merge
 from projections.mergeable import Mergeable
-from projections.registry import PROJECTIONS
+from tests.unit.folding import project as _project
+from tests.unit.folding import rows as _rows
 
 # --------------------------------------------------------------------------------------------
 # The state: a join (commutative, associative, idempotent)
@@ -69,35 +70,6 @@ def test_a_larger_key_wins_whatever_arrives_first() -> None:
 
 # --------------------------------------------------------------------------------------------
 # Every fold: any order, duplicates and batching give the in-order state
-
-
-def _rows(events: list[dict[str, Any]]) -> list[LogRow]:
-    return [LogRow(position=i + 1, event_type=e["event_type"], payload=e) for i, e in enumerate(events)]
-
-
-def _project(rows: list[LogRow], batch_size: int) -> dict[str, dict[str, dict[str, Any]]]:
-    """Every projection's tables as the runner would leave them: {projection.table: {id: row}}."""
-    tables: dict[str, dict[str, Mergeable]] = {}
-    for projection in PROJECTIONS.values():
-        mine = [r for r in rows if projection.matches(r.event_type)]
-        for i in range(0, len(mine), batch_size):
-            deltas = Deltas()
-            for row in mine[i : i + batch_size]:
-                projection.fold(row, deltas)
-            for table, states in deltas.by_table.items():
-                stored = tables.setdefault(f"{projection.name}.{table}", {})
-                for entity_id, state in states.items():
-                    stored[entity_id] = merge(stored[entity_id], state) if entity_id in stored else state
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for name, states in tables.items():
-        projection_name, table_name = name.split(".", 1)
-        table = PROJECTIONS[projection_name].table(table_name)
-        out[name] = {
-            # The whole state, merge keys included: they come from the events' content, never arrival.
-            entity_id: {"row": table.row(entity_id, state), **state.doc}
-            for entity_id, state in states.items()
-        }
-    return out
 
 
 def _traffic(checkouts: list[Checkout]) -> list[dict[str, Any]]:
