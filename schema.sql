@@ -205,6 +205,7 @@ CREATE TABLE IF NOT EXISTS fulfillment_queue (
     created_at           timestamptz NOT NULL DEFAULT now(),
     updated_at           timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE fulfillment_queue ADD COLUMN IF NOT EXISTS test_mode boolean NOT NULL DEFAULT false;  -- v6
 -- Counted once when the column arrives (schema version 4); kept by `queue_fulfilled` from then on.
 UPDATE projection_state
 SET fulfilled_sessions = (SELECT count(*) FROM fulfillment_queue WHERE status = 'fulfilled')
@@ -218,6 +219,23 @@ CREATE INDEX IF NOT EXISTS fulfillment_queue_failed_idx ON fulfillment_queue (ch
     WHERE status = 'failed';
 DROP INDEX IF EXISTS public.fulfillment_queue_due_idx;
 
+-- Version 6 changed the shape of the projections' tables. The live tables are brought to the new
+-- shape here, so that the running service keeps reading and writing them, and the service then
+-- rebuilds every projection whose shape is older than its code from the log, blue/green
+-- (projection_state.shape; projections/upgrade.py).
+ALTER TABLE projection_state ADD COLUMN IF NOT EXISTS shape int NOT NULL DEFAULT 1;
+ALTER TABLE IF EXISTS public.orders ADD COLUMN IF NOT EXISTS payment_status text;
+ALTER TABLE IF EXISTS public.orders ADD COLUMN IF NOT EXISTS test_mode boolean;
+ALTER TABLE IF EXISTS public.inventory_adjustments ADD COLUMN IF NOT EXISTS test_mode boolean NOT NULL DEFAULT false;
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM information_schema.columns
+               WHERE table_schema = 'public' AND table_name = 'inventory_levels' AND column_name = 'quantity_delta') THEN
+        DROP TABLE public.inventory_levels;  -- per (price, product) before v6; refilled below
+    END IF;
+END
+$$;
+
 -- Each projection's tables sit between "-- projection: NAME" and "-- end projection: NAME"
 -- with unqualified names: `ledger rebuild` runs the same block in a build schema.
 
@@ -228,6 +246,8 @@ CREATE TABLE IF NOT EXISTS orders (
     customer_id          text,
     client_reference_id  text,
     subscription_id      text,
+    payment_status       text,                     -- projections/money.py, kept by the orders runner
+    test_mode            boolean,
     sort_at              bigint NOT NULL,          -- microseconds: created_at, else first seen
     position             bigint NOT NULL,          -- last log position applied to this order
     state                json NOT NULL              -- the mergeable state (projections/state.py)
@@ -280,30 +300,38 @@ CREATE TABLE IF NOT EXISTS inventory_adjustments (
     created_at           bigint,                   -- microseconds
     position             bigint NOT NULL,          -- the ledger.inventory.adjusted event
     state                json NOT NULL,
+    test_mode            boolean NOT NULL DEFAULT false,
     CONSTRAINT inventory_adjustments_one_per_line_item UNIQUE (checkout_session_id, line_item_id)
 );
 CREATE INDEX IF NOT EXISTS inventory_adjustments_feed_idx ON inventory_adjustments (position, adjustment_id);
--- Totals per (price, product), kept by the adjustments upsert: one row per catalogue entry.
+-- Totals per (price, product, mode), kept by the adjustments upsert: one row per catalogue entry
+-- and mode, so that test sales never move live stock.
 CREATE TABLE IF NOT EXISTS inventory_levels (
-    price_id          text,
-    product_id        text,
-    quantity_delta    bigint NOT NULL,
-    adjustment_count  bigint NOT NULL,
-    position          bigint NOT NULL,
-    CONSTRAINT inventory_levels_key UNIQUE NULLS NOT DISTINCT (price_id, product_id)
+    price_id            text,
+    product_id          text,
+    test_mode           boolean NOT NULL,
+    quantity_sold       bigint NOT NULL,
+    quantity_restocked  bigint NOT NULL,
+    adjustment_count    bigint NOT NULL,
+    position            bigint NOT NULL,
+    CONSTRAINT inventory_levels_mode_key UNIQUE NULLS NOT DISTINCT (price_id, product_id, test_mode)
 );
 -- end projection: inventory
 DROP INDEX IF EXISTS public.inventory_adjustments_position_idx;  -- replaced by inventory_adjustments_feed_idx
 -- No query reads these; every projection write paid for them (schema version 4).
 DROP INDEX IF EXISTS public.orders_subscription_idx;
 DROP INDEX IF EXISTS public.inventory_adjustments_price_idx;
--- Levels arrive with schema version 4: summed once from the adjustments already there.
-INSERT INTO inventory_levels (price_id, product_id, quantity_delta, adjustment_count, position)
-SELECT price_id, product_id, sum(quantity_delta), count(*), max(position)
+-- Levels per mode arrive with schema version 6: summed once from the adjustments already there
+-- (the rebuild that follows recounts them from the log).
+INSERT INTO inventory_levels (price_id, product_id, test_mode, quantity_sold, quantity_restocked, adjustment_count,
+                              position)
+SELECT price_id, product_id, test_mode,
+       sum(CASE WHEN quantity_delta < 0 THEN -quantity_delta ELSE 0 END),
+       sum(CASE WHEN quantity_delta > 0 THEN quantity_delta ELSE 0 END), count(*), max(position)
 FROM inventory_adjustments
-WHERE NOT EXISTS (SELECT 1 FROM ledger_schema WHERE version >= 4)
-GROUP BY price_id, product_id
-ON CONFLICT ON CONSTRAINT inventory_levels_key DO NOTHING;
+WHERE NOT EXISTS (SELECT 1 FROM ledger_schema WHERE version >= 6)
+GROUP BY price_id, product_id, test_mode
+ON CONFLICT ON CONSTRAINT inventory_levels_mode_key DO NOTHING;
 
 -- `ledger rebuild` builds projections' tables in this schema, from their blocks above, and swaps
 -- them in (projections/rebuild.py). The table names come from the service's projection registry.
@@ -335,7 +363,8 @@ BEGIN
 END
 $$;
 
--- Version 5: the rebuild functions above; checkpoints seeded by the service.
-INSERT INTO ledger_schema (id, version) VALUES (1, 5)
+-- Version 5: the rebuild functions above; checkpoints seeded by the service. Version 6: money
+-- after the sale on orders, test and live apart, projection shapes (see above).
+INSERT INTO ledger_schema (id, version) VALUES (1, 6)
 ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
 WHERE ledger_schema.version < EXCLUDED.version;

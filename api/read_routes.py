@@ -6,7 +6,7 @@ to a few seconds, until the projections it reads from have applied it.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from litestar import Response, get
 from litestar.params import Parameter
@@ -42,6 +42,9 @@ async def _fresh(state: AppState, names: list[str], min_position: int | None) ->
     return {FRESHNESS_HEADER: "true" if reached else "false"}
 
 
+PaymentStatus = Literal["unpaid", "partially_paid", "paid", "partially_refunded", "refunded", "disputed", "canceled"]
+
+
 @get("/orders/{checkout_session_id:str}", summary="One order (checkout session)", tags=["orders"])
 async def get_order(state: AppState, checkout_session_id: str, min_position: MinPosition = None) -> Response[Any]:
     headers = await _fresh(state, ["orders"], min_position)
@@ -58,6 +61,8 @@ async def list_orders(
     customer_id: str | None = None,
     status: str | None = None,
     client_reference_id: str | None = None,
+    payment_status: PaymentStatus | None = None,
+    test_mode: bool | None = None,
     limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
     cursor: str | None = None,
     min_position: MinPosition = None,
@@ -68,6 +73,8 @@ async def list_orders(
         customer_id=customer_id,
         status=status,
         client_reference_id=client_reference_id,
+        payment_status=payment_status,
+        test_mode=test_mode,
         limit=limit,
         cursor=cursor,
     )
@@ -95,10 +102,14 @@ async def list_projections(state: AppState, min_position: MinPosition = None) ->
     return Response({"data": data}, headers=headers)
 
 
-@get("/inventory", summary="Quantity sold per price and product", tags=["inventory"])
-async def get_inventory(state: AppState, min_position: MinPosition = None) -> Response[Any]:
+@get("/inventory", summary="Quantity sold, restocked and net per price and product, for one mode", tags=["inventory"])
+async def get_inventory(
+    state: AppState,
+    test_mode: Annotated[bool, Parameter(description="test-mode stock instead of live")] = False,
+    min_position: MinPosition = None,
+) -> Response[Any]:
     headers = await _fresh(state, ["inventory"], min_position)
-    return Response({"data": await documents.inventory_levels(state.pool)}, headers=headers)
+    return Response({"data": await documents.inventory_levels(state.pool, test_mode=test_mode)}, headers=headers)
 
 
 @get("/inventory/adjustments", summary="The inventory adjustments feed, oldest first", tags=["inventory"])
@@ -107,12 +118,17 @@ async def list_adjustments(
     after: Annotated[int | None, Parameter(ge=0, description="adjustments after this log position")] = None,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     cursor: str | None = None,
+    test_mode: Annotated[
+        bool | None, Parameter(description="only test-mode (true) or live (false) adjustments")
+    ] = None,
     min_position: MinPosition = None,
 ) -> Response[Any]:
     from api.events import parse_cursor
 
     headers = await _fresh(state, ["inventory"], min_position)
-    data, next_cursor = await documents.list_adjustments(state.pool, after=parse_cursor(cursor, after), limit=limit)
+    data, next_cursor = await documents.list_adjustments(
+        state.pool, after=parse_cursor(cursor, after), limit=limit, test_mode=test_mode
+    )
     return Response({"data": data, "next_cursor": next_cursor}, headers=headers)
 
 

@@ -25,6 +25,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_tolerance: int = 300
     webhook_max_bytes: int = 1_048_576
     flex_api_key: str | None = None
+    flex_test_api_key: str | None = None  # test-mode sessions; unset: flex_api_key serves both modes
+    restock_on_refund: bool = False  # LEDGER_RESTOCK_ON_REFUND=full
     flex_api_base_url: str = DEFAULT_FLEX_API_BASE_URL
     api_tokens: tuple[str, ...] = ()
     flex_api_timeout: float = 10.0
@@ -98,6 +100,13 @@ def _split(raw: str) -> list[str]:
     return [part for part in re.split(r"[,\s]+", raw.strip()) if part]
 
 
+def _choice(env: Mapping[str, str], name: str, choices: dict[str, bool], default: str) -> bool:
+    raw = env.get(name, "").strip().lower() or default
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {raw!r}")
+    return choices[raw]
+
+
 def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool = False) -> Settings:
     """Reads and validates every setting. Raises ``ConfigError`` with a one-line reason."""
     env = os.environ if env is None else env
@@ -111,6 +120,8 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool
         webhook_tolerance=_int(env, "LEDGER_WEBHOOK_TOLERANCE", 300, 0),
         webhook_max_bytes=_int(env, "LEDGER_WEBHOOK_MAX_BYTES", 1_048_576, 1),
         flex_api_key=env.get("FLEX_API_KEY", "").strip() or None,
+        flex_test_api_key=env.get("FLEX_TEST_API_KEY", "").strip() or None,
+        restock_on_refund=_choice(env, "LEDGER_RESTOCK_ON_REFUND", {"off": False, "full": True}, "off"),
         flex_api_base_url=(env.get("FLEX_API_BASE_URL", "").strip() or DEFAULT_FLEX_API_BASE_URL).rstrip("/"),
         api_tokens=tuple(t for t in (p.strip() for p in env.get("LEDGER_API_TOKENS", "").split(",")) if t),
         flex_api_timeout=_float(env, "FLEX_API_TIMEOUT", 10.0),

@@ -39,7 +39,7 @@ class Checkout:
     split: bool = False  # two payment intents (HSA/FSA card + regular card)
     items: int = 1
     start: int = 1_767_225_600  # 2026-01-01T00:00:00Z
-    test_mode: bool = True
+    test_mode: bool = False  # a live checkout unless asked
     capture: str = "automatic"  # "manual": authorized at checkout, captured (or voided) later
 
     def __post_init__(self) -> None:

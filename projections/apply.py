@@ -71,6 +71,7 @@ async def apply_batch(
                 raise failure from exc
             _log.warning("%s", failure)
             result.failures.append(failure)
+    written: dict[str, dict[str, Mergeable]] = {}
     for table in projection.tables:
         states = deltas.by_table.get(table.name)
         if not states:
@@ -94,5 +95,8 @@ async def apply_batch(
                 column.append(value)
             out_positions.append(position)
             out_states.append(_encode.encode(state.doc).decode())
+            written.setdefault(table.name, {})[entity_id] = state
         await conn.execute(getattr(sql, table.upsert), ids, *columns, out_positions, out_states)
+    if projection.after_write is not None and written:
+        await projection.after_write(conn, written)
     return result

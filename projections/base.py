@@ -8,7 +8,7 @@ rows back with one statement per table.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,6 +85,9 @@ class Projection:
     description: str = ""
     # Tables the upserts keep up to date as a side effect (summaries): rebuilt and swapped too.
     derived: tuple[str, ...] = ()
+    # Run after a batch's rows are written, with {table: {id: state as written}}, in the same
+    # transaction: for columns that depend on more than one row (an order's payment status).
+    after_write: Callable[[Any, dict[str, dict[str, Mergeable]]], Awaitable[None]] | None = None
 
     @property
     def table_names(self) -> tuple[str, ...]:

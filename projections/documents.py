@@ -138,6 +138,25 @@ async def _with_intents(conn: asyncpg.Connection, records: list[asyncpg.Record])
     return out
 
 
+async def settle_payment_status(conn: asyncpg.Connection, written: dict[str, dict[str, Mergeable]]) -> None:
+    """Keeps ``orders.payment_status`` (a list filter) in step with everything it depends on: the
+    orders just written, and the orders of the payment intents just written (their refunds and
+    disputes included). Runs in the orders runner's transaction, after the batch's upserts."""
+    sessions = set(written.get("orders", {}))
+    for intent in written.get("order_payment_intents", {}).values():
+        if isinstance(linked := intent.get("checkout_session_id"), str):
+            sessions.add(linked)
+    if not sessions:
+        return
+    records = await conn.fetch(queries.orders_get_many, sorted(sessions))
+    orders = await _with_intents(conn, list(records))
+    await conn.execute(
+        queries.orders_payment_status_set,
+        [o["checkout_session_id"] for o in orders],
+        [o["payment_status"] for o in orders],
+    )
+
+
 async def get_order(pool: asyncpg.Pool, checkout_session_id: str) -> dict[str, Any] | None:
     with translate_errors():
         async with pool.acquire() as conn:
@@ -187,12 +206,16 @@ async def list_orders(
     client_reference_id: str | None,
     limit: int,
     cursor: str | None,
+    payment_status: str | None = None,
+    test_mode: bool | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     after = decode_cursor(cursor) if cursor else _FIRST_PAGE
     query = _orders_query(customer_id, status, client_reference_id)
     with translate_errors():
         async with pool.acquire() as conn:
-            records = await conn.fetch(query, customer_id, status, client_reference_id, after[0], after[1], limit)
+            records = await conn.fetch(
+                query, customer_id, status, client_reference_id, after[0], after[1], limit, payment_status, test_mode
+            )
             orders = await _with_intents(conn, list(records))
     next_cursor = None
     if len(records) == limit:
@@ -245,10 +268,12 @@ async def get_subscription(pool: asyncpg.Pool, subscription_id: str) -> dict[str
     }
 
 
-async def list_adjustments(pool: asyncpg.Pool, *, after: int, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+async def list_adjustments(
+    pool: asyncpg.Pool, *, after: int, limit: int, test_mode: bool | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
     with translate_errors():
         async with pool.acquire() as conn:
-            rows = await conn.fetch(queries.adjustments_list, after, limit)
+            rows = await conn.fetch(queries.adjustments_list, after, limit, test_mode)
     data = [
         {
             "adjustment_id": r["adjustment_id"],
@@ -261,21 +286,26 @@ async def list_adjustments(pool: asyncpg.Pool, *, after: int, limit: int) -> tup
             "quantity_delta": r["quantity_delta"],
             "reason": r["reason"],
             "created_at": iso(r["created_at"]),
+            "test_mode": r["test_mode"],
         }
         for r in rows
     ]
     return data, (str(rows[-1]["position"]) if len(rows) == limit else None)
 
 
-async def inventory_levels(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+async def inventory_levels(pool: asyncpg.Pool, *, test_mode: bool = False) -> list[dict[str, Any]]:
+    """One row per (price, product) of the mode asked (live by default)."""
     with translate_errors():
         async with pool.acquire() as conn:
-            rows = await conn.fetch(queries.inventory_levels)
+            rows = await conn.fetch(queries.inventory_levels, test_mode)
     return [
         {
             "price_id": r["price_id"],
             "product_id": r["product_id"],
+            "test_mode": r["test_mode"],
             "quantity_sold": r["quantity_sold"],
+            "quantity_restocked": r["quantity_restocked"],
+            "quantity_net": r["quantity_net"],
             "adjustment_count": r["adjustment_count"],
             "position": r["position"],
         }

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from projections.base import Deltas, LogRow, Projection, Table
-from projections.fields import as_int, as_str, dict_of, epoch_micros, newest_first_key
+from projections.fields import as_bool, as_int, as_str, dict_of, epoch_micros, newest_first_key
 from projections.fulfillment.events import ADJUSTED
 from projections.mergeable import Mergeable
 
@@ -33,6 +33,7 @@ def fold(row: LogRow, deltas: Deltas) -> bool:
         state.offer(field, as_str(adjustment.get(field)), key)
     state.offer("quantity_delta", delta, key)
     state.offer("created_at", epoch_micros(adjustment.get("created_at")), key)
+    state.offer("test_mode", as_bool(adjustment.get("test_mode")), key)
     return True
 
 
@@ -46,6 +47,7 @@ def _row(_: str, state: Mergeable) -> tuple[Any, ...]:
         state.get("quantity_delta"),
         state.get("reason") or "sale",
         state.get("created_at"),
+        bool(state.get("test_mode")),  # adjustments logged before modes were kept: live
     )
 
 
@@ -54,6 +56,6 @@ INVENTORY = Projection(
     prefixes=(ADJUSTED,),
     tables=(Table("inventory_adjustments", load="adjustments_load", upsert="adjustments_upsert", row=_row),),
     fold=fold,
-    description="inventory adjustments (one per sold line item) and totals per price and product",
+    description="inventory adjustments (sales and restocks) and totals per price, product and mode",
     derived=("inventory_levels",),
 )

@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from projections.base import Deltas, LogRow, Projection, Table
+from projections.documents import settle_payment_status
 from projections.fields import (
     as_bool,
     as_int,
@@ -291,6 +292,7 @@ def _order_row(_: str, state: Mergeable) -> tuple[Any, ...]:
         state.get("customer_id"),
         state.get("client_reference_id"),
         state.get("subscription_id"),
+        state.get("test_mode"),
         sort_at,
     )
 
@@ -316,5 +318,6 @@ ORDERS = Projection(
         Table("order_payment_intents", load="intents_load", upsert="intents_upsert", row=_intent_row),
     ),
     fold=fold,
-    description="orders (one per checkout session) and their payment intents",
+    description="orders (one per checkout session), their payment intents, refunds and disputes",
+    after_write=settle_payment_status,
 )

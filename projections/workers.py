@@ -42,20 +42,22 @@ async def running_workers(
         ProjectionRunner(dsn, p, watcher.subscribe(), quiet_period=settings.runner_batch_delay)
         for p in PROJECTIONS.values()
     ]
-    flex = None
-    if settings.flex_api_key:
-        flex = FlexClient(
-            settings.flex_api_base_url,
-            settings.flex_api_key,
-            read_timeout=settings.flex_api_timeout,
-            concurrency=settings.fulfillment_concurrency,
-            on_call=on_flex_call,
-        )
+    clients: dict[str, FlexClient] = {}
+    for mode, key in (("live", settings.flex_api_key), ("test", settings.flex_test_api_key)):
+        if key:
+            clients[mode] = FlexClient(
+                settings.flex_api_base_url,
+                key,
+                read_timeout=settings.flex_api_timeout,
+                concurrency=settings.fulfillment_concurrency,
+                on_call=on_flex_call,
+            )
     reactor = FulfillmentReactor(
         dsn,
         pool,
-        flex,
+        clients.get("live"),
         watcher.subscribe(),
+        test_client=clients.get("test"),
         concurrency=settings.fulfillment_concurrency,
         max_attempts=settings.fulfillment_max_attempts,
         backoff_base=settings.fulfillment_retry_base,
@@ -68,6 +70,6 @@ async def running_workers(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if flex is not None:
-            await flex.aclose()
+        for client in clients.values():
+            await client.aclose()
         await pool.close()

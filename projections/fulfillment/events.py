@@ -55,7 +55,12 @@ def _iso(now: datetime) -> str:
 
 
 def fetched_events(
-    checkout_session_id: str, raw: list[dict[str, Any]], items: list[LineItem], now: datetime
+    checkout_session_id: str,
+    raw: list[dict[str, Any]],
+    items: list[LineItem],
+    now: datetime,
+    *,
+    test_mode: bool = False,
 ) -> list[NewEvent]:
     """The line items as Flex returned them, then one inventory adjustment per line item."""
     events = [
@@ -63,7 +68,12 @@ def fetched_events(
             f"{FETCHED}:{checkout_session_id}",
             FETCHED,
             now,
-            {"checkout_session_id": checkout_session_id, "line_items": raw, "fetched_at": _iso(now)},
+            {
+                "checkout_session_id": checkout_session_id,
+                "line_items": raw,
+                "fetched_at": _iso(now),
+                "test_mode": test_mode,
+            },
         )
     ]
     for item in items:
@@ -77,6 +87,7 @@ def fetched_events(
             "quantity_delta": -item.quantity,
             "reason": "sale",
             "created_at": _iso(now),
+            "test_mode": test_mode,
         }
         events.append(
             _event(f"{ADJUSTED}:{checkout_session_id}:{item.line_item_id}", ADJUSTED, now, {"adjustment": adjustment})

@@ -33,7 +33,7 @@ from ledger.log import append_with
 from projections.apply import BatchResult
 from projections.base import LogRow, like_patterns
 from projections.coordination import run_exclusively
-from projections.fields import as_str, resource
+from projections.fields import as_bool, as_str, resource
 from projections.follower import follow, follow_once
 from projections.fulfillment.events import failed_event, fetched_events, retry_requested_event
 from projections.fulfillment.flex_client import FlexApiError, FlexClient, PermanentFlexError
@@ -54,16 +54,18 @@ class _Intake:
     patterns = like_patterns([_COMPLETED])
 
     async def apply(self, conn: asyncpg.Connection, rows: list[LogRow]) -> BatchResult:
-        sessions: dict[str, int] = {}
+        sessions: dict[str, tuple[int, bool]] = {}
         for row in rows:
             if row.event_type != _COMPLETED:
                 continue
             session = resource(row.payload, "checkout_session", "checkout_session_id")
             session_id = as_str(session.get("checkout_session_id")) if session else None
             if session_id and session and session.get("status", "complete") == "complete":
-                sessions.setdefault(session_id, row.position)
+                test_mode = as_bool(session.get("test_mode", row.payload.get("test_mode"))) or False
+                sessions.setdefault(session_id, (row.position, test_mode))
         if sessions:
-            await conn.execute(sql.queue_enqueue, list(sessions), list(sessions.values()))
+            positions, modes = zip(*sessions.values(), strict=True)
+            await conn.execute(sql.queue_enqueue, list(sessions), list(positions), list(modes))
         return BatchResult(applied=len(sessions))
 
 
@@ -111,6 +113,7 @@ class FulfillmentReactor:
         client: FlexClient | None,
         wake: asyncio.Event,
         *,
+        test_client: FlexClient | None = None,
         concurrency: int = 32,
         max_attempts: int = 8,
         backoff_base: float = 2.0,
@@ -124,7 +127,8 @@ class FulfillmentReactor:
         self.batch_size = batch_size
         self.pool = pool
         self.quiet_period = quiet_period
-        self.client = client
+        # The client for each mode (test_mode: bool); a session of a mode without one waits as pending.
+        self.clients = {False: client, True: test_client or client}
         self.wake = wake
         self.concurrency = concurrency
         self.max_attempts = max_attempts
@@ -137,8 +141,12 @@ class FulfillmentReactor:
 
     async def run(self) -> None:
         """Runs until cancelled; one active reactor across processes (session advisory lock)."""
-        if self.client is None:
-            _log.warning("fulfillment: FLEX_API_KEY is not set; completed sessions wait as pending")
+        if self.clients[False] is None:
+            _log.warning("fulfillment: FLEX_API_KEY is not set; completed live sessions wait as pending")
+        if self.clients[True] is None:
+            _log.warning(
+                "fulfillment: neither FLEX_TEST_API_KEY nor FLEX_API_KEY is set; test sessions wait as pending"
+            )
         await run_exclusively(self.dsn, FULFILLMENT, lock_id(FULFILLMENT), self, self._follow, self.standby_interval)
 
     async def _follow(self, conn: asyncpg.Connection) -> None:
@@ -147,14 +155,16 @@ class FulfillmentReactor:
         async def dispatch(conn: asyncpg.Connection) -> None:
             """Once the intake is at the head: due sessions to workers, up to ``concurrency``."""
             free = self.concurrency - len(self._in_flight)
-            if self.client is None or free <= 0:
+            served = [mode for mode, client in self.clients.items() if client is not None]
+            if not served or free <= 0:
                 return
-            for row in await conn.fetch(sql.queue_due, free + len(self._in_flight)):
+            only = served[0] if len(served) == 1 else None
+            for row in await conn.fetch(sql.queue_due, free + len(self._in_flight), only):
                 session_id = row["checkout_session_id"]
                 if session_id in self._in_flight or len(self._in_flight) >= self.concurrency:
                     continue
                 self._in_flight.add(session_id)
-                task = asyncio.create_task(self._fulfill(session_id))
+                task = asyncio.create_task(self._fulfill(session_id, row["test_mode"]))
                 workers.add(task)
                 task.add_done_callback(workers.discard)
 
@@ -176,15 +186,16 @@ class FulfillmentReactor:
     def _backoff(self, attempts: int) -> float:
         return float(random.uniform(0.5, 1.0) * min(self.backoff_cap, self.backoff_base * 2**attempts))
 
-    async def _fulfill(self, session_id: str) -> None:
-        assert self.client is not None
+    async def _fulfill(self, session_id: str, test_mode: bool) -> None:
+        client = self.clients[test_mode]
+        assert client is not None
         try:
             async with self.pool.acquire() as conn:
                 # the due list may be a moment old: a worker may have just finished this session
                 if await conn.fetchval(sql.queue_status, session_id) != "pending":
                     return
             try:
-                raw, items = await self.client.line_items(session_id)
+                raw, items = await client.line_items(session_id)
             except FlexApiError as exc:
                 await self._record_failure(session_id, exc)
                 return
@@ -193,7 +204,7 @@ class FulfillmentReactor:
                 row = await conn.fetchrow(sql.queue_lock, session_id)
                 if row is None or row["status"] != "pending":
                     return  # fulfilled or parked meanwhile: nothing to record
-                await append_with(conn, fetched_events(session_id, raw, items, now))
+                await append_with(conn, fetched_events(session_id, raw, items, now, test_mode=test_mode))
                 await conn.execute(sql.queue_fulfilled, session_id)
             _log.info("fulfillment: %s fulfilled with %d line items", session_id, len(items))
         except asyncio.CancelledError:

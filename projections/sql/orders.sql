@@ -12,14 +12,29 @@ FROM unnest($1::text[]) AS k(id)
 CROSS JOIN LATERAL (SELECT position, state FROM orders WHERE checkout_session_id = k.id LIMIT 1) t;
 
 -- name: orders_upsert
-INSERT INTO orders (checkout_session_id, status, customer_id, client_reference_id, subscription_id, sort_at,
-                    position, state)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::bigint[],
-                     $8::json[])
+-- payment_status is not written here: it depends on the intents too (orders_payment_status_set).
+INSERT INTO orders (checkout_session_id, status, customer_id, client_reference_id, subscription_id, test_mode,
+                    sort_at, position, state)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::boolean[], $7::bigint[],
+                     $8::bigint[], $9::json[])
 ON CONFLICT (checkout_session_id) DO UPDATE
 SET status = EXCLUDED.status, customer_id = EXCLUDED.customer_id,
     client_reference_id = EXCLUDED.client_reference_id, subscription_id = EXCLUDED.subscription_id,
-    sort_at = EXCLUDED.sort_at, position = EXCLUDED.position, state = EXCLUDED.state;
+    test_mode = EXCLUDED.test_mode, sort_at = EXCLUDED.sort_at, position = EXCLUDED.position,
+    state = EXCLUDED.state;
+
+-- name: orders_get_many
+SELECT o.checkout_session_id, o.position, o.state::text AS state
+FROM unnest($1::text[]) AS k(id)
+CROSS JOIN LATERAL (SELECT * FROM orders WHERE checkout_session_id = k.id LIMIT 1) o;
+
+-- name: orders_payment_status_set
+-- The payment status of each order in $1 is $2 (same place): each row found by a probe of the key,
+-- then updated by its address.
+UPDATE orders o SET payment_status = u.status
+FROM unnest($1::text[], $2::text[]) AS u(id, status)
+CROSS JOIN LATERAL (SELECT ctid FROM orders WHERE checkout_session_id = u.id LIMIT 1) t
+WHERE o.ctid = t.ctid AND o.payment_status IS DISTINCT FROM u.status;
 
 -- name: intents_load
 SELECT k.id, t.position, t.state::text AS state
@@ -59,6 +74,8 @@ WHERE (sort_at, checkout_session_id) < ($4::bigint, $5::text)
   AND ($1::text IS NULL OR customer_id = $1)
   AND ($2::text IS NULL OR status = $2)
   AND ($3::text IS NULL OR client_reference_id = $3)
+  AND ($7::text IS NULL OR payment_status = $7)
+  AND ($8::boolean IS NULL OR test_mode = $8)
 ORDER BY sort_at DESC, checkout_session_id DESC
 LIMIT $6;
 
@@ -68,6 +85,8 @@ FROM orders
 WHERE customer_id = $1 AND (sort_at, checkout_session_id) < ($4::bigint, $5::text)
   AND ($2::text IS NULL OR status = $2)
   AND ($3::text IS NULL OR client_reference_id = $3)
+  AND ($7::text IS NULL OR payment_status = $7)
+  AND ($8::boolean IS NULL OR test_mode = $8)
 ORDER BY sort_at DESC, checkout_session_id DESC
 LIMIT $6;
 
@@ -77,6 +96,8 @@ FROM orders
 WHERE status = $2 AND (sort_at, checkout_session_id) < ($4::bigint, $5::text)
   AND ($1::text IS NULL OR customer_id = $1)
   AND ($3::text IS NULL OR client_reference_id = $3)
+  AND ($7::text IS NULL OR payment_status = $7)
+  AND ($8::boolean IS NULL OR test_mode = $8)
 ORDER BY sort_at DESC, checkout_session_id DESC
 LIMIT $6;
 
@@ -86,6 +107,8 @@ FROM orders
 WHERE client_reference_id = $3 AND (sort_at, checkout_session_id) < ($4::bigint, $5::text)
   AND ($1::text IS NULL OR customer_id = $1)
   AND ($2::text IS NULL OR status = $2)
+  AND ($7::text IS NULL OR payment_status = $7)
+  AND ($8::boolean IS NULL OR test_mode = $8)
 ORDER BY sort_at DESC, checkout_session_id DESC
 LIMIT $6;
 

@@ -1,19 +1,20 @@
 -- The fulfillment queue: one row per completed session, worked by the reactor.
 
 -- name: queue_enqueue
-INSERT INTO fulfillment_queue (checkout_session_id, completed_position)
-SELECT * FROM unnest($1::text[], $2::bigint[])
+INSERT INTO fulfillment_queue (checkout_session_id, completed_position, test_mode)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::boolean[])
 ON CONFLICT (checkout_session_id) DO NOTHING;
 
 -- name: queue_due
-SELECT checkout_session_id, generation, attempts
+-- $2 picks a mode (NULL: both): only sessions a key is configured for.
+SELECT checkout_session_id, generation, attempts, test_mode
 FROM fulfillment_queue
-WHERE status = 'pending' AND next_attempt_at <= now()
+WHERE status = 'pending' AND next_attempt_at <= now() AND ($2::boolean IS NULL OR test_mode = $2)
 ORDER BY next_attempt_at, checkout_session_id
 LIMIT $1;
 
 -- name: queue_lock
-SELECT status, generation, attempts FROM fulfillment_queue WHERE checkout_session_id = $1 FOR UPDATE;
+SELECT status, generation, attempts, test_mode FROM fulfillment_queue WHERE checkout_session_id = $1 FOR UPDATE;
 
 -- name: queue_fulfilled
 -- The session is done; the reactor's count of fulfilled sessions moves with it (so that counting
