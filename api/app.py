@@ -26,7 +26,7 @@ from api.webhooks import PATH as WEBHOOK_PATH
 from api.webhooks import WEBHOOK_OPERATION, flex_webhook
 from ledger.db import READ_SETTINGS, SCHEMA_VERSION, UNAVAILABLE, create_pool
 from ledger.embedded import EmbeddedPostgres
-from ledger.errors import DatabaseUnavailable
+from ledger.errors import DatabaseUnavailable, SchemaTooNew
 from ledger.group_commit import GroupCommitter
 from ledger.log import EventLog
 from ledger.settings import Settings
@@ -102,8 +102,13 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
         watcher = asyncio.create_task(checkpoints.run(), name="checkpoint-watcher")
         try:
             schema_task = asyncio.create_task(_apply_schema_until_done(ingest_pool))
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(asyncio.shield(schema_task), 10)
+            except TimeoutError:
+                pass  # the database is not reachable yet: the task keeps trying
+            except SchemaTooNew as exc:
+                _log.critical("%s", exc.message)
+                raise
             log = EventLog(ingest_pool)
             async with contextlib.AsyncExitStack() as stack:
                 if workers:

@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from ledger.errors import DatabaseUnavailable
+from ledger.errors import DatabaseUnavailable, SchemaTooNew
 from ledger.sql import log_queries
 
 __all__ = [
@@ -93,9 +93,20 @@ async def create_pool(
 
 
 async def apply_schema(conn: asyncpg.Connection) -> None:
-    """Applies ``schema.sql``; harmless to run twice or from two processes at once."""
+    """Applies ``schema.sql``; harmless to run twice or from two processes at once. Refuses
+    (``SchemaTooNew``) a database a newer release has upgraded."""
     async with conn.transaction():
         await conn.execute(log_queries.schema_lock, _SCHEMA_LOCK_KEY)
+        try:
+            async with conn.transaction():  # a savepoint: a new database has no version to read
+                version = await conn.fetchval(log_queries.schema_version)
+        except asyncpg.exceptions.UndefinedTableError:
+            version = None
+        if version is not None and version > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"the database is at schema version {version}, newer than this release's {SCHEMA_VERSION}: "
+                "it was upgraded by a newer flex-ledger; run that release (nothing was changed)"
+            )
         await conn.execute(log_queries.schema_timeout)
         await conn.execute(schema_sql())
 

@@ -43,6 +43,12 @@ class ConfigError(LedgerError):
     code = "config_error"
 
 
+class SchemaTooNew(ConfigError):
+    """The database was upgraded by a newer release than this one: refuse it, change nothing."""
+
+    code = "schema_too_new"
+
+
 class SignatureError(LedgerError):
     """The delivery failed verification. ``code`` says why (for logs and metrics)."""
 

@@ -57,6 +57,8 @@ def _run_with_settings(work: Callable[[Settings], Coroutine[Any, Any, int]]) -> 
         return asyncio.run(work(settings))
     except UNAVAILABLE as exc:
         return _fail(f"cannot reach the database: {exc}")
+    except ConfigError as exc:
+        return _fail(exc.message)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

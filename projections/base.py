@@ -83,6 +83,9 @@ class Projection:
     tables: tuple[Table, ...]
     fold: Callable[[LogRow, Deltas], bool]
     description: str = ""
+    # The shape of the tables this code writes (columns, and what the states mean). A release that
+    # changes it bumps it; tables an older shape built are rebuilt from the log (projections/upgrade.py).
+    shape: int = 1
     # Tables the upserts keep up to date as a side effect (summaries): rebuilt and swapped too.
     derived: tuple[str, ...] = ()
     # Run after a batch's rows are written, with {table: {id: state as written}}, in the same

@@ -96,5 +96,6 @@ CUSTOMERS = Projection(
     prefixes=("customer.", "checkout.session."),
     tables=(Table("customers", load="customers_load", upsert="customers_upsert", row=_row),),
     fold=fold,
+    shape=2,  # 2: merge keys from the events' content, explicit nulls; modes; money after the sale
     description="customers with their contact details, orders and subscriptions",
 )

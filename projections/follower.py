@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 import asyncpg
@@ -100,6 +100,7 @@ async def follow(
         await asyncio.sleep(quiet_period)
 
 
-async def seed_checkpoints(conn: asyncpg.Connection, names: Sequence[str]) -> None:
-    """A checkpoint row for each follower that has none (a new follower starts at position 0)."""
-    await conn.execute(sql.checkpoints_seed, list(names))
+async def seed_checkpoints(conn: asyncpg.Connection, shapes: Mapping[str, int]) -> None:
+    """A checkpoint row for each follower (name: the shape of its tables) that has none; a new
+    follower starts at position 0."""
+    await conn.execute(sql.checkpoints_seed, list(shapes), list(shapes.values()))

@@ -56,6 +56,7 @@ INVENTORY = Projection(
     prefixes=(ADJUSTED,),
     tables=(Table("inventory_adjustments", load="adjustments_load", upsert="adjustments_upsert", row=_row),),
     fold=fold,
+    shape=2,  # 2: merge keys from the events' content, explicit nulls; modes; money after the sale
     description="inventory adjustments (sales and restocks) and totals per price, product and mode",
     derived=("inventory_levels",),
 )

@@ -318,6 +318,7 @@ ORDERS = Projection(
         Table("order_payment_intents", load="intents_load", upsert="intents_upsert", row=_intent_row),
     ),
     fold=fold,
+    shape=2,  # 2: merge keys from the events' content, explicit nulls; modes; money after the sale
     description="orders (one per checkout session), their payment intents, refunds and disputes",
     after_write=settle_payment_status,
 )

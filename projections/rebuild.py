@@ -175,6 +175,7 @@ async def rebuild(
                     position,
                     counts[projection.name].applied,
                     counts[projection.name].ignored,
+                    projection.shape,
                 )
         await conn.execute(sql.build_end)
         return report(head, done=True)

@@ -17,7 +17,7 @@ from projections.inventory import INVENTORY
 from projections.orders import ORDERS
 from projections.subscriptions import SUBSCRIPTIONS
 
-__all__ = ["FOLLOWERS", "FULFILLMENT", "PROJECTIONS", "get", "install", "lock_id"]
+__all__ = ["FOLLOWERS", "FULFILLMENT", "PROJECTIONS", "SHAPES", "get", "install", "lock_id"]
 
 PROJECTIONS: dict[str, Projection] = {p.name: p for p in (ORDERS, CUSTOMERS, SUBSCRIPTIONS, INVENTORY)}
 FULFILLMENT = "fulfillment"  # the reactor: follows the log too, but is never rebuilt
@@ -28,6 +28,7 @@ _LOCK_IDS = {ORDERS.name: 1, CUSTOMERS.name: 2, SUBSCRIPTIONS.name: 3, FULFILLME
 assert set(_LOCK_IDS) == {*PROJECTIONS, FULFILLMENT}, "every follower needs a lock id"
 assert len(set(_LOCK_IDS.values())) == len(_LOCK_IDS), "lock ids are unique"
 FOLLOWERS: tuple[str, ...] = (*PROJECTIONS, FULFILLMENT)
+SHAPES: dict[str, int] = {**{p.name: p.shape for p in PROJECTIONS.values()}, FULFILLMENT: 1}
 
 
 def lock_id(name: str) -> int:
@@ -45,4 +46,4 @@ async def install(conn: asyncpg.Connection) -> None:
     """Applies ``schema.sql`` and gives every follower its checkpoint; harmless to run twice."""
     async with conn.transaction():  # no follower ever sees the schema without its checkpoint
         await apply_schema(conn)
-        await seed_checkpoints(conn, FOLLOWERS)
+        await seed_checkpoints(conn, SHAPES)

@@ -9,7 +9,7 @@ import asyncpg
 from ledger.db import translate_errors
 from projections.coordination import REBUILD_LOCK_OFFSET, held_locks
 from projections.fulfillment.reactor import queue_counts
-from projections.registry import FOLLOWERS, FULFILLMENT, lock_id
+from projections.registry import FOLLOWERS, FULFILLMENT, SHAPES, lock_id
 from projections.sql import projection_queries as sql
 
 __all__ = ["projection_status", "read_status"]
@@ -37,6 +37,8 @@ async def projection_status(conn: asyncpg.Connection) -> list[dict[str, Any]]:
                 "lag": max(r["head"] - r["position"], 0),
                 "state": state,
                 "generation": r["generation"],
+                "shape": r["shape"],
+                "shape_current": r["shape"] >= SHAPES.get(name, 1),
                 "applied_events": r["applied_events"],
                 "ignored_events": r["ignored_events"],
                 "failed_events": r["failed_events"],

@@ -127,5 +127,6 @@ SUBSCRIPTIONS = Projection(
     prefixes=("customer.subscription.", "invoice.", "checkout.session."),
     tables=(Table("subscriptions", load="subscriptions_load", upsert="subscriptions_upsert", row=_row),),
     fold=fold,
+    shape=2,  # 2: merge keys from the events' content, explicit nulls; modes; money after the sale
     description="subscriptions with lifecycle status and payment state",
 )

@@ -18,6 +18,7 @@ from projections.fulfillment.flex_client import FlexClient
 from projections.fulfillment.reactor import FulfillmentReactor
 from projections.registry import PROJECTIONS
 from projections.runner import ProjectionRunner
+from projections.upgrade import upgrade_projections
 
 __all__ = ["running_workers"]
 
@@ -63,6 +64,7 @@ async def running_workers(
         backoff_base=settings.fulfillment_retry_base,
     )
     tasks += [asyncio.create_task(r.run(), name=f"projection-{r.projection.name}") for r in runners]
+    tasks.append(asyncio.create_task(upgrade_projections(dsn), name="projection-upgrade"))
     tasks.append(asyncio.create_task(reactor.run(), name="fulfillment"))
     try:
         yield runners

@@ -17,6 +17,7 @@ SELECT position, hash FROM ledger_head WHERE id = 1;
 -- name: schema_version
 SELECT version FROM ledger_schema WHERE id = 1;
 
+
 -- name: list_events
 SELECT position, event_id, event_type, source, occurred_at, recorded_at, payload::text AS payload
 FROM events

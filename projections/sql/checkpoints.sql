@@ -2,10 +2,14 @@
 -- row each in projection_state, moved by compare-and-set in the follower's own transaction.
 
 -- name: checkpoints_seed
--- One row per follower named in projections/registry.py; a new follower starts at position 0.
-INSERT INTO public.projection_state (name, fulfilled_sessions)
-SELECT name, 0 FROM unnest($1::text[]) AS name
+-- One row per follower named in projections/registry.py ($1), with the shape of tables its code
+-- writes ($2); a new follower starts at position 0.
+INSERT INTO public.projection_state (name, fulfilled_sessions, shape)
+SELECT name, 0, shape FROM unnest($1::text[], $2::int[]) AS f(name, shape)
 ON CONFLICT (name) DO NOTHING;
+
+-- name: shapes
+SELECT name, shape FROM public.projection_state;
 
 -- name: state_get
 SELECT s.name, s.position, s.generation, h.position AS head
@@ -15,7 +19,7 @@ WHERE s.name = $1;
 -- name: state_all
 SELECT s.name, s.position, s.generation, s.applied_events, s.ignored_events, s.failed_events,
        s.last_error, s.last_error_position, s.last_error_at, s.rebuild_position, s.rebuild_started_at,
-       s.rebuilt_at, s.updated_at, h.position AS head
+       s.rebuilt_at, s.updated_at, s.shape, h.position AS head
 FROM public.projection_state s CROSS JOIN public.ledger_head h
 ORDER BY s.name;
 

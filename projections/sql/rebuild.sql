@@ -33,9 +33,10 @@ UPDATE public.projection_state SET rebuild_position = $2 WHERE name = ANY ($1);
 SELECT 1 FROM public.projection_state WHERE name = ANY ($1) FOR UPDATE;
 
 -- name: rebuild_switched
--- The new tables are in: the checkpoint jumps to where the rebuild got, in a new generation.
+-- The new tables are in: the checkpoint jumps to where the rebuild got, in a new generation, and
+-- the tables have the shape this release writes ($5).
 UPDATE public.projection_state
-SET position = $2, generation = generation + 1, applied_events = $3, ignored_events = $4,
+SET position = $2, generation = generation + 1, applied_events = $3, ignored_events = $4, shape = $5,
     failed_events = 0, last_error = NULL, last_error_position = NULL, last_error_at = NULL,
     rebuild_position = NULL, rebuilt_at = now(), updated_at = now()
 WHERE name = $1;

@@ -1,0 +1,127 @@
+"""This release started on a database the previous release wrote (tests/fixtures/release_v5.sql):
+nothing is done by hand. The log is kept as it was and still verifies, the schema moves forward,
+every projection an older shape built is rebuilt from the log blue/green while reads go on, and
+the orders show what this release knows (money after the sale, modes). A database a newer
+release upgraded is refused, with a clear message, and left as it was."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from ledger.db import SCHEMA_VERSION
+from ledger_cli.processes import ledger_command
+from projections.registry import PROJECTIONS
+from tests.support import run_server, unique_name, with_database
+
+DUMP = (Path(__file__).resolve().parent.parent / "fixtures" / "release_v5.sql").read_text(encoding="utf-8")
+SESSIONS = [
+    "fcs_86D704D2F3104E05762BB111CC",
+    "fcs_5A898D6AA0F44E294865E01CA3",
+    "fcs_A154D3D22B214C405D0C25E681",
+    "fcs_B8F985285A9CB9FB26D946772B",
+]
+
+
+async def _sql(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def previous_release_db(pg_server_dsn: str) -> Iterator[str]:
+    name = unique_name("ledger_release")
+
+    async def create() -> None:
+        admin = await asyncpg.connect(pg_server_dsn)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        conn = await asyncpg.connect(with_database(pg_server_dsn, name))
+        try:
+            await conn.execute(DUMP)
+        finally:
+            await conn.close()
+
+    async def drop() -> None:
+        admin = await asyncpg.connect(pg_server_dsn)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    try:
+        yield with_database(pg_server_dsn, name)
+    finally:
+        asyncio.run(drop())
+
+
+def _ledger(dsn: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LEDGER_DATABASE_URL": dsn, "LEDGER_DATA_DIR": str(tmp_path / "cli")}
+    return subprocess.run([ledger_command(), *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_the_previous_release_database_upgrades_by_itself(previous_release_db: str, tmp_path: Path) -> None:
+    dsn = previous_release_db
+    before = asyncio.run(_sql(dsn, "SELECT position, hash FROM events ORDER BY position"))
+    shape_column = (
+        "SELECT 1 FROM information_schema.columns WHERE table_name = 'projection_state' AND column_name = 'shape'"
+    )
+    assert not asyncio.run(_sql(dsn, shape_column))  # the previous release kept no shapes
+    with run_server(tmp_path, {"LEDGER_DATABASE_URL": dsn}) as server:
+        served = [server.get(f"/v1/orders/{SESSIONS[0]}").status_code]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            rows = server.get("/v1/projections").json()["data"]
+            served.append(server.get(f"/v1/orders/{SESSIONS[0]}").status_code)
+            if all(r["shape_current"] for r in rows):
+                break
+            time.sleep(0.2)
+        assert all(r["shape_current"] for r in rows), rows
+        assert set(served) == {200}  # reads never stopped
+        assert "rebuilding them from the log" in server.log()
+        for name in PROJECTIONS:
+            row = next(r for r in rows if r["name"] == name)
+            assert row["shape"] == PROJECTIONS[name].shape
+            assert row["lag"] == 0 or row["state"] == "running"
+        orders = [server.get(f"/v1/orders/{s}").json() for s in SESSIONS]
+        assert [o["payment_status"] for o in orders] == ["paid"] * 4
+        assert all(o["amount_net"] == o["amount_total"] > 0 for o in orders)
+        assert [o["fulfillment"]["status"] for o in orders] == ["fulfilled"] * 3 + ["pending"]
+        listed = server.get("/v1/orders?payment_status=paid&limit=10").json()["data"]
+        assert sorted(o["checkout_session_id"] for o in listed) == sorted(SESSIONS)
+    assert asyncio.run(_sql(dsn, "SELECT position, hash FROM events ORDER BY position")) == before
+    assert asyncio.run(_sql(dsn, "SELECT version FROM ledger_schema"))[0]["version"] == SCHEMA_VERSION
+    verified = _ledger(dsn, tmp_path, "verify")
+    assert verified.returncode == 0, verified.stderr
+    # Started again: nothing left to rebuild.
+    with run_server(tmp_path, {"LEDGER_DATABASE_URL": dsn}) as server:
+        time.sleep(1)
+        assert "rebuilding them from the log" not in server.log()
+
+
+def test_a_database_a_newer_release_upgraded_is_refused(previous_release_db: str, tmp_path: Path) -> None:
+    dsn = previous_release_db
+    asyncio.run(_sql(dsn, "UPDATE ledger_schema SET version = $1", SCHEMA_VERSION + 1))
+    status = _ledger(dsn, tmp_path, "status")
+    assert status.returncode != 0
+    assert f"schema version {SCHEMA_VERSION + 1}, newer than this release's {SCHEMA_VERSION}" in status.stderr
+    assert "Traceback" not in status.stderr
+    assert asyncio.run(_sql(dsn, "SELECT version FROM ledger_schema"))[0]["version"] == SCHEMA_VERSION + 1
+    # nothing of this release's schema was applied
+    shape_column = (
+        "SELECT 1 FROM information_schema.columns WHERE table_name = 'projection_state' AND column_name = 'shape'"
+    )
+    assert not asyncio.run(_sql(dsn, shape_column))
