@@ -218,6 +218,17 @@ CREATE INDEX IF NOT EXISTS fulfillment_queue_due_order_idx ON fulfillment_queue 
 CREATE INDEX IF NOT EXISTS fulfillment_queue_failed_idx ON fulfillment_queue (checkout_session_id)
     WHERE status = 'failed';
 DROP INDEX IF EXISTS public.fulfillment_queue_due_idx;
+-- What `ledger restock` (and the automatic restock of refunded orders) recorded, per line item and
+-- request, written with the restock's adjustment events: checked, under the session's queue row
+-- lock, so that what is restocked never exceeds what was sold.
+CREATE TABLE IF NOT EXISTS restocks (
+    checkout_session_id  text NOT NULL,
+    line_item_id         text NOT NULL,
+    request_id           text NOT NULL,
+    quantity             bigint NOT NULL CONSTRAINT restocks_positive CHECK (quantity > 0),
+    created_at           timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (checkout_session_id, line_item_id, request_id)
+);
 
 -- Version 6 changed the shape of the projections' tables. The live tables are brought to the new
 -- shape here, so that the running service keeps reading and writing them, and the service then
@@ -227,6 +238,7 @@ ALTER TABLE projection_state ADD COLUMN IF NOT EXISTS shape int NOT NULL DEFAULT
 ALTER TABLE IF EXISTS public.orders ADD COLUMN IF NOT EXISTS payment_status text;
 ALTER TABLE IF EXISTS public.orders ADD COLUMN IF NOT EXISTS test_mode boolean;
 ALTER TABLE IF EXISTS public.inventory_adjustments ADD COLUMN IF NOT EXISTS test_mode boolean NOT NULL DEFAULT false;
+ALTER TABLE IF EXISTS public.inventory_adjustments DROP CONSTRAINT IF EXISTS inventory_adjustments_one_per_line_item;
 DO $$
 BEGIN
     IF EXISTS (SELECT 1 FROM information_schema.columns
@@ -300,9 +312,11 @@ CREATE TABLE IF NOT EXISTS inventory_adjustments (
     created_at           bigint,                   -- microseconds
     position             bigint NOT NULL,          -- the ledger.inventory.adjusted event
     state                json NOT NULL,
-    test_mode            boolean NOT NULL DEFAULT false,
-    CONSTRAINT inventory_adjustments_one_per_line_item UNIQUE (checkout_session_id, line_item_id)
+    test_mode            boolean NOT NULL DEFAULT false
 );
+-- One sale per (session, line item); restocks may be many.
+CREATE UNIQUE INDEX IF NOT EXISTS inventory_adjustments_one_sale_per_line_item
+    ON inventory_adjustments (checkout_session_id, line_item_id) WHERE reason = 'sale';
 CREATE INDEX IF NOT EXISTS inventory_adjustments_feed_idx ON inventory_adjustments (position, adjustment_id);
 -- Totals per (price, product, mode), kept by the adjustments upsert: one row per catalogue entry
 -- and mode, so that test sales never move live stock.

@@ -27,6 +27,7 @@ __all__ = [
     "LoggedEvent",
     "NewEvent",
     "append_with",
+    "event_body",
     "head_position",
     "read_batch",
     "summary",
@@ -133,6 +134,12 @@ class LogSummary(msgspec.Struct, kw_only=True):
 async def summary(conn: asyncpg.Connection) -> LogSummary:
     row = await conn.fetchrow(log_queries.log_summary)
     return LogSummary(head=row["head"], quarantined=row["quarantined"])
+
+
+async def event_body(conn: asyncpg.Connection, event_id: str) -> bytes | None:
+    """The raw body of the event with this id, if the log has it."""
+    body = await conn.fetchval(log_queries.event_body, event_id)
+    return bytes(body) if body is not None else None
 
 
 async def head_position(conn: asyncpg.Connection) -> int:

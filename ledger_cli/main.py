@@ -278,6 +278,44 @@ def cmd_fulfill_retry(args: argparse.Namespace) -> int:
     return _run_with_settings(run)
 
 
+def _restock_items(items: list[str]) -> dict[str, int | None] | str:
+    """``LINE_ITEM_ID[:QUANTITY]`` arguments, or what is wrong with them."""
+    wanted: dict[str, int | None] = {}
+    for item in items:
+        line_item_id, sep, quantity = item.partition(":")
+        if not line_item_id or line_item_id in wanted:
+            return f"{item!r}: name each line item once"
+        if sep and not (quantity.isdigit() and int(quantity) > 0):
+            return f"{item!r}: the quantity after ':' must be a whole number above 0"
+        wanted[line_item_id] = int(quantity) if sep else None
+    return wanted
+
+
+def cmd_restock(args: argparse.Namespace) -> int:
+    wanted = _restock_items(args.items)
+    if isinstance(wanted, str):
+        return _fail(wanted)
+
+    async def run(settings: Settings) -> int:
+        import uuid
+
+        from projections.fulfillment.restock import RestockRefused, restock
+
+        async with database(settings) as (conn, _):
+            try:
+                done = await restock(
+                    conn, args.session_id, wanted or None, request_id=f"cli-{uuid.uuid4().hex}", note=args.reason
+                )
+            except RestockRefused as exc:
+                print(f"ledger restock: {exc}", file=sys.stderr)
+                return 1
+        for item, quantity in done:
+            print(f"ledger restock: {args.session_id} {item.line_item_id}: +{quantity} ({item.price_id or '-'})")
+        return 0
+
+    return _run_with_settings(run)
+
+
 def cmd_send(args: argparse.Namespace) -> int:
     import os
 
@@ -372,6 +410,19 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("session_ids", nargs="*", metavar="SESSION_ID")
     retry.add_argument("--all-failed", action="store_true", help="every failed session")
     retry.set_defaults(func=cmd_fulfill_retry)
+
+    restock = sub.add_parser(
+        "restock",
+        help="restock what a fulfilled order sold (all its line items when none is named)",
+        description="Records restock adjustments (reason 'restock', positive quantity_delta) in the log for a "
+        "fulfilled order: every line item named, in full or by the quantity after ':', or all its line items in "
+        "full when none is named. Never restocks more than a line item sold: such a request is refused whole and "
+        "nothing is recorded.",
+    )
+    restock.add_argument("session_id", metavar="SESSION_ID")
+    restock.add_argument("items", nargs="*", metavar="LINE_ITEM_ID[:QUANTITY]")
+    restock.add_argument("--reason", default=None, help="a note kept with the adjustments (e.g. 'returned damaged')")
+    restock.set_defaults(func=cmd_restock)
 
     demo = sub.add_parser(
         "demo",

@@ -197,11 +197,11 @@ def checkout_events(c: Checkout) -> list[dict[str, Any]]:
     return events
 
 
-def fulfillment_events(c: Checkout) -> list[NewEvent]:
+def fulfillment_events(c: Checkout, *, test_mode: bool = False) -> list[NewEvent]:
     """What the fulfillment reactor appends for this checkout once Flex has answered its line
     items (as the stand-in answers): the fetched line items, then one adjustment per line item."""
     raw, items = parse_line_items({"line_items": c.line_items()})
-    return fetched_events(c.session_id, raw, items, datetime.fromtimestamp(c.start + 60, UTC))
+    return fetched_events(c.session_id, raw, items, datetime.fromtimestamp(c.start + 60, UTC), test_mode=test_mode)
 
 
 def refund_events(c: Checkout, amount: int, *, at: int = 100, outcome: str = "succeeded") -> list[dict[str, Any]]:

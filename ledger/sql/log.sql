@@ -89,3 +89,7 @@ SELECT pg_advisory_xact_lock($1);
 -- name: schema_timeout
 -- Applying the schema may rewrite large tables (upgrades): no statement limit for it.
 SELECT set_config('statement_timeout', '0', true);
+
+-- name: event_body
+-- One event's raw body, by its id (the unique index).
+SELECT raw_body FROM events WHERE event_id = $1;

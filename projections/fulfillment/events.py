@@ -24,6 +24,7 @@ __all__ = [
     "adjustment_id",
     "failed_event",
     "fetched_events",
+    "restocked_events",
     "retry_requested_event",
 ]
 
@@ -92,6 +93,37 @@ def fetched_events(
         events.append(
             _event(f"{ADJUSTED}:{checkout_session_id}:{item.line_item_id}", ADJUSTED, now, {"adjustment": adjustment})
         )
+    return events
+
+
+def restocked_events(
+    checkout_session_id: str,
+    restocked: list[tuple[LineItem, int]],
+    *,
+    request_id: str,
+    note: str | None,
+    now: datetime,
+    test_mode: bool,
+) -> list[NewEvent]:
+    """One ``restock`` adjustment (a positive delta) per line item restocked by one request."""
+    events = []
+    for item, quantity in restocked:
+        key = f"{item.line_item_id}:restock:{request_id}"
+        adjustment = {
+            "adjustment_id": adjustment_id(checkout_session_id, key),
+            "checkout_session_id": checkout_session_id,
+            "line_item_id": item.line_item_id,
+            "price_id": item.price_id,
+            "product_id": item.product_id,
+            "upc_code": item.upc_code,
+            "quantity_delta": quantity,
+            "reason": "restock",
+            "note": note,
+            "request_id": request_id,
+            "created_at": _iso(now),
+            "test_mode": test_mode,
+        }
+        events.append(_event(f"{ADJUSTED}:{checkout_session_id}:{key}", ADJUSTED, now, {"adjustment": adjustment}))
     return events
 
 

@@ -271,3 +271,40 @@ def test_one_permanent_failure_does_not_hold_up_fifty_others(db_dsn: str, tmp_pa
             wait_fulfillment(server, s, "fulfilled")
         wait_fulfillment(server, bad.session_id, "failed")
         assert len(adjustments(server)) == sum(len(made_up_line_items(s)) for s in good)
+
+
+def _restock(db_dsn: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LEDGER_DATABASE_URL": db_dsn, "LEDGER_DATA_DIR": str(tmp_path / "cli")}
+    return subprocess.run([ledger_command(), "restock", *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_ledger_restock_takes_back_what_was_sold_and_refuses_more(
+    db_dsn: str, tmp_path: Path, standin: StandIn
+) -> None:
+    with run_server(tmp_path, {"LEDGER_DATABASE_URL": db_dsn, **fulfillment_env(standin.api_base)}) as server:
+        c, _ = complete(server, seed=41)
+        assert_fulfilled_once(server, c.session_id)
+        item = made_up_line_items(c.session_id)[0]
+        line, sold, price = item["line_item_id"], item["quantity"], item["price"]["price_id"]
+
+        too_many = _restock(db_dsn, tmp_path, c.session_id, f"{line}:{sold + 1}")
+        assert too_many.returncode == 1
+        assert f"{sold + 1} asked, {sold} of the {sold} sold left to restock" in too_many.stderr
+        assert "Traceback" not in too_many.stderr
+        assert _restock(db_dsn, tmp_path, c.session_id, f"{line}:0").returncode == 2  # not a quantity
+
+        done = _restock(db_dsn, tmp_path, c.session_id, line, "--reason", "returned")
+        assert done.returncode == 0, done.stderr
+        assert f"{line}: +{sold}" in done.stdout
+        again = _restock(db_dsn, tmp_path, c.session_id)
+        assert again.returncode == 1
+        assert "already restocked" in again.stderr
+
+        restocks = [a for a in adjustments(server, c.session_id) if a["reason"] == "restock"]
+        assert [(a["line_item_id"], a["quantity_delta"]) for a in restocks] == [(line, sold)]
+        levels = {r["price_id"]: r for r in server.get("/v1/inventory").json()["data"]}
+        assert (levels[price]["quantity_sold"], levels[price]["quantity_restocked"], levels[price]["quantity_net"]) == (
+            sold,
+            sold,
+            0,
+        )

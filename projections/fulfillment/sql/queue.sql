@@ -58,3 +58,14 @@ SELECT (SELECT count(*) FROM fulfillment_queue WHERE status = 'pending') AS pend
 
 -- name: queue_status
 SELECT status FROM fulfillment_queue WHERE checkout_session_id = $1;
+
+-- name: restocked_of_session
+SELECT line_item_id, sum(quantity)::bigint AS quantity FROM restocks WHERE checkout_session_id = $1
+GROUP BY line_item_id;
+
+-- name: restocks_record
+INSERT INTO restocks (checkout_session_id, line_item_id, request_id, quantity)
+SELECT $1, line_item_id, $2, quantity FROM unnest($3::text[], $4::bigint[]) AS r(line_item_id, quantity);
+
+-- name: restock_request_seen
+SELECT EXISTS (SELECT 1 FROM restocks WHERE checkout_session_id = $1 AND request_id = $2 LIMIT 1);
