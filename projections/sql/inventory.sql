@@ -59,12 +59,3 @@ FROM inventory_levels
 WHERE adjustment_count > 0 AND test_mode = $1
 ORDER BY price_id NULLS LAST, product_id NULLS LAST;
 
--- name: sold_and_restocked
--- What a session's line items sold and what was restocked of them, per line item (`ledger restock`:
--- run after locking the session's queue row, so two restocks of one order take turns).
-SELECT line_item_id, price_id, product_id, upc_code, test_mode,
-       sum(greatest(-quantity_delta, 0)) AS sold, sum(greatest(quantity_delta, 0)) AS restocked
-FROM inventory_adjustments
-WHERE checkout_session_id = $1
-GROUP BY line_item_id, price_id, product_id, upc_code, test_mode
-ORDER BY line_item_id;
