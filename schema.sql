@@ -218,6 +218,13 @@ CREATE INDEX IF NOT EXISTS fulfillment_queue_due_order_idx ON fulfillment_queue 
 CREATE INDEX IF NOT EXISTS fulfillment_queue_failed_idx ON fulfillment_queue (checkout_session_id)
     WHERE status = 'failed';
 DROP INDEX IF EXISTS public.fulfillment_queue_due_idx;
+-- Payment intents with a succeeded refund, noted by the reactor's intake when
+-- LEDGER_RESTOCK_ON_REFUND=full: once the orders projection has applied that refund ($position),
+-- the reactor restocks the order if it is fully refunded and fulfilled, then forgets the note.
+CREATE TABLE IF NOT EXISTS refund_checks (
+    payment_intent_id  text PRIMARY KEY,
+    position           bigint NOT NULL
+);
 -- What `ledger restock` (and the automatic restock of refunded orders) recorded, per line item and
 -- request, written with the restock's adjustment events: checked, under the session's queue row
 -- lock, so that what is restocked never exceeds what was sold.

@@ -37,7 +37,7 @@ from projections.fulfillment.events import FAILED, FETCHED, RETRY_REQUESTED
 from projections.fulfillment.line_items import UnusableLineItems, parse_line_items
 from projections.mergeable import Key, Mergeable
 
-__all__ = ["ORDERS", "SESSION_FINAL"]
+__all__ = ["ORDERS", "REFUND_EVENTS", "SESSION_FINAL", "refunds_in"]
 
 # Session states a session never leaves.
 SESSION_FINAL = frozenset({"complete", "expired", "canceled"})
@@ -56,6 +56,8 @@ _PAYMENT_STATUS_FROM_TYPE = {
     "payment_intent.amount_capturable_updated": "requires_capture",
 }
 _REFUND_FINAL = frozenset({"failed", "canceled"})
+# Event types that carry refunds: refund.created/updated, charge.refunded, charge.refund.updated.
+REFUND_EVENTS = ("refund.", "charge.refund")
 _DISPUTE_FINAL = frozenset({"won", "lost"})
 _DISPUTE_STATUS_FROM_TYPE = {
     "charge.dispute.created": "needs_response",
@@ -87,34 +89,54 @@ def _payment_intent(
     return pi_id
 
 
-def _refund(row: LogRow, refund: dict[str, Any], deltas: Deltas, *, pi_id: str | None, order: Mergeable | None) -> bool:
-    """A refund, on its payment intent (or, when only its session is known, on the order)."""
+def read_refund(row: LogRow, refund: dict[str, Any], pi_id: str | None = None) -> dict[str, Any] | None:
+    """A refund as the order shows it, with the payment intent it names (else ``pi_id``)."""
     refund_id = as_str(refund.get("refund_id")) or as_str(refund.get("id"))
     if refund_id is None:
-        return False
+        return None
     items = refund.get("items")
     first_item = _dict(items[0]) if isinstance(items, list) and items else {}
-    pi_id = (
-        as_str(refund.get("payment_intent_id"))
-        or id_of(refund.get("payment_intent"), "payment_intent_id")
-        or id_of(first_item.get("payment_intent"), "payment_intent_id")
-        or pi_id
-    )
-    status = as_str(refund.get("status")) or ("succeeded" if row.event_type == "charge.refunded" else None)
-    doc = {
+    return {
         "refund_id": refund_id,
-        "payment_intent_id": pi_id,
+        "payment_intent_id": (
+            as_str(refund.get("payment_intent_id"))
+            or id_of(refund.get("payment_intent"), "payment_intent_id")
+            or id_of(first_item.get("payment_intent"), "payment_intent_id")
+            or pi_id
+        ),
         "amount": as_int(refund.get("amount")),
-        "status": status,
+        "status": as_str(refund.get("status")) or ("succeeded" if row.event_type == "charge.refunded" else None),
         "reason": as_str(refund.get("reason")),
         "created_at": epoch_micros(refund.get("created_at") or refund.get("created")),
     }
-    key = newest_first_key(row.payload, final=status in _REFUND_FINAL)
+
+
+def refunds_in(row: LogRow) -> list[dict[str, Any]]:
+    """The refunds a ``refund.*``, ``charge.refunded`` or ``charge.refund.updated`` event carries."""
+    found: list[dict[str, Any] | None]
+    if row.event_type.startswith("refund."):
+        found = [resource(row.payload, "refund", "refund_id")]
+        pi_id = None
+    else:
+        obj = _dict(row.payload.get("object"))
+        charge = resource(row.payload, "charge", "charge_id") or {}
+        found = [obj["refund"]] if isinstance(obj.get("refund"), dict) else [*_listed(charge.get("refunds"))]
+        pi_id = id_of(charge.get("payment_intent"), "payment_intent_id") or as_str(charge.get("payment_intent_id"))
+    refunds = (read_refund(row, r, pi_id) for r in found if isinstance(r, dict))
+    return [r for r in refunds if r is not None]
+
+
+def _refund(row: LogRow, doc: dict[str, Any] | None, deltas: Deltas, *, order: Mergeable | None) -> bool:
+    """A refund, on its payment intent (or, when only its session is known, on the order)."""
+    if doc is None:
+        return False
+    pi_id = doc["payment_intent_id"]
+    key = newest_first_key(row.payload, final=doc["status"] in _REFUND_FINAL)
     target = deltas.state("order_payment_intents", pi_id, row.position) if pi_id else order
     if target is None:
         return False
-    target.offer(f"refund:{refund_id}", doc, key)
-    target.add("refund_ids", refund_id)
+    target.offer(f"refund:{doc['refund_id']}", doc, key)
+    target.add("refund_ids", doc["refund_id"])
     return True
 
 
@@ -205,27 +227,15 @@ def _session(row: LogRow, session: dict[str, Any], deltas: Deltas) -> bool:
         if pi_id is not None:
             listed.append(pi_id)
             state.add("payment_intent_ids", pi_id)
+            # the intent knows its session too: its refunds and disputes find the order through it
+            deltas.state("order_payment_intents", pi_id, row.position).offer("checkout_session_id", session_id, key)
     # Refunds and disputes the session carries: on their payment intent, else the session's only one.
     only = listed[0] if len(set(listed)) == 1 else None
     for refund in _listed(session.get("refunds")):
-        _refund(row, refund, deltas, pi_id=only, order=state)
+        _refund(row, read_refund(row, refund, only), deltas, order=state)
     for dispute in _listed(session.get("disputes")):
         _dispute(row, dispute, deltas, pi_id=only, order=state)
     return True
-
-
-def _charge(row: LogRow, deltas: Deltas) -> bool:
-    """``charge.refunded`` (a charge with its refunds) and ``charge.refund.updated`` (a refund)."""
-    obj = _dict(row.payload.get("object"))
-    refund = obj.get("refund")
-    if isinstance(refund, dict):
-        return _refund(row, refund, deltas, pi_id=None, order=None)
-    charge = resource(row.payload, "charge", "charge_id")
-    if charge is None:
-        return False
-    pi_id = id_of(charge.get("payment_intent"), "payment_intent_id") or as_str(charge.get("payment_intent_id"))
-    found = [_refund(row, r, deltas, pi_id=pi_id, order=None) for r in _listed(charge.get("refunds"))]
-    return any(found)
 
 
 def _fulfillment(row: LogRow, deltas: Deltas) -> bool:
@@ -274,14 +284,11 @@ def fold(row: LogRow, deltas: Deltas) -> bool:
         if obj is None:
             return False
         return _payment_intent(row, obj, _PAYMENT_STATUS_FROM_TYPE.get(event_type), deltas, None) is not None
-    if event_type.startswith("refund."):
-        refund = resource(row.payload, "refund", "refund_id")
-        return refund is not None and _refund(row, refund, deltas, pi_id=None, order=None)
+    if event_type.startswith(REFUND_EVENTS):
+        return any([_refund(row, refund, deltas, order=None) for refund in refunds_in(row)])
     if event_type.startswith("charge.dispute."):
         dispute = resource(row.payload, "dispute", "dispute_id")
         return dispute is not None and _dispute(row, dispute, deltas, pi_id=None, order=None)
-    if event_type in ("charge.refunded", "charge.refund.updated"):
-        return _charge(row, deltas)
     return False
 
 
@@ -306,8 +313,7 @@ ORDERS = Projection(
     prefixes=(
         "checkout.session.",
         "payment_intent.",
-        "refund.",
-        "charge.refund",  # charge.refunded, charge.refund.updated
+        *REFUND_EVENTS,
         "charge.dispute.",
         FETCHED,
         FAILED,

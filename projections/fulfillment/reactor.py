@@ -37,7 +37,9 @@ from projections.fields import as_bool, as_str, resource
 from projections.follower import follow, follow_once
 from projections.fulfillment.events import failed_event, fetched_events, retry_requested_event
 from projections.fulfillment.flex_client import FlexApiError, FlexClient, PermanentFlexError
+from projections.fulfillment.restock import RestockRefused, restock
 from projections.fulfillment.sql import queue_queries as sql
+from projections.orders import REFUND_EVENTS, refunds_in
 from projections.registry import FULFILLMENT, lock_id
 
 __all__ = ["FulfillmentReactor", "QueueCounts", "intake_once", "queue_counts", "queued_sessions", "requeue"]
@@ -48,25 +50,35 @@ _COMPLETED = "checkout.session.completed"
 
 
 class _Intake:
-    """The reactor's follower of the log: queues each completed session once."""
+    """The reactor's follower of the log: queues each completed session once and, when refunds
+    restock (``LEDGER_RESTOCK_ON_REFUND=full``), notes the payment intents of succeeded refunds."""
 
     name = FULFILLMENT
-    patterns = like_patterns([_COMPLETED])
+
+    def __init__(self, *, restock_on_refund: bool = False) -> None:
+        self.restock_on_refund = restock_on_refund
+        self.patterns = like_patterns([_COMPLETED, *(REFUND_EVENTS if restock_on_refund else ())])
 
     async def apply(self, conn: asyncpg.Connection, rows: list[LogRow]) -> BatchResult:
         sessions: dict[str, tuple[int, bool]] = {}
+        refunded: dict[str, int] = {}
         for row in rows:
-            if row.event_type != _COMPLETED:
-                continue
-            session = resource(row.payload, "checkout_session", "checkout_session_id")
-            session_id = as_str(session.get("checkout_session_id")) if session else None
-            if session_id and session and session.get("status", "complete") == "complete":
-                test_mode = as_bool(session.get("test_mode", row.payload.get("test_mode"))) or False
-                sessions.setdefault(session_id, (row.position, test_mode))
+            if row.event_type == _COMPLETED:
+                session = resource(row.payload, "checkout_session", "checkout_session_id")
+                session_id = as_str(session.get("checkout_session_id")) if session else None
+                if session_id and session and session.get("status", "complete") == "complete":
+                    test_mode = as_bool(session.get("test_mode", row.payload.get("test_mode"))) or False
+                    sessions.setdefault(session_id, (row.position, test_mode))
+            elif self.restock_on_refund and row.event_type.startswith(REFUND_EVENTS):
+                for refund in refunds_in(row):
+                    if refund["status"] == "succeeded" and refund["payment_intent_id"]:
+                        refunded[refund["payment_intent_id"]] = row.position
         if sessions:
             positions, modes = zip(*sessions.values(), strict=True)
             await conn.execute(sql.queue_enqueue, list(sessions), list(positions), list(modes))
-        return BatchResult(applied=len(sessions))
+        if refunded:
+            await conn.execute(sql.refund_checks_note, list(refunded), list(refunded.values()))
+        return BatchResult(applied=len(sessions) + len(refunded))
 
 
 _INTAKE = _Intake()
@@ -114,6 +126,7 @@ class FulfillmentReactor:
         wake: asyncio.Event,
         *,
         test_client: FlexClient | None = None,
+        restock_on_refund: bool = False,
         concurrency: int = 32,
         max_attempts: int = 8,
         backoff_base: float = 2.0,
@@ -130,6 +143,7 @@ class FulfillmentReactor:
         # The client for each mode (test_mode: bool); a session of a mode without one waits as pending.
         self.clients = {False: client, True: test_client or client}
         self.wake = wake
+        self.intake = _Intake(restock_on_refund=restock_on_refund)
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
@@ -153,7 +167,10 @@ class FulfillmentReactor:
         workers: set[asyncio.Task[None]] = set()
 
         async def dispatch(conn: asyncpg.Connection) -> None:
-            """Once the intake is at the head: due sessions to workers, up to ``concurrency``."""
+            """Once the intake is at the head: fully refunded orders restocked, then due sessions
+            to workers, up to ``concurrency``."""
+            if self.intake.restock_on_refund:
+                await self._restock_refunded(conn)
             free = self.concurrency - len(self._in_flight)
             served = [mode for mode, client in self.clients.items() if client is not None]
             if not served or free <= 0:
@@ -171,7 +188,7 @@ class FulfillmentReactor:
         try:
             await follow(
                 conn,
-                _INTAKE,
+                self.intake,
                 self.wake,
                 batch_size=self.batch_size,
                 poll_interval=self.poll_interval,
@@ -182,6 +199,21 @@ class FulfillmentReactor:
             for task in workers:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _restock_refunded(self, conn: asyncpg.Connection, batch: int = 50) -> None:
+        """The noted refunds the orders projection has applied: a fully refunded, fulfilled order
+        is restocked in full, once (the request id is the same for every note of the order)."""
+        for note in await conn.fetch(sql.refund_checks_ready, batch):
+            session_id = note["checkout_session_id"]
+            if session_id and note["payment_status"] == "refunded" and note["fulfillment"] == "fulfilled":
+                try:
+                    done = await restock(conn, session_id, None, request_id="refund", note="fully refunded")
+                except RestockRefused as exc:
+                    _log.info("fulfillment: no restock on refund: %s", exc)
+                else:
+                    if done:
+                        _log.info("fulfillment: %s fully refunded: restocked %d line items", session_id, len(done))
+            await conn.execute(sql.refund_checks_done, note["payment_intent_id"], note["position"])
 
     def _backoff(self, attempts: int) -> float:
         return float(random.uniform(0.5, 1.0) * min(self.backoff_cap, self.backoff_base * 2**attempts))

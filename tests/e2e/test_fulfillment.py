@@ -308,3 +308,47 @@ def test_ledger_restock_takes_back_what_was_sold_and_refuses_more(
             sold,
             0,
         )
+
+
+def _send(server: RunningServer, events: list[dict]) -> None:
+    for event in events:
+        body = json.dumps(event)
+        assert httpx.post(server.url + "/webhooks/flex", content=body, headers=signed_headers(body)).status_code == 200
+
+
+def _restocked(server: RunningServer, session_id: str) -> list[dict]:
+    return [a for a in adjustments(server, session_id) if a["reason"] == "restock"]
+
+
+@pytest.mark.parametrize("setting", ["full", "off"])
+def test_a_fully_refunded_order_is_restocked_once_when_asked(
+    db_dsn: str, tmp_path: Path, standin: StandIn, setting: str
+) -> None:
+    env = {"LEDGER_DATABASE_URL": db_dsn, "LEDGER_RESTOCK_ON_REFUND": setting, **fulfillment_env(standin.api_base)}
+    with run_server(tmp_path, env) as server:
+        partial, _ = complete(server, seed=51)
+        full, _ = complete(server, seed=52)
+        assert_fulfilled_once(server, partial.session_id)
+        assert_fulfilled_once(server, full.session_id)
+        from ledger_cli.scenarios import refund_events
+
+        _send(server, refund_events(partial, partial.total // 2))
+        refund = refund_events(full, full.total)
+        _send(server, [*refund, *refund])  # redelivered: the same refund
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            order = server.get(f"/v1/orders/{full.session_id}").json()
+            if order["payment_status"] == "refunded" and (setting == "off" or _restocked(server, full.session_id)):
+                break
+            time.sleep(0.1)
+        assert order["payment_status"] == "refunded"
+        assert server.get(f"/v1/orders/{partial.session_id}").json()["payment_status"] == "partially_refunded"
+        time.sleep(1.5)  # the reactor has had every chance to act twice
+        items = made_up_line_items(full.session_id)
+        if setting == "full":
+            assert sorted(
+                (a["line_item_id"], a["quantity_delta"]) for a in _restocked(server, full.session_id)
+            ) == sorted((i["line_item_id"], i["quantity"]) for i in items)
+        else:
+            assert _restocked(server, full.session_id) == []
+        assert _restocked(server, partial.session_id) == []

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 import random
-import uuid
 
 import asyncpg
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -86,18 +86,22 @@ async def test_subscription_lifecycle_and_payment_state(pool: asyncpg.Pool) -> N
     assert sub["status"] == "canceled"
 
 
-async def test_same_second_updates_resolve_by_lifecycle_rank(pool: asyncpg.Pool) -> None:
-    """Equal event_dt: the later lifecycle status wins, whatever the arrival order."""
+@pytest.mark.parametrize("arrival", ["in order", "reversed"])
+async def test_same_second_updates_resolve_by_event_content_not_arrival(pool: asyncpg.Pool, arrival: str) -> None:
+    """Equal event_dt: the ULID millisecond of the event id, then the id, decides (contract: "How
+    state is decided"); a state that can be left (past_due -> active) has no rank over another."""
 
-    def update(status: str) -> dict:
+    def update(status: str, event_id: str) -> dict:
         return {
             "event_dt": 1_767_225_700,
-            "event_id": f"evt_{uuid.uuid4().hex}",
+            "event_id": event_id,
             "event_type": "customer.subscription.updated",
             "object": {"subscription": {"subscription_id": "fsub_tie", "status": status, "customer": "fcus_t"}},
         }
 
-    await append(pool, [update("active"), update("incomplete")])
+    # the same second; the ids' ULID milliseconds say past_due came first, then the recovery
+    events = [update("past_due", "evt_01KDP3M5E00000000000000000"), update("active", "evt_01KDP3M5E10000000000000000")]
+    await append(pool, events if arrival == "in order" else events[::-1])
     await project(pool)
     [sub] = (await snapshot(pool))["subscriptions"]
     assert sub["status"] == "active"

@@ -69,3 +69,24 @@ SELECT $1, line_item_id, $2, quantity FROM unnest($3::text[], $4::bigint[]) AS r
 
 -- name: restock_request_seen
 SELECT EXISTS (SELECT 1 FROM restocks WHERE checkout_session_id = $1 AND request_id = $2 LIMIT 1);
+
+-- name: refund_checks_note
+INSERT INTO refund_checks (payment_intent_id, position)
+SELECT * FROM unnest($1::text[], $2::bigint[])
+ON CONFLICT (payment_intent_id) DO UPDATE SET position = greatest(refund_checks.position, EXCLUDED.position);
+
+-- name: refund_checks_ready
+-- The notes the orders projection has caught up with, each with its order's payment status and
+-- fulfillment (NULL where not known).
+SELECT c.payment_intent_id, c.position, p.checkout_session_id, o.payment_status, q.status AS fulfillment
+FROM (SELECT * FROM refund_checks
+      WHERE position <= (SELECT position FROM public.projection_state WHERE name = 'orders')
+      ORDER BY position LIMIT $1) c
+LEFT JOIN LATERAL (SELECT checkout_session_id FROM order_payment_intents
+                   WHERE payment_intent_id = c.payment_intent_id LIMIT 1) p ON true
+LEFT JOIN LATERAL (SELECT payment_status FROM orders WHERE checkout_session_id = p.checkout_session_id LIMIT 1) o ON true
+LEFT JOIN LATERAL (SELECT status FROM fulfillment_queue WHERE checkout_session_id = p.checkout_session_id LIMIT 1) q
+    ON true;
+
+-- name: refund_checks_done
+DELETE FROM refund_checks WHERE payment_intent_id = $1 AND position = $2;
