@@ -20,10 +20,11 @@ from api.errors import EXCEPTION_HANDLERS, error_response
 from api.events import list_events
 from api.logs import RequestIdMiddleware
 from api.metrics import CONTENT_TYPE_LATEST, Metrics
+from api.openapi import finish as finish_openapi
+from api.params import strict_query
 from api.read_routes import READ_ROUTES
 from api.state import AppState
-from api.webhooks import PATH as WEBHOOK_PATH
-from api.webhooks import WEBHOOK_OPERATION, flex_webhook
+from api.webhooks import flex_webhook
 from ledger.db import READ_SETTINGS, SCHEMA_VERSION, UNAVAILABLE, create_pool
 from ledger.embedded import EmbeddedPostgres
 from ledger.errors import DatabaseUnavailable, SchemaTooNew
@@ -130,7 +131,13 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
 
-    v1 = Router("/v1", route_handlers=[list_events, *READ_ROUTES], guards=[require_token], security=[{"bearer": []}])
+    v1 = Router(
+        "/v1",
+        route_handlers=[list_events, *READ_ROUTES],
+        guards=[require_token],
+        security=[{"bearer": []}],
+        before_request=strict_query,
+    )
     app = Litestar(
         route_handlers=[flex_webhook, healthz, readyz, prometheus_metrics, v1],
         lifespan=[lifespan],
@@ -149,6 +156,6 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
         logging_config=None,  # logging is configured once, by the command (api/logs.py)
         debug=False,
     )
-    app.openapi_schema.paths = {**(app.openapi_schema.paths or {}), WEBHOOK_PATH: WEBHOOK_OPERATION}
+    finish_openapi(app.openapi_schema)
     # Request ids on every request, reads admitted a few at a time, then the framework.
     return RequestIdMiddleware(ReadAdmission(app, slots=settings.read_pool_size))

@@ -8,6 +8,8 @@ import msgspec
 from litestar import get
 from litestar.params import Parameter
 
+from api.params import Cursor, Position, Text, checked
+from api.schemas import ERRORS
 from api.state import AppState
 from ledger.errors import InvalidRequest
 from ledger.log import LoggedEvent
@@ -24,19 +26,21 @@ def parse_cursor(cursor: str | None, after: int | None) -> int:
     """A cursor is the last position of the previous page; ``after`` says the same in the clear."""
     if cursor is None:
         return after or 0
-    if not cursor.isdigit():
+    if not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 18):
         raise InvalidRequest("cursor is not one this API returned")
     return int(cursor)
 
 
-@get("/events", summary="Read the event log", tags=["events"])
+@get("/events", summary="Read the event log", tags=["events"], responses=ERRORS)
 async def list_events(
     state: AppState,
-    after: Annotated[int | None, Parameter(ge=0, description="return events after this position")] = None,
+    after: Position = None,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-    event_type: str | None = None,
-    cursor: str | None = None,
+    event_type: Text = None,
+    cursor: Cursor = None,
 ) -> EventPage:
+    checked("after", after)
+    checked("event_type", event_type)
     rows = await state.events.list(after=parse_cursor(cursor, after), limit=limit, event_type=event_type)
     next_cursor = str(rows[-1].position) if len(rows) == limit else None
     return EventPage(data=rows, next_cursor=next_cursor)

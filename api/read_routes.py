@@ -11,7 +11,10 @@ from typing import Annotated, Any, Literal
 from litestar import Response, get
 from litestar.params import Parameter
 
+from api import schemas
 from api.errors import error_response
+from api.params import Cursor, MinPosition, OrdersCursor, Position, Text, checked
+from api.schemas import ok
 from api.state import AppState
 from ledger.errors import NotFound
 from projections import documents
@@ -20,9 +23,6 @@ from projections.status import read_status
 
 __all__ = ["READ_ROUTES"]
 
-MinPosition = Annotated[
-    int | None, Parameter(ge=0, description="wait (up to a few seconds) until this log position is applied")
-]
 FRESHNESS_HEADER = "Ledger-Projection-Fresh"
 
 
@@ -34,6 +34,7 @@ def _found_or_404(doc: dict[str, Any] | None, message: str, headers: dict[str, s
 
 
 async def _fresh(state: AppState, names: list[str], min_position: int | None) -> dict[str, str]:
+    checked("min_position", min_position)
     """Waits (no database round trips: the process's checkpoint watcher) until ``names`` have applied
     ``min_position``; a position beyond the log head is answered at once, as not fresh."""
     if min_position is None:
@@ -45,7 +46,12 @@ async def _fresh(state: AppState, names: list[str], min_position: int | None) ->
 PaymentStatus = Literal["unpaid", "partially_paid", "paid", "partially_refunded", "refunded", "disputed", "canceled"]
 
 
-@get("/orders/{checkout_session_id:str}", summary="One order (checkout session)", tags=["orders"])
+@get(
+    "/orders/{checkout_session_id:str}",
+    summary="One order (checkout session)",
+    tags=["orders"],
+    responses=ok(schemas.Order, "The order", can_404=True),
+)
 async def get_order(state: AppState, checkout_session_id: str, min_position: MinPosition = None) -> Response[Any]:
     headers = await _fresh(state, ["orders"], min_position)
     return _found_or_404(
@@ -55,18 +61,20 @@ async def get_order(state: AppState, checkout_session_id: str, min_position: Min
     )
 
 
-@get("/orders", summary="Orders, newest first", tags=["orders"])
+@get("/orders", summary="Orders, newest first", tags=["orders"], responses=ok(schemas.OrderPage, "A page of orders"))
 async def list_orders(
     state: AppState,
-    customer_id: str | None = None,
-    status: str | None = None,
-    client_reference_id: str | None = None,
+    customer_id: Text = None,
+    status: Text = None,
+    client_reference_id: Text = None,
     payment_status: PaymentStatus | None = None,
     test_mode: bool | None = None,
     limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
-    cursor: str | None = None,
+    cursor: OrdersCursor = None,
     min_position: MinPosition = None,
 ) -> Response[Any]:
+    for name, value in (("customer_id", customer_id), ("status", status), ("client_reference_id", client_reference_id)):
+        checked(name, value)
     headers = await _fresh(state, ["orders"], min_position)
     data, next_cursor = await documents.list_orders(
         state.pool,
@@ -81,13 +89,23 @@ async def list_orders(
     return Response({"data": data, "next_cursor": next_cursor}, headers=headers)
 
 
-@get("/customers/{customer_id:str}", summary="One customer", tags=["customers"])
+@get(
+    "/customers/{customer_id:str}",
+    summary="One customer",
+    tags=["customers"],
+    responses=ok(schemas.Customer, "The customer", can_404=True),
+)
 async def get_customer(state: AppState, customer_id: str, min_position: MinPosition = None) -> Response[Any]:
     headers = await _fresh(state, ["customers"], min_position)
     return _found_or_404(await documents.get_customer(state.pool, customer_id), f"no customer {customer_id!r}", headers)
 
 
-@get("/subscriptions/{subscription_id:str}", summary="One subscription", tags=["subscriptions"])
+@get(
+    "/subscriptions/{subscription_id:str}",
+    summary="One subscription",
+    tags=["subscriptions"],
+    responses=ok(schemas.Subscription, "The subscription", can_404=True),
+)
 async def get_subscription(state: AppState, subscription_id: str, min_position: MinPosition = None) -> Response[Any]:
     headers = await _fresh(state, ["subscriptions"], min_position)
     return _found_or_404(
@@ -95,14 +113,24 @@ async def get_subscription(state: AppState, subscription_id: str, min_position: 
     )
 
 
-@get("/projections", summary="Every projection's position, lag and state", tags=["operations"])
+@get(
+    "/projections",
+    summary="Every projection's position, lag and state",
+    tags=["operations"],
+    responses=ok(schemas.FollowerStatuses, "Every projection and the fulfillment reactor"),
+)
 async def list_projections(state: AppState, min_position: MinPosition = None) -> Response[Any]:
     headers = await _fresh(state, list(PROJECTIONS), min_position)
     data = await read_status(state.pool)
     return Response({"data": data}, headers=headers)
 
 
-@get("/inventory", summary="Quantity sold, restocked and net per price and product, for one mode", tags=["inventory"])
+@get(
+    "/inventory",
+    summary="Quantity sold, restocked and net per price and product, for one mode",
+    tags=["inventory"],
+    responses=ok(schemas.InventoryLevels, "One row per (price, product) of the mode"),
+)
 async def get_inventory(
     state: AppState,
     test_mode: Annotated[bool, Parameter(description="test-mode stock instead of live")] = False,
@@ -112,12 +140,17 @@ async def get_inventory(
     return Response({"data": await documents.inventory_levels(state.pool, test_mode=test_mode)}, headers=headers)
 
 
-@get("/inventory/adjustments", summary="The inventory adjustments feed, oldest first", tags=["inventory"])
+@get(
+    "/inventory/adjustments",
+    summary="The inventory adjustments feed, oldest first",
+    tags=["inventory"],
+    responses=ok(schemas.AdjustmentPage, "A page of the feed"),
+)
 async def list_adjustments(
     state: AppState,
-    after: Annotated[int | None, Parameter(ge=0, description="adjustments after this log position")] = None,
+    after: Position = None,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-    cursor: str | None = None,
+    cursor: Cursor = None,
     test_mode: Annotated[
         bool | None, Parameter(description="only test-mode (true) or live (false) adjustments")
     ] = None,
@@ -125,6 +158,7 @@ async def list_adjustments(
 ) -> Response[Any]:
     from api.events import parse_cursor
 
+    checked("after", after)
     headers = await _fresh(state, ["inventory"], min_position)
     data, next_cursor = await documents.list_adjustments(
         state.pool, after=parse_cursor(cursor, after), limit=limit, test_mode=test_mode

@@ -167,7 +167,7 @@ async def get_order(pool: asyncpg.Pool, checkout_session_id: str) -> dict[str, A
 
 
 def encode_cursor(sort_at: int, checkout_session_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{sort_at}:{checkout_session_id}".encode()).decode().rstrip("=")
+    return f"{sort_at}:{checkout_session_id}"
 
 
 _BIGINT_MAX = 2**63 - 1
@@ -176,8 +176,9 @@ _FIRST_PAGE = (_BIGINT_MAX, "")
 
 
 def decode_cursor(cursor: str) -> tuple[int, str]:
+    """``sort_at:checkout_session_id``; cursors of earlier releases were that text in base64url."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        raw = cursor if ":" in cursor else base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         sort_at, _, session_id = raw.partition(":")
         value = int(sort_at)
     except (binascii.Error, UnicodeDecodeError, ValueError):
@@ -209,7 +210,7 @@ async def list_orders(
     payment_status: str | None = None,
     test_mode: bool | None = None,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    after = decode_cursor(cursor) if cursor else _FIRST_PAGE
+    after = decode_cursor(cursor) if cursor is not None else _FIRST_PAGE
     query = _orders_query(customer_id, status, client_reference_id)
     with translate_errors():
         async with pool.acquire() as conn:
@@ -240,6 +241,7 @@ async def get_customer(pool: asyncpg.Pool, customer_id: str) -> dict[str, Any] |
         "deleted": state.flagged("deleted"),
         "deleted_at": iso(state.min_of("deleted_at")),
         "created_at": iso(state.get("created_at")),
+        "test_mode": state.get("test_mode"),
         "position": position,
     }
 

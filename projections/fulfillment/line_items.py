@@ -26,6 +26,11 @@ class LineItem(msgspec.Struct, frozen=True, kw_only=True):
     description: str | None
     quantity: int
     amount_total: int | None
+    amount_subtotal: int | None = None
+    amount_discount: int | None = None
+    amount_tax: int | None = None
+    amount_shipping: int | None = None
+    eligibility: str | None = None  # HSA/FSA eligibility, e.g. "auto_substantiation", "not_eligible"
 
 
 def _str(value: Any) -> str | None:
@@ -69,6 +74,11 @@ def parse_line_items(body: Any) -> tuple[list[dict[str, Any]], list[LineItem]]:
                 description=_str(item.get("description")),
                 quantity=quantity,
                 amount_total=_int(item.get("amount_total")),
+                amount_subtotal=_int(item.get("amount_subtotal")),
+                amount_discount=_int(item.get("amount_discount")),
+                amount_tax=_int(item.get("amount_tax")),
+                amount_shipping=_int(item.get("amount_shipping")),
+                eligibility=_str(item.get("eligibility")),
             )
         )
     return raw, parsed

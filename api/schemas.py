@@ -1,0 +1,220 @@
+"""The read API's documents and errors as types, for the OpenAPI schema (``responses=`` of each
+route). The routes build the same documents (``projections/documents.py``); the fuzzer run by
+``tests/e2e/test_openapi.py`` checks every reply against these."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar.openapi.datastructures import ResponseSpec
+
+__all__ = ["ERRORS", "ok"]
+
+
+class ErrorDetail(msgspec.Struct):
+    code: str
+    message: str
+
+
+class ErrorBody(msgspec.Struct):
+    error: ErrorDetail
+
+
+class PaymentIntent(msgspec.Struct):
+    payment_intent_id: str
+    status: str | None
+    amount: int | None
+    amount_received: int | None
+    payment_card_type: str | None
+
+
+class Refund(msgspec.Struct):
+    refund_id: str
+    payment_intent_id: str | None
+    amount: int | None
+    status: str | None
+    reason: str | None
+    created_at: str | None
+
+
+class Dispute(msgspec.Struct):
+    dispute_id: str
+    payment_intent_id: str | None
+    amount: int | None
+    status: str | None
+    reason: str | None
+    evidence_due_by: str | None
+
+
+class LineItem(msgspec.Struct):
+    line_item_id: str
+    price_id: str | None
+    product_id: str | None
+    upc_code: str | None
+    description: str | None
+    quantity: int
+    amount_total: int | None
+    amount_subtotal: int | None = None
+    amount_discount: int | None = None
+    amount_tax: int | None = None
+    amount_shipping: int | None = None
+    eligibility: str | None = None
+
+
+class Fulfillment(msgspec.Struct):
+    status: str  # pending | fulfilled | failed | not_applicable
+    line_items: list[LineItem]
+    error: str | None
+    fulfilled_at: str | None
+
+
+class Order(msgspec.Struct):
+    checkout_session_id: str
+    status: str | None
+    mode: str | None
+    customer_id: str | None
+    customer_email: str | None
+    client_reference_id: str | None
+    metadata: dict[str, Any] | None
+    amount_total: int | None
+    amount_subtotal: int | None
+    total_details: dict[str, Any] | None
+    shipping_details: dict[str, Any] | None
+    payment_intents: list[PaymentIntent]
+    payment_status: str
+    amount_paid: int
+    amount_refunded: int
+    amount_disputed: int
+    amount_net: int
+    refunds: list[Refund]
+    disputes: list[Dispute]
+    flags: list[str]
+    subscription_id: str | None
+    fulfillment: Fulfillment
+    created_at: str | None
+    completed_at: str | None
+    test_mode: bool | None
+    position: int
+
+
+class OrderPage(msgspec.Struct):
+    data: list[Order]
+    next_cursor: str | None
+
+
+class Customer(msgspec.Struct):
+    customer_id: str
+    email: str | None
+    first_name: str | None
+    last_name: str | None
+    phone: str | None
+    order_ids: list[str]
+    subscription_ids: list[str]
+    deleted: bool
+    deleted_at: str | None
+    created_at: str | None
+    test_mode: bool | None
+    position: int
+
+
+class Subscription(msgspec.Struct):
+    subscription_id: str
+    customer_id: str | None
+    status: str | None
+    checkout_session_id: str | None
+    payment_status: str | None
+    latest_invoice: str | None
+    last_paid_at: str | None
+    current_period_start: str | None
+    current_period_end: str | None
+    cancel_at_period_end: bool | None
+    canceled_at: str | None
+    price_ids: list[str]
+    created_at: str | None
+    test_mode: bool | None
+    position: int
+
+
+class InventoryLevel(msgspec.Struct):
+    price_id: str | None
+    product_id: str | None
+    test_mode: bool
+    quantity_sold: int
+    quantity_restocked: int
+    quantity_net: int
+    adjustment_count: int
+    position: int
+
+
+class InventoryLevels(msgspec.Struct):
+    data: list[InventoryLevel]
+
+
+class Adjustment(msgspec.Struct):
+    adjustment_id: str
+    position: int
+    checkout_session_id: str
+    line_item_id: str
+    price_id: str | None
+    product_id: str | None
+    upc_code: str | None
+    quantity_delta: int
+    reason: str
+    created_at: str | None
+    test_mode: bool
+
+
+class AdjustmentPage(msgspec.Struct):
+    data: list[Adjustment]
+    next_cursor: str | None
+
+
+class FollowerStatus(msgspec.Struct):
+    name: str
+    kind: str  # projection | reactor
+    position: int
+    head: int
+    lag: int
+    state: str  # running | degraded | rebuilding | stopped
+    generation: int
+    shape: int
+    shape_current: bool
+    applied_events: int
+    ignored_events: int
+    failed_events: int
+    last_error: str | None
+    last_error_position: int | None
+    last_error_at: str | None
+    rebuild_position: int | None
+    rebuilt_at: str | None
+    updated_at: str
+    pending_sessions: int | None = None
+    failed_sessions: int | None = None
+    fulfilled_sessions: int | None = None
+
+
+class FollowerStatuses(msgspec.Struct):
+    data: list[FollowerStatus]
+
+
+def _error(description: str) -> ResponseSpec:
+    return ResponseSpec(data_container=ErrorBody, description=description, generate_examples=False)
+
+
+# Every error a read route can answer, in the one error shape.
+ERRORS = {
+    400: _error("A parameter is not valid: nothing was read."),
+    401: _error("No valid API token (Authorization: Bearer ...)."),
+    503: _error("The database is unavailable; retry (see Retry-After)."),
+}
+NOT_FOUND = {404: _error("Not known (yet: with min_position, see the Ledger-Projection-Fresh header).")}
+
+
+def ok(body: type[msgspec.Struct], description: str, *, can_404: bool = False) -> dict[int, ResponseSpec]:
+    """The responses of a read route: ``body`` on 200, and every error it can answer."""
+    return {
+        200: ResponseSpec(data_container=body, description=description, generate_examples=False),
+        **ERRORS,
+        **(NOT_FOUND if can_404 else {}),
+    }
