@@ -29,7 +29,7 @@ import psutil
 
 from ledger_cli.processes import free_port, ledger_command, wait_until_ok
 from ledger_cli.processes import stop as stop_process
-from ledger_cli.scenarios import Checkout, checkout_events
+from ledger_cli.scenarios import Checkout, checkout_events, refund_events
 from ledger_cli.send import send
 
 __all__ = ["run_demo"]
@@ -62,7 +62,11 @@ def _summary(api: httpx.Client, orders: list[tuple[str, str]], calls: int, url: 
         f = o["fulfillment"]
         w(
             f"  {label:<28} {session_id}  {o['status']:<8} {_money(o['amount_total']):>10}  "
-            f"payments: {payments or '-'}\n"
+            f"payments: {payments or '-'}{'  [test mode]' if o['test_mode'] else ''}\n"
+        )
+        w(
+            f"  {'':<28} money: {o['payment_status']}, paid {_money(o['amount_paid'])}, "
+            f"refunded {_money(o['amount_refunded'])}, net {_money(o['amount_net'])}\n"
         )
         w(
             f"  {'':<28} fulfillment: {f['status']}, {len(f['line_items'])} line item(s)"
@@ -74,7 +78,7 @@ def _summary(api: httpx.Client, orders: list[tuple[str, str]], calls: int, url: 
     for a in api.get("/v1/inventory/adjustments", params={"limit": 100, "min_position": head}).json()["data"]:
         w(
             f"  #{a['position']:<4} {a['checkout_session_id']}  {a['line_item_id']:<20} "
-            f"{a['price_id'] or '-':<14} {a['quantity_delta']:>+4} {a['reason']}\n"
+            f"{a['price_id'] or '-':<14} {a['quantity_delta']:>+4} {a['reason']}{' (test)' if a['test_mode'] else ''}\n"
         )
     w(f"\nFlex Line Items API calls made: {calls} (one order's call failed twice before succeeding)\n")
     first = orders[1][1]
@@ -144,7 +148,12 @@ def run_demo(port: int = 8000, data_dir: Path | None = None) -> int:
                 {"out_of_order": True, "duplicates": 2},
             ),
             ("line items failed twice", Checkout(seed=5, items=2, start=int(time.time()) - 60), {}),
+            ("partially refunded", Checkout(seed=6, start=int(time.time()) - 50), {}),
+            ("test mode", Checkout(seed=7, test_mode=True, start=int(time.time()) - 40), {}),
         ]
+        # after the sale: half of one order refunded (a pending refund, then succeeded)
+        refunded = checkouts[5][1]
+        after_sale = {refunded.session_id: refund_events(refunded, refunded.total // 2, at=20)}
         for _, checkout, _ in checkouts:  # Flex knows each session's real line items
             httpx.post(
                 f"http://127.0.0.1:{flex_port}/_standin/sessions/{checkout.session_id}",
@@ -156,7 +165,8 @@ def run_demo(port: int = 8000, data_dir: Path | None = None) -> int:
         ).raise_for_status()
         quiet = io.StringIO()
         for _, checkout, options in checkouts:
-            if send(checkout_events(checkout), url=url + "/webhooks/flex", secret=secret, out=quiet, **options):
+            events = checkout_events(checkout) + after_sale.get(checkout.session_id, [])
+            if send(events, url=url + "/webhooks/flex", secret=secret, out=quiet, **options):
                 print(quiet.getvalue(), file=sys.stderr)
                 raise RuntimeError("a demo webhook was refused; see above")
 

@@ -20,6 +20,7 @@ from ledger.embedded import EmbeddedPostgres
 from ledger.errors import ConfigError
 from ledger.log import verify_chain
 from ledger.settings import Settings, load_settings
+from ledger_cli.send import SCENARIOS
 from projections.registry import PROJECTIONS, install
 
 __all__ = ["main"]
@@ -441,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Builds a scenario's Flex events (or reads them from a .json/.jsonl file), signs each "
         "exactly as Svix does and POSTs it, printing every reply. Exit 0 when every reply was 2xx.",
     )
-    send.add_argument("source", metavar="SCENARIO|FILE", help="checkout, split-cart, subscription, or a file of events")
+    send.add_argument("source", metavar="SCENARIO|FILE", help=", ".join(SCENARIOS) + ", or a file of events")
     send.add_argument(
         "--url", default="http://127.0.0.1:8000/webhooks/flex", help="endpoint (default: the local server)"
     )

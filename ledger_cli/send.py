@@ -11,6 +11,7 @@ import random
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +20,30 @@ import httpx
 from ledger.errors import ConfigError
 from ledger.settings import decode_secret
 from ledger.signing import sign
-from ledger_cli.scenarios import Checkout, checkout_events
+from ledger_cli.scenarios import Checkout, cancel_events, checkout_events, dispute_events, refund_events
 
 __all__ = ["SCENARIOS", "load_events", "send"]
 
-SCENARIOS = {
-    "checkout": {"mode": "payment", "split": False},
-    "split-cart": {"mode": "payment", "split": True, "items": 2},
-    "subscription": {"mode": "subscription", "split": False},
+# name: (the checkout, what happens after the sale)
+SCENARIOS: dict[str, tuple[dict[str, Any], Callable[[Checkout], list[dict[str, Any]]]]] = {
+    "checkout": ({"mode": "payment"}, lambda c: []),
+    "split-cart": ({"mode": "payment", "split": True, "items": 2}, lambda c: []),
+    "subscription": ({"mode": "subscription"}, lambda c: []),
+    "test-mode": ({"test_mode": True}, lambda c: []),
+    "partial-refund": ({}, lambda c: refund_events(c, c.total // 2)),
+    "full-refund": ({}, lambda c: refund_events(c, c.total)),
+    "dispute-lost": ({}, lambda c: dispute_events(c, outcome="lost")),
+    "dispute-won": ({}, lambda c: dispute_events(c, outcome="won")),
+    "voided-authorization": ({"capture": "manual"}, cancel_events),
 }
 
 
 def load_events(source: str, seed: int) -> list[dict[str, Any]]:
     """A scenario's events, or the events in a JSON (object or list) or JSONL file."""
     if source in SCENARIOS:
-        return checkout_events(Checkout(seed=seed, start=int(time.time()) - 60, **SCENARIOS[source]))  # type: ignore[arg-type]
+        options, after_sale = SCENARIOS[source]
+        checkout = Checkout(seed=seed, start=int(time.time()) - 600, **options)
+        return checkout_events(checkout) + after_sale(checkout)
     path = Path(source)
     if not path.exists():
         raise ConfigError(f"{source!r} is neither a scenario ({', '.join(SCENARIOS)}) nor a file")

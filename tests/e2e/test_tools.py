@@ -49,9 +49,11 @@ def test_demo_reaches_its_summary_curls_work_and_ctrl_c_leaves_nothing(tmp_path:
         assert "demo: ready" in out, out
         assert time.monotonic() - started < 60
         sessions = re.findall(r"(fcs_[0-9A-F]{26})  complete", out)
-        assert len(sessions) == 5
-        assert out.count("fulfillment: fulfilled") == 5
+        assert len(sessions) == 7
+        assert out.count("fulfillment: fulfilled") == 7
         assert "failed twice" in out
+        assert "money: partially_refunded" in out  # a partially refunded order
+        assert out.count("[test mode]") == 1  # and a test-mode one
         curls = [line.strip() for line in lines if line.strip().startswith("curl ")]
         assert len(curls) >= 4
         # the printed commands, run as printed, return the data shown
@@ -79,7 +81,20 @@ def test_demo_reaches_its_summary_curls_work_and_ctrl_c_leaves_nothing(tmp_path:
     )
 
 
-@pytest.mark.parametrize("scenario", ["checkout", "split-cart", "subscription"])
+AFTER_SALE = {
+    "checkout": "paid",
+    "split-cart": "paid",
+    "subscription": "paid",
+    "test-mode": "paid",
+    "partial-refund": "partially_refunded",
+    "full-refund": "refunded",
+    "dispute-lost": "disputed",
+    "dispute-won": "paid",
+    "voided-authorization": "canceled",
+}
+
+
+@pytest.mark.parametrize("scenario", list(AFTER_SALE))
 def test_send_each_scenario_end_to_end(db_dsn: str, tmp_path: Path, scenario: str) -> None:
     with run_server(tmp_path, {"LEDGER_DATABASE_URL": db_dsn}) as server:
         result = subprocess.run(
@@ -115,6 +130,9 @@ def test_send_each_scenario_end_to_end(db_dsn: str, tmp_path: Path, scenario: st
         assert session["status"] == "accepted"
         if scenario == "split-cart":
             assert len(order_list[0]["payment_intents"]) == 2
+        # shuffled and redelivered, the money after the sale comes out the same
+        assert order_list[0]["payment_status"] == AFTER_SALE[scenario]
+        assert order_list[0]["test_mode"] is (scenario == "test-mode")
         if scenario == "subscription":
             sub = server.get(
                 f"/v1/subscriptions/{order_list[0]['subscription_id']}", params={"min_position": max(positions)}
