@@ -140,6 +140,18 @@ def _tied_events(snapshots: list[tuple[int, int, str, str, str]], seed: int) -> 
                 "object": {"customer": customer},
             }
         )
+        session: dict[str, Any] = {"checkout_session_id": "fcs_tied", "status": "open"}
+        for field, value in (("client_reference_id", email), ("metadata", phone)):
+            if value != "absent":
+                session[field] = None if value == "null" else (value if field != "metadata" else {"note": value})
+        events.append(
+            {
+                "event_id": "evt_" + _ulid(ms, rng),
+                "event_type": "checkout.session.updated",
+                "event_dt": event_dt,
+                "object": {"checkout_session": session},
+            }
+        )
         events.append(
             {
                 "event_id": "evt_" + _ulid(ms, rng),
@@ -172,6 +184,11 @@ def test_ties_in_time_and_explicit_nulls_never_depend_on_arrival(
         said = [e["object"]["customer"] for e in newest_first if e["event_type"] == "customer.updated"]
         newest = next((c for c in said if field in c), None)
         assert customer.get(field) == (newest[field] if newest else None)
+    order = in_order["orders.orders"]["fcs_tied"]["v"]
+    for field in ("client_reference_id", "metadata"):
+        said = [e["object"]["checkout_session"] for e in newest_first if e["event_type"] == "checkout.session.updated"]
+        newest = next((c for c in said if field in c), None)
+        assert order.get(field) == (newest[field] if newest else None)
     newest_sub = next(e for e in newest_first if e["event_type"] == "customer.subscription.updated")
     status = in_order["subscriptions.subscriptions"]["fsub_tied"]["v"]["status"]
     assert status == newest_sub["object"]["subscription"]["status"]
