@@ -352,3 +352,25 @@ def test_a_fully_refunded_order_is_restocked_once_when_asked(
         else:
             assert _restocked(server, full.session_id) == []
         assert _restocked(server, partial.session_id) == []
+
+
+def test_test_mode_sessions_are_fetched_with_the_test_key(db_dsn: str, tmp_path: Path, standin: StandIn) -> None:
+    """The stand-in knows only one key; given as FLEX_TEST_API_KEY, test sessions are fetched and
+    live ones (FLEX_API_KEY is another key) are refused by it."""
+    env = {
+        "LEDGER_DATABASE_URL": db_dsn,
+        **fulfillment_env(standin.api_base, key="fsk_live_not_known_to_the_standin"),
+        "FLEX_TEST_API_KEY": FLEX_KEY,
+    }
+    with run_server(tmp_path, env) as server:
+        test, _ = complete(server, seed=61, test_mode=True)
+        live, _ = complete(server, seed=62)
+        assert_fulfilled_once(server, test.session_id)
+        failed = wait_fulfillment(server, live.session_id, "failed")
+        assert "401" in failed["fulfillment"]["error"] or "key" in failed["fulfillment"]["error"].lower()
+        test_stock = server.get("/v1/inventory", params={"test_mode": "true"}).json()["data"]
+        assert {r["price_id"] for r in test_stock} == {
+            i["price"]["price_id"] for i in made_up_line_items(test.session_id)
+        }
+        assert all(r["test_mode"] for r in test_stock)
+        assert server.get("/v1/inventory").json()["data"] == []  # live stock untouched
