@@ -9,6 +9,8 @@ from typing import Any
 import msgspec
 from litestar.openapi.datastructures import ResponseSpec
 
+from projections.fulfillment.line_items import LineItem  # the order's line items are these, as stored
+
 __all__ = ["ERRORS", "ok"]
 
 
@@ -45,21 +47,6 @@ class Dispute(msgspec.Struct):
     status: str | None
     reason: str | None
     evidence_due_by: str | None
-
-
-class LineItem(msgspec.Struct):
-    line_item_id: str
-    price_id: str | None
-    product_id: str | None
-    upc_code: str | None
-    description: str | None
-    quantity: int
-    amount_total: int | None
-    amount_subtotal: int | None = None
-    amount_discount: int | None = None
-    amount_tax: int | None = None
-    amount_shipping: int | None = None
-    eligibility: str | None = None
 
 
 class Fulfillment(msgspec.Struct):
