@@ -186,3 +186,14 @@ async def test_any_order_duplicates_and_batching_give_the_in_order_state(
         finally:
             await pool.close()
     assert actual == expected
+
+
+async def test_two_completed_sessions_for_one_merchant_order_are_flagged(pool: asyncpg.Pool) -> None:
+    first, second, other = Checkout(seed=81), Checkout(seed=82), Checkout(seed=83)
+    second.reference = first.reference  # the shopper paid the same merchant order twice
+    await append(pool, checkout_events(first) + checkout_events(second) + checkout_events(other))
+    await project(pool)
+    orders = {o["checkout_session_id"]: o for o in (await snapshot(pool))["orders"]}
+    assert orders[first.session_id]["flags"] == ["duplicate_payment"]
+    assert orders[second.session_id]["flags"] == ["duplicate_payment"]
+    assert orders[other.session_id]["flags"] == []
