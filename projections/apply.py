@@ -50,12 +50,13 @@ def decode_rows(records: Sequence[asyncpg.Record]) -> tuple[list[LogRow], int]:
 
 
 async def apply_batch(
-    conn: asyncpg.Connection, projection: Projection, rows: Sequence[LogRow], *, strict: bool
+    conn: asyncpg.Connection, projection: Projection, rows: Sequence[LogRow], *, strict: bool, bulk: bool = False
 ) -> BatchResult:
     """Folds ``rows`` into deltas, merges them with the stored states and writes them back.
 
     ``strict`` (rebuild mode) raises ``ProjectionFailed`` on the first event that cannot be
-    applied; otherwise that event is skipped and reported in the result.
+    applied; otherwise that event is skipped and reported in the result. ``bulk`` (a rebuild's
+    bulk load) leaves ``after_write`` to the projection's ``after_bulk_load``.
     """
     result = BatchResult()
     deltas = Deltas()
@@ -97,6 +98,6 @@ async def apply_batch(
             out_states.append(_encode.encode(state.doc).decode())
             written.setdefault(table.name, {})[entity_id] = state
         await conn.execute(getattr(sql, table.upsert), ids, *columns, out_positions, out_states)
-    if projection.after_write is not None and written:
+    if projection.after_write is not None and written and not bulk:
         await projection.after_write(conn, written)
     return result

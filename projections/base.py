@@ -91,6 +91,9 @@ class Projection:
     # Run after a batch's rows are written, with {table: {id: state as written}}, in the same
     # transaction: for columns that depend on more than one row (an order's payment status).
     after_write: Callable[[Any, dict[str, dict[str, Mergeable]]], Awaitable[None]] | None = None
+    # What ``after_write`` does, for every row at once: a rebuild runs it once after its bulk load
+    # (and its indexes) instead of ``after_write`` after every batch.
+    after_bulk_load: Callable[[Any], Awaitable[None]] | None = None
 
     @property
     def table_names(self) -> tuple[str, ...]:

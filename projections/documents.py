@@ -23,6 +23,8 @@ __all__ = [
     "get_order",
     "get_subscription",
     "list_orders",
+    "settle_every_payment_status",
+    "settle_payment_status",
 ]
 
 _decode = msgspec.json.Decoder()
@@ -101,9 +103,14 @@ def _order(
     }
 
 
-async def _with_intents(conn: asyncpg.Connection, records: list[asyncpg.Record]) -> list[dict[str, Any]]:
-    """The orders as documents, each with its payment intents: those its session lists and those
-    that name its session, whichever arrived first. Two round trips for the whole page."""
+Intents = list[tuple[str, int, Mergeable | None]]  # (payment intent id, position, state if known)
+
+
+async def _intents_of(
+    conn: asyncpg.Connection, records: list[asyncpg.Record]
+) -> list[tuple[asyncpg.Record, Mergeable, Intents]]:
+    """Each order's state with its payment intents: those its session lists and those that name
+    its session, whichever arrived first. One round trip for all of them."""
     states = [_state(record["state"]) for record in records]
     listed = {
         record["checkout_session_id"]: state.items("payment_intent_ids")
@@ -119,21 +126,32 @@ async def _with_intents(conn: asyncpg.Connection, records: list[asyncpg.Record])
     for pi_id, (session_id, _, _) in found.items():
         if session_id is not None:
             naming.setdefault(session_id, set()).add(pi_id)
+    out: list[tuple[asyncpg.Record, Mergeable, Intents]] = []
+    for record, state in zip(records, states, strict=True):
+        ids = sorted(set(listed[record["checkout_session_id"]]) | naming.get(record["checkout_session_id"], set()))
+        intents: Intents = [(pi, found[pi][1], found[pi][2]) if pi in found else (pi, 0, None) for pi in ids]
+        out.append((record, state, intents))
+    return out
+
+
+async def _with_intents(conn: asyncpg.Connection, records: list[asyncpg.Record]) -> list[dict[str, Any]]:
+    """The orders as documents: two round trips for the whole page (intents, then the completed
+    sessions sharing their client_reference_id)."""
+    orders = await _intents_of(conn, records)
     references = sorted(
-        {s.get("client_reference_id") for s in states if s.get("status") == "complete" and s.get("client_reference_id")}
+        {
+            s.get("client_reference_id")
+            for _, s, _ in orders
+            if s.get("status") == "complete" and s.get("client_reference_id")
+        }
     )
     completed: dict[str, set[str]] = {}
     if references:
         for row in await conn.fetch(queries.orders_completed_by_reference, references):
             completed.setdefault(row["client_reference_id"], set()).add(row["checkout_session_id"])
     out = []
-    for record, state in zip(records, states, strict=True):
-        session_id = record["checkout_session_id"]
-        ids = sorted(set(listed[session_id]) | naming.get(session_id, set()))
-        intents: list[tuple[str, int, Mergeable | None]] = [
-            (pi, found[pi][1], found[pi][2]) if pi in found else (pi, 0, None) for pi in ids
-        ]
-        others = completed.get(state.get("client_reference_id") or "", set()) - {session_id}
+    for record, state, intents in orders:
+        others = completed.get(state.get("client_reference_id") or "", set()) - {record["checkout_session_id"]}
         out.append(_order(record, state, intents, completed_twice=bool(others)))
     return out
 
@@ -146,14 +164,32 @@ async def settle_payment_status(conn: asyncpg.Connection, written: dict[str, dic
     for intent in written.get("order_payment_intents", {}).values():
         if isinstance(linked := intent.get("checkout_session_id"), str):
             sessions.add(linked)
+    await _settle(conn, sorted(sessions))
+
+
+async def settle_every_payment_status(conn: asyncpg.Connection, chunk: int = 2000) -> None:
+    """``settle_payment_status`` for every order, a chunk at a time in key order: how a rebuild
+    settles them once, after its bulk load and its indexes, instead of after every batch."""
+    last = ""
+    while ids := [r[0] for r in await conn.fetch(queries.orders_ids_after, last, chunk)]:
+        await _settle(conn, ids)
+        last = ids[-1]
+
+
+async def _settle(conn: asyncpg.Connection, sessions: list[str]) -> None:
     if not sessions:
         return
-    records = await conn.fetch(queries.orders_get_many, sorted(sessions))
-    orders = await _with_intents(conn, list(records))
+    records = await conn.fetch(queries.orders_get_many, sessions)
+    orders = await _intents_of(conn, list(records))
     await conn.execute(
         queries.orders_payment_status_set,
-        [o["checkout_session_id"] for o in orders],
-        [o["payment_status"] for o in orders],
+        [record["checkout_session_id"] for record, _, _ in orders],
+        [
+            order_money(
+                amount_total=state.get("amount_total"), order=state, intents=[(pi, s) for pi, _, s in intents]
+            ).payment_status
+            for _, state, intents in orders
+        ],
     )
 
 

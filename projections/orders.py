@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from projections.base import Deltas, LogRow, Projection, Table
-from projections.documents import settle_payment_status
+from projections.documents import settle_every_payment_status, settle_payment_status
 from projections.fields import (
     as_bool,
     as_int,
@@ -327,4 +327,5 @@ ORDERS = Projection(
     shape=2,  # 2: merge keys from the events' content, explicit nulls; modes; money after the sale
     description="orders (one per checkout session), their payment intents, refunds and disputes",
     after_write=settle_payment_status,
+    after_bulk_load=settle_every_payment_status,
 )

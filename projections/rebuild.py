@@ -78,11 +78,13 @@ async def _apply(
     start: int,
     end: int,
     counts: dict[str, _Counts],
+    *,
+    bulk: bool,
 ) -> None:
     rows, _ = decode_rows(records)
     for projection in projections:
         mine: list[LogRow] = [r for r in rows if projection.matches(r.event_type)]
-        result = await apply_batch(conn, projection, mine, strict=True)
+        result = await apply_batch(conn, projection, mine, strict=True, bulk=bulk)
         c = counts[projection.name]
         c.applied += result.applied
         c.ignored += (end - start) - len(mine) + result.ignored
@@ -146,7 +148,7 @@ async def rebuild(
             ahead = min(head, end + batch_size)
             pending = fetch(end, ahead) if reader is not conn and head - end > switch_gap else None
             async with conn.transaction():
-                await _apply(conn, projections, records, position, end, counts)
+                await _apply(conn, projections, records, position, end, counts, bulk=True)
                 await conn.execute(sql.rebuild_progress, names, end)
             position = end
             report(head)
@@ -155,6 +157,12 @@ async def rebuild(
 
         for statement in deferred:
             await conn.execute(statement)
+        # What the bulk load left to do once for every row (an order's payment status), with the
+        # indexes in place; the last events, applied at the switch, settle their own rows.
+        for projection in projections:
+            if projection.after_bulk_load is not None:
+                async with conn.transaction():
+                    await projection.after_bulk_load(conn)
 
         # The switch: live tables locked first (the live runners' lock order: tables, then state).
         tables = [t for p in projections for t in p.table_names]
@@ -165,7 +173,7 @@ async def rebuild(
             while position < head:
                 end = min(head, position + batch_size)
                 records = await read_batch(conn, position, end, patterns)
-                await _apply(conn, projections, records, position, end, counts)
+                await _apply(conn, projections, records, position, end, counts, bulk=False)
                 position = end
             await conn.execute(sql.build_swap, tables)
             for projection in projections:

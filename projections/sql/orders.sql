@@ -28,6 +28,10 @@ SELECT o.checkout_session_id, o.position, o.state::text AS state
 FROM unnest($1::text[]) AS k(id)
 CROSS JOIN LATERAL (SELECT * FROM orders WHERE checkout_session_id = k.id LIMIT 1) o;
 
+-- name: orders_ids_after
+-- The next $2 order ids after $1, in key order (a rebuild settling every order).
+SELECT checkout_session_id FROM orders WHERE checkout_session_id > $1 ORDER BY checkout_session_id LIMIT $2;
+
 -- name: orders_payment_status_set
 -- The payment status of each order in $1 is $2 (same place): each row found by a probe of the key,
 -- then updated by its address.
@@ -113,10 +117,14 @@ ORDER BY sort_at DESC, checkout_session_id DESC
 LIMIT $6;
 
 -- name: orders_completed_by_reference
--- Up to a few completed sessions for each client_reference_id in $1 (a second one is a double
--- payment): a probe of the reference index per id.
+-- The completed sessions among the newest few of each client_reference_id in $1 (a second one is
+-- a double payment): a probe of the reference index per id. The status is checked on the rows
+-- found (the LIMIT keeps it out of the probe), never through the status index: that one holds
+-- nearly every order.
 SELECT r.ref AS client_reference_id, o.checkout_session_id
 FROM unnest($1::text[]) AS r(ref)
 CROSS JOIN LATERAL (
-    SELECT checkout_session_id FROM orders WHERE client_reference_id = r.ref AND status = 'complete' LIMIT 3
-) o;
+    SELECT checkout_session_id, status FROM orders WHERE client_reference_id = r.ref
+    ORDER BY sort_at DESC, checkout_session_id DESC LIMIT 20
+) o
+WHERE o.status = 'complete';
