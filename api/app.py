@@ -103,13 +103,12 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
         watcher = asyncio.create_task(checkpoints.run(), name="checkpoint-watcher")
         try:
             schema_task = asyncio.create_task(_apply_schema_until_done(ingest_pool))
-            try:
-                await asyncio.wait_for(asyncio.shield(schema_task), 10)
-            except TimeoutError:
-                pass  # the database is not reachable yet: the task keeps trying
-            except SchemaTooNew as exc:
-                _log.critical("%s", exc.message)
-                raise
+            # Up to 10 s for the schema; a database not reachable yet is waited for by the task.
+            await asyncio.wait({schema_task}, timeout=10)
+            if schema_task.done() and (failure := schema_task.exception()) is not None:
+                if isinstance(failure, SchemaTooNew):
+                    _log.critical("%s", failure.message)
+                raise failure
             log = EventLog(ingest_pool)
             async with contextlib.AsyncExitStack() as stack:
                 if workers:
