@@ -213,7 +213,11 @@ def test_sigterm_under_load_loses_nothing_acknowledged(db_dsn: str, tmp_path: Pa
                     return event_id, r.status_code, r.json() if r.status_code == 200 else None
 
                 tasks = [asyncio.create_task(one(b)) for b in bodies]
-                await asyncio.sleep(0.3)
+                # SIGTERM mid-load: once the first replies are in (not after a fixed time, which a
+                # loaded machine may spend before answering anything), while most are in flight.
+                deadline = time.monotonic() + 10
+                while not any(t.done() for t in tasks) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
                 server.process.send_signal(signal.SIGTERM)
                 return await asyncio.gather(*tasks)
 
