@@ -354,6 +354,25 @@ WHERE NOT EXISTS (SELECT 1 FROM ledger_schema WHERE version >= 6)
 GROUP BY price_id, product_id, test_mode
 ON CONFLICT ON CONSTRAINT inventory_levels_mode_key DO NOTHING;
 
+-- One row per reconcile run (`ledger reconcile`, and the automatic runs of `serve`/`work`): what
+-- it examined in Flex's API and how many observations it recorded (the drift). Not a projection:
+-- the observations themselves are in the log; this is the runs' own record (schema version 7).
+CREATE TABLE IF NOT EXISTS reconcile_runs (
+    run_id       bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    trigger      text NOT NULL,                 -- 'command' or 'automatic'
+    started_at   timestamptz NOT NULL,
+    finished_at  timestamptz NOT NULL,
+    since        timestamptz NOT NULL,          -- the window's start
+    outcome      text NOT NULL CONSTRAINT reconcile_runs_outcome_check CHECK (outcome IN ('ok', 'failed')),
+    error        text,
+    examined     int NOT NULL,
+    known        int NOT NULL,
+    recorded     int NOT NULL,
+    kinds        jsonb NOT NULL,                -- {kind: {examined, known, recorded}}
+    first_position bigint,                      -- the observations it recorded, when any
+    last_position  bigint
+);
+
 -- `ledger rebuild` builds projections' tables in this schema, from their blocks above, and swaps
 -- them in (projections/rebuild.py). The table names come from the service's projection registry.
 CREATE OR REPLACE FUNCTION ledger_build_begin() RETURNS void LANGUAGE plpgsql AS $$
@@ -385,7 +404,8 @@ END
 $$;
 
 -- Version 5: the rebuild functions above; checkpoints seeded by the service. Version 6: money
--- after the sale on orders, test and live apart, projection shapes (see above).
-INSERT INTO ledger_schema (id, version) VALUES (1, 6)
+-- after the sale on orders, test and live apart, projection shapes (see above). Version 7:
+-- reconcile runs.
+INSERT INTO ledger_schema (id, version) VALUES (1, 7)
 ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
 WHERE ledger_schema.version < EXCLUDED.version;

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 from litestar import Litestar, Response, Router, get
@@ -23,6 +24,7 @@ from api.metrics import CONTENT_TYPE_LATEST, Metrics
 from api.openapi import finish as finish_openapi
 from api.params import strict_query
 from api.read_routes import READ_ROUTES
+from api.reconcile_routes import RECONCILE_ROUTES
 from api.state import AppState
 from api.webhooks import flex_webhook
 from ledger.db import READ_SETTINGS, SCHEMA_VERSION, UNAVAILABLE, create_pool
@@ -32,6 +34,8 @@ from ledger.group_commit import GroupCommitter
 from ledger.log import EventLog
 from ledger.settings import Settings
 from projections.freshness import CheckpointWatcher
+from projections.fulfillment.flex_client import clients_for
+from projections.reconcile import read_reconcile
 from projections.registry import install
 from projections.status import read_status
 from projections.workers import running_workers
@@ -61,12 +65,15 @@ async def readyz(state: AppState) -> object:
 
 @get("/metrics", summary="Prometheus metrics", tags=["operations"], media_type=CONTENT_TYPE_LATEST)
 async def prometheus_metrics(state: AppState) -> Response[bytes]:
+    followers: list[dict[str, Any]] | None
+    reconcile: dict[str, Any] | None
     try:
         async with asyncio.timeout(5):
             followers = await read_status(state.pool)
+            reconcile, _ = await read_reconcile(state.pool, 1)
     except (TimeoutError, DatabaseUnavailable, asyncpg.PostgresError):
-        followers = None  # what this process knows, without the database
-    return Response(state.metrics.render(followers), media_type=CONTENT_TYPE_LATEST)
+        followers = reconcile = None  # what this process knows, without the database
+    return Response(state.metrics.render(followers, reconcile), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _apply_schema_until_done(pool: asyncpg.Pool) -> None:
@@ -116,8 +123,17 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
                         running_workers(dsn, settings, watcher=checkpoints, on_flex_call=metrics.flex_call)
                     )
                 committer = await stack.enter_async_context(GroupCommitter(log, on_batch=metrics.batch_size.observe))
+                # The success page's sync waits for Flex: fewer, shorter tries than the workers'.
+                flex_clients = clients_for(settings, concurrency=8, attempts=2)
+                for client in flex_clients.values():
+                    stack.push_async_callback(client.aclose)
                 app.state.update(
-                    pool=pool, log=log, events=EventLog(pool), committer=committer, checkpoints=checkpoints
+                    pool=pool,
+                    log=log,
+                    events=EventLog(pool),
+                    committer=committer,
+                    checkpoints=checkpoints,
+                    flex_clients=flex_clients,
                 )
                 yield
             schema_task.cancel()
@@ -132,7 +148,7 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
 
     v1 = Router(
         "/v1",
-        route_handlers=[list_events, *READ_ROUTES],
+        route_handlers=[list_events, *READ_ROUTES, *RECONCILE_ROUTES],
         guards=[require_token],
         security=[{"bearer": []}],
         before_request=strict_query,

@@ -10,6 +10,7 @@ from litestar.exceptions import HTTPException, ValidationException
 
 from ledger.errors import (
     DatabaseUnavailable,
+    FlexUnavailable,
     InvalidRequest,
     LedgerError,
     NotAuthenticated,
@@ -31,6 +32,7 @@ STATUS: dict[type[LedgerError], int] = {
     PayloadTooLarge: 413,
     UnusableEvent: 422,
     DatabaseUnavailable: 503,
+    FlexUnavailable: 503,
 }
 
 _HTTP_CODES = {
@@ -64,7 +66,7 @@ def describe(exc: LedgerError) -> tuple[int, dict[str, Any], dict[str, str]]:
     """A ledger error as an HTTP status, error body and headers (also used outside litestar)."""
     status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
     headers: dict[str, str] = {}
-    if isinstance(exc, DatabaseUnavailable):
+    if isinstance(exc, DatabaseUnavailable | FlexUnavailable):
         headers["Retry-After"] = str(exc.retry_after)
     elif isinstance(exc, NotAuthenticated):
         headers["WWW-Authenticate"] = 'Bearer realm="flex-ledger"'

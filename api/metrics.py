@@ -1,12 +1,13 @@
 """Prometheus metrics (``GET /metrics``), one registry per app.
 
 Counters and histograms are updated where things happen; the log head, projection positions
-and lag, and fulfillment queue sizes are read from the database at scrape time, so every
+and lag, fulfillment queue sizes and reconcile runs are read from the database at scrape time, so every
 process reports the same truth.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -74,14 +75,45 @@ class Metrics:
             registry=r,
         )
 
+        self.syncs = Counter(
+            "ledger_order_syncs",
+            "POST /v1/orders/{id}/sync calls by outcome (known, recorded, not_found, flex_unavailable, unavailable, error)",
+            ["outcome"],
+            registry=r,
+        )
+        self.reconcile_runs = Gauge(
+            "ledger_reconcile_runs", "Reconcile runs recorded, by outcome (ok, failed)", ["outcome"], registry=r
+        )
+        self.reconcile_recorded = Gauge(
+            "ledger_reconcile_observations_recorded",
+            "Observations reconcile runs recorded: state Flex's API showed that no webhook had brought (drift)",
+            registry=r,
+        )
+        self.reconcile_last_success = Gauge(
+            "ledger_reconcile_last_success_timestamp_seconds",
+            "When the last successful reconcile run finished (0: never)",
+            registry=r,
+        )
+        self.reconcile_running = Gauge(
+            "ledger_reconcile_running", "1 when some process runs the automatic reconcile", registry=r
+        )
+
     def flex_call(self, status: int | None, seconds: float) -> None:
         label = str(status) if status is not None else "error"
         self.flex_seconds.labels(label).observe(seconds)
         if status is None or not 200 <= status < 300:
             self.flex_errors.labels(label).inc()
 
-    def render(self, followers: list[dict[str, Any]] | None) -> bytes:
-        """The exposition; ``followers`` (``projections.status``) when the database could be read."""
+    def render(self, followers: list[dict[str, Any]] | None, reconcile: dict[str, Any] | None = None) -> bytes:
+        """The exposition; ``followers`` (``projections.status``) and ``reconcile``
+        (``projections.reconcile.reconcile_status``) when the database could be read."""
+        if reconcile is not None:
+            self.reconcile_runs.labels("ok").set(reconcile["runs"] - reconcile["failures"])
+            self.reconcile_runs.labels("failed").set(reconcile["failures"])
+            self.reconcile_recorded.set(reconcile["recorded"])
+            last = reconcile["last_success_at"]
+            self.reconcile_last_success.set(datetime.fromisoformat(last).timestamp() if last else 0)
+            self.reconcile_running.set(1 if reconcile["runner"] == "running" else 0)
         for row in followers or ():
             self.head.set(row["head"])
             self.position.labels(row["name"]).set(row["position"])

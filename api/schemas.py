@@ -185,6 +185,37 @@ class FollowerStatuses(msgspec.Struct):
     data: list[FollowerStatus]
 
 
+class KindCounts(msgspec.Struct):
+    examined: int
+    known: int
+    recorded: int
+
+
+class ReconcileRun(msgspec.Struct):
+    run_id: int
+    trigger: str  # command | automatic
+    started_at: str
+    finished_at: str
+    since: str
+    outcome: str  # ok | failed
+    error: str | None
+    examined: int
+    known: int
+    recorded: int  # observations recorded: what the webhooks had not brought (drift)
+    kinds: dict[str, KindCounts]
+    first_position: int | None
+    last_position: int | None
+
+
+class ReconcileStatus(msgspec.Struct):
+    runner: str  # running (some process runs the automatic reconcile) | stopped
+    runs: int
+    failures: int
+    recorded: int
+    last_success_at: str | None
+    data: list[ReconcileRun]
+
+
 def _error(description: str) -> ResponseSpec:
     return ResponseSpec(data_container=ErrorBody, description=description, generate_examples=False)
 

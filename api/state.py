@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ledger.log import EventLog
     from ledger.settings import Settings
     from projections.freshness import CheckpointWatcher
+    from projections.fulfillment.flex_client import FlexClient
 
 __all__ = ["AppState"]
 
@@ -31,6 +32,7 @@ class AppState(State):
     events: EventLog  # reads of the log, on the read pool
     committer: GroupCommitter
     checkpoints: CheckpointWatcher
+    flex_clients: dict[str, FlexClient]  # by mode (live, test): the keys set; for the success page's sync
 
     @classmethod
     def of(cls, scope: Any) -> AppState:

@@ -26,7 +26,7 @@ __all__ = [
     "translate_errors",
 ]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # Appenders and readers give up rather than queue behind a stuck client.
 SERVER_SETTINGS = {

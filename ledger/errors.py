@@ -77,6 +77,16 @@ class DatabaseUnavailable(LedgerError):
         self.retry_after = retry_after
 
 
+class FlexUnavailable(LedgerError):
+    """Flex's API could not be read now (unreachable, too slow, refusing): retry later."""
+
+    code = "flex_unavailable"
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class NotAuthenticated(LedgerError):
     code = "unauthorized"
 

@@ -7,13 +7,14 @@ import binascii
 import os
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 
 import msgspec
 
 from ledger.errors import ConfigError
 
-__all__ = ["Settings", "decode_secret", "load_settings"]
+__all__ = ["Settings", "decode_secret", "load_settings", "parse_duration"]
 
 DEFAULT_FLEX_API_BASE_URL = "https://api.withflex.com/v1"
 
@@ -43,6 +44,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     http_header_timeout: float = 10.0
     http_body_timeout: float = 30.0
     http_max_connections: int = 2048
+    # Reconcile with Flex's API: every interval seconds (0: never automatically), over the window.
+    reconcile_interval: float = 900.0
+    reconcile_window: timedelta = timedelta(hours=72)
 
 
 def decode_secret(secret: str) -> bytes:
@@ -96,6 +100,38 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``72h``, ``7d``, ``90m``, ``30s`` or plain seconds; ``ValueError`` with a reason otherwise."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration (like 72h, 7d, 90m or a number of seconds)")
+    seconds = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not 0 < seconds <= 3650 * 86400:
+        raise ValueError(f"{text!r} must be above 0 and at most ten years")
+    return timedelta(seconds=seconds)
+
+
+def _duration(env: Mapping[str, str], name: str, default: timedelta) -> timedelta:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return parse_duration(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _seconds_or_off(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if raw in ("0", "0.0"):
+        return 0.0
+    return _float(env, name, default)
+
+
 def _split(raw: str) -> list[str]:
     return [part for part in re.split(r"[,\s]+", raw.strip()) if part]
 
@@ -135,4 +171,6 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool
         http_header_timeout=_float(env, "LEDGER_HTTP_HEADER_TIMEOUT", 10.0),
         http_body_timeout=_float(env, "LEDGER_HTTP_BODY_TIMEOUT", 30.0),
         http_max_connections=_int(env, "LEDGER_HTTP_MAX_CONNECTIONS", 2048, 1),
+        reconcile_interval=_seconds_or_off(env, "LEDGER_RECONCILE_INTERVAL", 900.0),
+        reconcile_window=_duration(env, "LEDGER_RECONCILE_WINDOW", timedelta(hours=72)),
     )

@@ -1,15 +1,25 @@
-"""A local stand-in for the Flex API's Line Items endpoint, with scriptable faults.
+"""A local stand-in for the Flex API, with scriptable faults: what the tests, the demo and the
+benchmarks call instead of Flex.
 
 Run it with ``ledger flex-standin --port 8100`` and point ``FLEX_API_BASE_URL`` at
-``http://127.0.0.1:8100/v1``. It serves ``GET /v1/checkout/sessions/{id}/line_items``:
+``http://127.0.0.1:8100/v1``. It serves, with Flex's shapes:
 
-* line items registered with ``POST /_standin/sessions/{id}`` (body ``{"line_items": [...]}``),
-  else 1-3 items made up deterministically from the session id;
+* ``GET /v1/checkout/sessions/{id}/line_items``: line items registered with
+  ``POST /_standin/sessions/{id}`` (body ``{"line_items": [...]}``), else 1-3 items made up
+  deterministically from the session id;
+* ``GET /v1/checkout/sessions/{id}`` (404 ``{"detail": "not_found"}`` when unknown), and the lists
+  ``GET /v1/checkout/sessions``, ``/v1/payment_intents`` and ``/v1/refunds`` (newest first;
+  ``limit`` 1-100, ``starting_after``; ``checkout_session`` and ``payment_intent`` filters), of the
+  resources it learned from Flex events posted to ``POST /_standin/events`` (body
+  ``{"events": [...], "line_items": {session_id: [...]}}``): what ``ledger send --flex-standin``
+  and the demo post, whether or not the webhooks themselves are delivered;
 * ``Authorization: Bearer <key>`` checked when started with ``--api-key`` (401 otherwise);
 * faults scripted with ``POST /_standin/faults`` and body
-  ``{"session_id": "fcs_..." or "*", "script": [{"status": 429, "retry_after": "1"}, {"delay": 3}, ...]}``
-  (consumed one per call, then normal answers) or ``{"session_id": ..., "always": {"status": 404}}``
-  (until ``DELETE /_standin/faults``); a step may also be ``{"drop": true}`` (close the connection);
+  ``{"session_id": TARGET, "script": [{"status": 429, "retry_after": "1"}, {"delay": 3}, ...]}``
+  (consumed one per call, then normal answers) or ``{"session_id": TARGET, "always": {"status": 404}}``
+  (until ``DELETE /_standin/faults``); a step may also be ``{"drop": true}`` (close the connection).
+  TARGET is a session id or ``*`` (the per-session routes), or a route: ``line_items``,
+  ``checkout_session``, ``checkout_sessions``, ``payment_intents``, ``refunds``;
 * every call is recorded: ``GET /_standin/calls`` gives ``{"count": N, "calls": [...]}``.
 
 A plain ASGI app, so tests and the demo run it exactly as the service runs.
@@ -18,16 +28,20 @@ A plain ASGI app, so tests and the demo run it exactly as the service runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
 import time
 from collections import deque
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qs
 
 __all__ = ["FlexStandIn", "made_up_line_items"]
 
-_LINE_ITEMS = re.compile(r"^(?:/v1)?/checkout/sessions/([^/]+)/line_items/?$")
+_LINE_ITEMS = re.compile(r"^(?:/v1)?/checkout/sessions/([^/]+)/line_items$")
+_SESSION_GET = re.compile(r"^/v1/checkout/sessions/([^/]+)$")
 _SESSION = re.compile(r"^/_standin/sessions/([^/]+)$")
 
 Send = Any
@@ -67,11 +81,39 @@ def made_up_line_items(session_id: str) -> list[dict[str, Any]]:
     return items
 
 
+# The resources a Flex event carries, by object key: (id field, list route's reply key).
+_RESOURCES = {
+    "checkout_session": ("checkout_session_id", "checkout_sessions"),
+    "payment_intent": ("payment_intent_id", "payment_intents"),
+    "refund": ("refund_id", "refunds"),
+}
+_LISTS = {
+    "/v1/checkout/sessions": "checkout_session",
+    "/v1/payment_intents": "payment_intent",
+    "/v1/refunds": "refund",
+}
+
+
+def _micros(value: Any) -> int:
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int | float):
+        return int(value * 1_000_000) if value < 100_000_000_000 else int(value * 1000)
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1_000_000)
+    return 0
+
+
 class FlexStandIn:
     def __init__(self, *, api_key: str | None = None, delay: float = 0.0) -> None:
         self.api_key = api_key
         self.delay = delay
         self.sessions: dict[str, list[dict[str, Any]]] = {}
+        # resources learned from events: kind -> id -> (event time, object as the API shows it)
+        self.resources: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {k: {} for k in _RESOURCES}
+        self._sorted: dict[str, list[dict[str, Any]] | None] = dict.fromkeys(_RESOURCES)
+        self._intent_sessions: dict[str, str] | None = None
         self.scripts: dict[str, deque[dict[str, Any]]] = {}
         self.always: dict[str, dict[str, Any]] = {}
         self.calls: list[dict[str, Any]] = []
@@ -90,7 +132,27 @@ class FlexStandIn:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        method, path = scope["method"], scope["path"]
+        method, path = scope["method"], scope["path"].rstrip("/") or "/"
+        if path.startswith("/_standin/"):
+            return await self._control(send, method, path, body)
+        if method != "GET":
+            return await _json(send, 405, {"detail": "method_not_allowed"})
+        query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
+        match = _LINE_ITEMS.match(path)
+        if match:
+            return await self._serve(
+                scope, send, match.group(1), "line_items", lambda: self._line_items(match.group(1))
+            )
+        match = _SESSION_GET.match(path)
+        if match:
+            session_id = match.group(1)
+            return await self._serve(scope, send, session_id, "checkout_session", lambda: self._get(session_id))
+        if path in _LISTS:
+            kind = _LISTS[path]
+            return await self._serve(scope, send, None, _RESOURCES[kind][1], lambda: self._list(kind, query))
+        return await _json(send, 404, {"detail": "not_found"})
+
+    async def _control(self, send: Send, method: str, path: str, body: bytes) -> None:
         if path == "/_standin/calls" and method == "GET":
             return await _json(send, 200, {"count": len(self.calls), "calls": self.calls})
         if path == "/_standin/faults" and method == "POST":
@@ -104,28 +166,62 @@ class FlexStandIn:
             self.scripts.clear()
             self.always.clear()
             return await _json(send, 200, {"ok": True})
+        if path == "/_standin/events" and method == "POST":
+            spec = json.loads(body or b"{}")
+            learned = self.learn(spec.get("events", []))
+            for session_id, items in (spec.get("line_items") or {}).items():
+                self.sessions[session_id] = items
+            return await _json(send, 200, {"ok": True, "resources": learned})
         match = _SESSION.match(path)
         if match and method == "POST":
             self.sessions[match.group(1)] = json.loads(body or b"{}").get("line_items", [])
             return await _json(send, 200, {"ok": True})
-        match = _LINE_ITEMS.match(path)
-        if match and method == "GET":
-            return await self._line_items(scope, send, match.group(1))
         return await _json(send, 404, {"detail": "not_found"})
 
-    def _next_step(self, session_id: str) -> dict[str, Any]:
-        for target in (session_id, "*"):
-            if target in self.always:
-                return self.always[target]
-            script = self.scripts.get(target)
+    def learn(self, events: list[dict[str, Any]]) -> int:
+        """Keeps the newest state of every session, payment intent and refund the events carry
+        (fields of older events fill only what newer ones did not say), as Flex's API would show it."""
+        learned = 0
+        for event in events:
+            obj = event.get("object") if isinstance(event, dict) else None
+            if not isinstance(obj, dict):
+                continue
+            at = _micros(event.get("event_dt"))
+            for kind, (id_field, _) in _RESOURCES.items():
+                resource = obj.get(kind)
+                if not isinstance(resource, dict) or not isinstance(resource.get(id_field), str):
+                    continue
+                known = self.resources[kind].get(resource[id_field])
+                if known is None:
+                    merged = dict(resource)
+                    if "created_at" not in merged:
+                        merged["created_at"] = datetime.fromtimestamp(at / 1_000_000, UTC).isoformat()
+                    self.resources[kind][resource[id_field]] = (at, merged)
+                elif at >= known[0]:
+                    self.resources[kind][resource[id_field]] = (at, {**known[1], **resource})
+                else:
+                    self.resources[kind][resource[id_field]] = (known[0], {**resource, **known[1]})
+                self._sorted[kind] = None
+                self._intent_sessions = None
+                learned += 1
+        return learned
+
+    def _next_step(self, target: str | None) -> dict[str, Any]:
+        # "*" faults the per-session routes; a list route is faulted by its name only
+        for key in (target, "*") if target is not None else ():
+            if key in self.always:
+                return self.always[key]
+            script = self.scripts.get(key)
             if script:
                 return script.popleft()
         return {}
 
-    async def _line_items(self, scope: Scope, send: Send, session_id: str) -> None:
+    async def _serve(self, scope: Scope, send: Send, session_id: str | None, route: str, answer: Any) -> None:
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        step = self._next_step(session_id)
-        record: dict[str, Any] = {"session_id": session_id, "at": time.time()}
+        step = self._next_step(session_id if session_id is not None else route)
+        if not step and session_id is not None:
+            step = self._next_step(route)
+        record: dict[str, Any] = {"route": route, "session_id": session_id, "at": time.time()}
         self.calls.append(record)
         await asyncio.sleep(self.delay + float(step.get("delay", 0)))
         if step.get("drop"):
@@ -135,12 +231,65 @@ class FlexStandIn:
             record["status"] = 401
             return await _json(send, 401, {"detail": "invalid_api_key"})
         status = int(step.get("status", 200))
+        if status == 200:
+            status, doc = answer()
+        else:
+            doc = {"detail": step.get("detail", f"status_{status}")}
         record["status"] = status
-        if status != 200:
-            extra = {"retry-after": str(step["retry_after"])} if "retry_after" in step else {}
-            return await _json(send, status, {"detail": step.get("detail", f"status_{status}")}, extra)
+        extra = {"retry-after": str(step["retry_after"])} if "retry_after" in step and status != 200 else {}
+        return await _json(send, status, doc, extra)
+
+    def _line_items(self, session_id: str) -> tuple[int, Any]:
         items = self.sessions.get(session_id) or made_up_line_items(session_id)
-        return await _json(send, 200, {"line_items": items, "test_mode": True})
+        return 200, {"line_items": items, "test_mode": True}
+
+    def _get(self, session_id: str) -> tuple[int, Any]:
+        known = self.resources["checkout_session"].get(session_id)
+        if known is None:
+            return 404, {"detail": "not_found"}
+        return 200, {"checkout_session": known[1]}
+
+    def _ordered(self, kind: str) -> list[dict[str, Any]]:
+        """Newest first, by creation time then id, as Flex lists."""
+        cached = self._sorted[kind]
+        if cached is None:
+            id_field = _RESOURCES[kind][0]
+            objects = [obj for _, obj in self.resources[kind].values()]
+            cached = sorted(objects, key=lambda o: (_micros(o.get("created_at")), o[id_field]), reverse=True)
+            self._sorted[kind] = cached
+        return cached
+
+    def _list(self, kind: str, query: dict[str, str]) -> tuple[int, Any]:
+        id_field, key = _RESOURCES[kind]
+        limit_text = query.get("limit", "10")
+        if not limit_text.isdigit() or not 1 <= int(limit_text) <= 100:
+            return 422, {"detail": [{"loc": ["query", "limit"], "msg": "limit must be 1-100", "type": "value_error"}]}
+        items = self._ordered(kind)
+        session = query.get("checkout_session")
+        if session is not None:
+            items = [o for o in items if self._session_of(kind, o) == session]
+        if query.get("payment_intent") is not None:
+            items = [o for o in items if o.get("payment_intent_id") == query["payment_intent"]]
+        after = query.get("starting_after")
+        if after is not None:
+            at = next((i for i, o in enumerate(items) if o.get(id_field) == after), None)
+            if at is None:
+                return 404, {"detail": "starting_after_not_found"}
+            items = items[at + 1 :]
+        return 200, {key: items[: int(limit_text)]}
+
+    def _session_of(self, kind: str, obj: dict[str, Any]) -> str | None:
+        """The session a payment intent or refund belongs to (the session lists its intents)."""
+        if kind == "checkout_session":
+            return obj.get("checkout_session_id")
+        if self._intent_sessions is None:
+            self._intent_sessions = {
+                intent: session_id
+                for session_id, (_, session) in self.resources["checkout_session"].items()
+                for intent in session.get("payment_intents") or []
+                if isinstance(intent, str)
+            }
+        return self._intent_sessions.get(obj.get("payment_intent_id") or "")
 
 
 async def _json(send: Send, status: int, doc: Any, extra: dict[str, str] | None = None) -> None:

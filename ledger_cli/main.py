@@ -216,17 +216,21 @@ class ProgressPrinter:
 def cmd_status(args: argparse.Namespace) -> int:
     async def run(settings: Settings) -> int:
         from ledger.log import summary
+        from projections.reconcile import reconcile_status
         from projections.status import projection_status
 
         async with database(settings) as (conn, _):
             rows = await projection_status(conn)
             log = await summary(conn)
+            reconcile = await reconcile_status(conn)
         if args.json:
             import json
 
-            print(json.dumps({"head": log.head, "quarantined": log.quarantined, "projections": rows}))
+            doc = {"head": log.head, "quarantined": log.quarantined, "projections": rows, "reconcile": reconcile}
+            print(json.dumps(doc, default=str))
             return 0
         print(f"log: head at position {log.head}, {log.quarantined} quarantined deliveries")
+        print(_reconcile_line(reconcile))
         header = ("projection", "position", "lag", "state", "applied", "ignored", "failed", "last error")
         table = [header] + [
             (
@@ -241,12 +245,129 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
             for r in rows
         ]
-        widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-        for row in table:
-            print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        _print_table(table)
         return 0
 
     return _run_with_settings(run)
+
+
+def _reconcile_line(status: dict[str, Any]) -> str:
+    last = status["last_run"]
+    if last is None:
+        return f"reconcile: never run (automatic runner {status['runner']})"
+    run = f"last run {last['started_at']} {last['outcome']}: examined {last['examined']}, recorded {last['recorded']}"
+    if last["error"]:
+        run += f" ({last['error']})"
+    return (
+        f"reconcile: {run}; last success {status['last_success_at'] or 'never'}; {status['runs']} runs, "
+        f"{status['failures']} failed, {status['recorded']} observations recorded in all "
+        f"(automatic runner {status['runner']})"
+    )
+
+
+def _print_table(table: Sequence[Sequence[str]], out: Any = None) -> None:
+    """Rows of cells in aligned columns (the first row is the header)."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), file=out)
+
+
+def _since(text: str | None, settings: Settings) -> Any:
+    """``--since`` (a duration back from now, or an ISO-8601 time) as a time; the window by default."""
+    from datetime import UTC, datetime
+
+    from ledger.settings import parse_duration
+
+    now = datetime.now(UTC)
+    if text is None:
+        return now - settings.reconcile_window
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"--since {text!r}: give a duration (72h, 7d, 90m, seconds) or an ISO-8601 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    async def run(settings: Settings) -> int:
+        import json
+
+        import msgspec
+
+        from projections.fulfillment.flex_client import clients_for
+        from projections.reconcile import ReconcileFailed, reconcile
+
+        since = _since(args.since, settings)
+        clients = clients_for(settings)
+        if not clients:
+            raise ConfigError("FLEX_API_KEY (or FLEX_TEST_API_KEY) is not set: reconcile reads Flex's API with it")
+        show = _ReconcileProgress(enabled=sys.stderr.isatty() and not args.json)
+        try:
+            async with database(settings) as (conn, _):
+                report = await reconcile(
+                    conn, list(clients.values()), since=since, dry_run=args.dry_run, on_progress=show
+                )
+        except ReconcileFailed as exc:
+            show.close()
+            if args.json and exc.report is not None:
+                print(json.dumps(msgspec.to_builtins(exc.report)))
+            print(f"ledger reconcile: {exc.message}; nothing recorded", file=sys.stderr)
+            return 1
+        finally:
+            show.close()
+            for client in clients.values():
+                await client.aclose()
+        if args.json:
+            print(json.dumps(msgspec.to_builtins(report)))
+            return 0
+        recorded = "would record" if args.dry_run else "recorded"
+        table = [("kind", "examined", "already known", recorded)]
+        for kind, counts in report.kinds.items():
+            table.append((kind, str(counts.examined), str(counts.known), str(counts.recorded)))
+        table.append(
+            ("total", str(report.total("examined")), str(report.total("known")), str(report.total("recorded")))
+        )
+        print(f"ledger reconcile: Flex's API since {since.isoformat(timespec='seconds')}")
+        _print_table(table)
+        for seen in report.observations:
+            at = f" at position {seen.position}" if seen.position is not None else ""
+            print(f"  {recorded} {seen.kind} {seen.id} ({seen.status or 'no status'}){at}")
+        if args.dry_run:
+            print("ledger reconcile: dry run; nothing recorded")
+        return 0
+
+    return _run_with_settings(run)
+
+
+class _ReconcileProgress:
+    """A line per kind (examined so far) on a terminal; nothing otherwise."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self._bar: Any = None
+        self._tasks: dict[str, Any] = {}
+        if enabled:
+            from rich.progress import Progress, SpinnerColumn, TextColumn
+
+            self._bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), transient=True)
+            self._bar.start()
+
+    def __call__(self, report: Any) -> None:
+        if self._bar is None:
+            return
+        for kind, counts in report.kinds.items():
+            text = f"{kind}: examined {counts.examined}, already known {counts.known}"
+            if kind not in self._tasks:
+                self._tasks[kind] = self._bar.add_task(text, total=None)
+            self._bar.update(self._tasks[kind], description=text)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
 
 def cmd_fulfill_retry(args: argparse.Namespace) -> int:
@@ -320,7 +441,7 @@ def cmd_restock(args: argparse.Namespace) -> int:
 def cmd_send(args: argparse.Namespace) -> int:
     import os
 
-    from ledger_cli.send import load_events, send
+    from ledger_cli.send import load_events, scenario_line_items, send, tell_standin
 
     secret = args.secret or next(iter(os.environ.get("LEDGER_WEBHOOK_SECRETS", "").replace(",", " ").split()), "")
     if not secret:
@@ -328,6 +449,8 @@ def cmd_send(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
     try:
         events = load_events(args.source, seed)
+        if args.flex_standin:
+            tell_standin(args.flex_standin, events, scenario_line_items(args.source, seed))
         return send(
             events,
             url=args.url,
@@ -336,6 +459,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             out_of_order=args.out_of_order,
             duplicates=args.duplicate,
             style=args.headers,
+            drop=args.drop,
         )
     except ConfigError as exc:
         return _fail(exc.message)
@@ -412,6 +536,24 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--all-failed", action="store_true", help="every failed session")
     retry.set_defaults(func=cmd_fulfill_retry)
 
+    reconcile = sub.add_parser(
+        "reconcile",
+        help="record what Flex's API knows that the log does not show (lost webhooks)",
+        description="Pages Flex's checkout sessions, payment intents and refunds created in the window and "
+        "records, as ledger.flex.observed events, each one whose state the log does not already show; complete "
+        "sessions found this way are then fulfilled like any other, once. Records nothing when Flex cannot be "
+        "read to the end (exit 1). Running it twice records nothing new.",
+    )
+    reconcile.add_argument(
+        "--since",
+        default=None,
+        metavar="DURATION|ISO-8601",
+        help="how far back to look: 72h, 7d, 90m, seconds, or a time (default LEDGER_RECONCILE_WINDOW, 72h)",
+    )
+    reconcile.add_argument("--dry-run", action="store_true", help="print what would be recorded; record nothing")
+    reconcile.add_argument("--json", action="store_true", help="machine-readable report")
+    reconcile.set_defaults(func=cmd_reconcile)
+
     restock = sub.add_parser(
         "restock",
         help="restock what a fulfilled order sold (all its line items when none is named)",
@@ -451,6 +593,21 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--out-of-order", action="store_true", help="deliver the events shuffled")
     send.add_argument("--duplicate", type=int, default=0, metavar="N", help="redeliver N events again later")
     send.add_argument("--headers", choices=["svix", "webhook", "flex"], default="svix", help="header names to use")
+    send.add_argument(
+        "--flex-standin",
+        metavar="URL",
+        default=None,
+        help="also make this Flex stand-in (ledger flex-standin) know the sessions, payments and refunds sent, "
+        "so `ledger reconcile` and sync find them there",
+    )
+    send.add_argument(
+        "--drop",
+        action="append",
+        default=[],
+        metavar="EVENT_TYPE",
+        help="do not deliver events whose type starts with this (repeatable; 'all' drops every one): "
+        "webhooks lost on the way",
+    )
     send.set_defaults(func=cmd_send)
 
     standin = sub.add_parser("flex-standin", help="run a local stand-in for the Flex Line Items API (tests, demo)")

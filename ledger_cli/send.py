@@ -11,7 +11,7 @@ import random
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from ledger.settings import decode_secret
 from ledger.signing import sign
 from ledger_cli.scenarios import Checkout, cancel_events, checkout_events, dispute_events, refund_events
 
-__all__ = ["SCENARIOS", "load_events", "send"]
+__all__ = ["SCENARIOS", "load_events", "scenario_line_items", "send", "tell_standin"]
 
 # name: (the checkout, what happens after the sale)
 SCENARIOS: dict[str, tuple[dict[str, Any], Callable[[Checkout], list[dict[str, Any]]]]] = {
@@ -74,6 +74,30 @@ def _headers(key: bytes, msg_id: str, body: bytes, style: str) -> dict[str, str]
     }
 
 
+def scenario_line_items(source: str, seed: int) -> dict[str, list[dict[str, Any]]]:
+    """The line items Flex would answer for a scenario's session (none for a file of events)."""
+    if source not in SCENARIOS:
+        return {}
+    checkout = Checkout(seed=seed, **SCENARIOS[source][0])
+    return {checkout.session_id: checkout.line_items()}
+
+
+def tell_standin(standin_url: str, events: list[dict[str, Any]], line_items: dict[str, Any]) -> None:
+    """Makes a Flex stand-in (``ledger flex-standin``) know the sessions, payment intents and refunds
+    the events carry, as Flex itself would, whether or not the webhooks are then delivered."""
+    base = standin_url.rstrip("/").removesuffix("/v1")
+    try:
+        reply = httpx.post(f"{base}/_standin/events", json={"events": events, "line_items": line_items}, timeout=30)
+        reply.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"cannot tell the Flex stand-in at {base} about the events: {exc}") from None
+
+
+def _dropped(event: dict[str, Any], drop: Sequence[str]) -> bool:
+    event_type = event.get("event_type")
+    return any(d == "all" or (isinstance(event_type, str) and event_type.startswith(d)) for d in drop)
+
+
 def send(
     events: list[dict[str, Any]],
     *,
@@ -83,9 +107,11 @@ def send(
     out_of_order: bool = False,
     duplicates: int = 0,
     style: str = "svix",
+    drop: Sequence[str] = (),
     out: Any = sys.stdout,
 ) -> int:
-    """Delivers ``events``; prints one line per delivery. Returns 0 when every reply was 2xx."""
+    """Delivers ``events``, except those whose type starts with one of ``drop`` (``all``: every
+    one; a lost webhook); prints one line per delivery. Returns 0 when every reply was 2xx."""
     key = decode_secret(secret)
     rng = random.Random(seed)
     deliveries = [(e, f"msg_{uuid.UUID(int=rng.getrandbits(128)).hex[:24]}") for e in events]
@@ -102,6 +128,9 @@ def send(
         for event, msg_id in deliveries:
             body = json.dumps(event).encode()
             label = f"{event.get('event_type', '?'):<32} {event.get('event_id', '?')}"
+            if _dropped(event, drop):
+                print(f"{label} -> dropped (not delivered)", file=out, flush=True)
+                continue
             try:
                 reply = client.post(url, content=body, headers=_headers(key, msg_id, body, style))
             except httpx.HTTPError as exc:

@@ -10,6 +10,7 @@ import msgspec
 
 from projections.base import Deltas, LogRow, Projection, merge
 from projections.mergeable import Mergeable
+from projections.observations import as_snapshot
 from projections.sql import projection_queries as sql
 
 __all__ = ["BatchResult", "ProjectionFailed", "apply_batch", "decode_rows"]
@@ -37,7 +38,8 @@ class BatchResult(msgspec.Struct, kw_only=True):
 
 
 def decode_rows(records: Sequence[asyncpg.Record]) -> tuple[list[LogRow], int]:
-    """Logged rows whose body is a JSON object; returns them and how many were not."""
+    """Logged rows whose body is a JSON object (an observation read as the snapshot it stands for:
+    ``projections.observations``); returns them and how many were not."""
     rows: list[LogRow] = []
     for record in records:
         try:
@@ -45,7 +47,9 @@ def decode_rows(records: Sequence[asyncpg.Record]) -> tuple[list[LogRow], int]:
         except msgspec.DecodeError:
             continue
         if isinstance(payload, dict):
-            rows.append(LogRow(position=record["position"], event_type=record["event_type"], payload=payload))
+            rows.append(
+                as_snapshot(LogRow(position=record["position"], event_type=record["event_type"], payload=payload))
+            )
     return rows, len(records) - len(rows)
 
 

@@ -12,6 +12,7 @@ from projections.base import Deltas, LogRow, Projection, Table
 from projections.fields import as_bool, as_str, epoch_micros, event_micros, id_of, newest_first_key, nulled, resource
 from projections.fields import dict_of as _dict
 from projections.mergeable import Mergeable
+from projections.observations import OBSERVED
 
 __all__ = ["CUSTOMERS"]
 
@@ -93,7 +94,7 @@ def _row(_: str, state: Mergeable) -> tuple[Any, ...]:
 
 CUSTOMERS = Projection(
     name="customers",
-    prefixes=("customer.", "checkout.session."),
+    prefixes=("customer.", "checkout.session.", OBSERVED),
     tables=(Table("customers", load="customers_load", upsert="customers_upsert", row=_row),),
     fold=fold,
     shape=2,  # 2: merge keys from the events' content, explicit nulls; modes; money after the sale

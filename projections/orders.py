@@ -36,6 +36,7 @@ from projections.fields import dict_of as _dict
 from projections.fulfillment.events import FAILED, FETCHED, RETRY_REQUESTED
 from projections.fulfillment.line_items import UnusableLineItems, parse_line_items
 from projections.mergeable import Key, Mergeable
+from projections.observations import OBSERVED
 
 __all__ = ["ORDERS", "REFUND_EVENTS", "SESSION_FINAL", "refunds_in"]
 
@@ -312,6 +313,7 @@ ORDERS = Projection(
     name="orders",
     prefixes=(
         "checkout.session.",
+        OBSERVED,
         "payment_intent.",
         *REFUND_EVENTS,
         "charge.dispute.",

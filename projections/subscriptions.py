@@ -22,6 +22,7 @@ from projections.fields import (
     resource,
 )
 from projections.mergeable import Mergeable
+from projections.observations import OBSERVED
 from projections.orders import SESSION_FINAL
 
 __all__ = ["SUBSCRIPTIONS"]
@@ -124,7 +125,7 @@ def _row(_: str, state: Mergeable) -> tuple[Any, ...]:
 
 SUBSCRIPTIONS = Projection(
     name="subscriptions",
-    prefixes=("customer.subscription.", "invoice.", "checkout.session."),
+    prefixes=("customer.subscription.", "invoice.", "checkout.session.", OBSERVED),
     tables=(Table("subscriptions", load="subscriptions_load", upsert="subscriptions_upsert", row=_row),),
     fold=fold,
     shape=2,  # 2: merge keys from the events' content, explicit nulls; modes; money after the sale

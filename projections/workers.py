@@ -1,8 +1,9 @@
-"""The background workers of a process: every projection runner and the fulfillment reactor.
+"""The background workers of a process: every projection runner, the fulfillment reactor and the
+automatic reconcile (``LEDGER_RECONCILE_INTERVAL``).
 
 ``ledger serve`` runs them next to the HTTP server (the default); ``ledger serve --no-workers``
-leaves them to ``ledger work`` processes. Any number of processes may run them: each projection
-and the reactor is active in exactly one at a time (advisory locks); the others stand by.
+leaves them to ``ledger work`` processes. Any number of processes may run them: each projection,
+the reactor and reconcile is active in exactly one at a time (advisory locks); the others stand by.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from collections.abc import AsyncIterator, Callable
 from ledger.db import create_pool
 from ledger.settings import Settings
 from projections.freshness import CheckpointWatcher
-from projections.fulfillment.flex_client import FlexClient
+from projections.fulfillment.flex_client import clients_for
 from projections.fulfillment.reactor import FulfillmentReactor
+from projections.reconcile import AutomaticReconcile
 from projections.registry import PROJECTIONS
 from projections.runner import ProjectionRunner
 from projections.upgrade import upgrade_projections
@@ -43,16 +45,7 @@ async def running_workers(
         ProjectionRunner(dsn, p, watcher.subscribe(), quiet_period=settings.runner_batch_delay)
         for p in PROJECTIONS.values()
     ]
-    clients: dict[str, FlexClient] = {}
-    for mode, key in (("live", settings.flex_api_key), ("test", settings.flex_test_api_key)):
-        if key:
-            clients[mode] = FlexClient(
-                settings.flex_api_base_url,
-                key,
-                read_timeout=settings.flex_api_timeout,
-                concurrency=settings.fulfillment_concurrency,
-                on_call=on_flex_call,
-            )
+    clients = clients_for(settings, on_call=on_flex_call)
     reactor = FulfillmentReactor(
         dsn,
         pool,
@@ -67,6 +60,11 @@ async def running_workers(
     tasks += [asyncio.create_task(r.run(), name=f"projection-{r.projection.name}") for r in runners]
     tasks.append(asyncio.create_task(upgrade_projections(dsn), name="projection-upgrade"))
     tasks.append(asyncio.create_task(reactor.run(), name="fulfillment"))
+    if settings.reconcile_interval > 0:
+        reconciler = AutomaticReconcile(
+            dsn, list(clients.values()), interval=settings.reconcile_interval, window=settings.reconcile_window
+        )
+        tasks.append(asyncio.create_task(reconciler.run(), name="reconcile"))
     try:
         yield runners
     finally:

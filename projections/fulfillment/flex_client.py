@@ -1,9 +1,9 @@
-"""The Flex API client: line items of a checkout session, with timeouts, retries and a limit.
+"""The Flex API client: line items, sessions and list pages, with timeouts, retries and a limit.
 
 One ``httpx.AsyncClient`` per process. Transport errors, timeouts, 429 and 5xx are retried
 with exponential backoff and full jitter, honouring ``Retry-After`` (seconds or an HTTP date);
-400, 401, 403, 404 and 422 are not. The reply is read by ``line_items.parse_line_items``; an
-answer it cannot use is a permanent failure.
+400, 401, 403, 404 and 422 are not. Line items are read by ``line_items.parse_line_items``; an
+answer the caller cannot use is a permanent failure.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
+from ledger.settings import Settings
 from projections.fulfillment.line_items import LineItem, UnusableLineItems, parse_line_items
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "FlexClient",
     "PermanentFlexError",
     "TransientFlexError",
+    "clients_for",
     "retry_after_seconds",
 ]
 
@@ -100,7 +103,35 @@ class FlexClient:
 
     async def line_items(self, checkout_session_id: str) -> tuple[list[dict[str, Any]], list[LineItem]]:
         """``GET /checkout/sessions/{id}/line_items``, retried; raises a ``FlexApiError`` subclass."""
-        path = f"/checkout/sessions/{checkout_session_id}/line_items"
+        body = await self.get(f"/checkout/sessions/{quote(checkout_session_id, safe='')}/line_items")
+        try:
+            return parse_line_items(body)
+        except UnusableLineItems as exc:
+            raise PermanentFlexError(str(exc), status=200) from None
+
+    async def checkout_session(self, checkout_session_id: str) -> dict[str, Any] | None:
+        """``GET /checkout/sessions/{id}``: the session, or ``None`` when Flex does not know it."""
+        try:
+            body = await self.get(f"/checkout/sessions/{quote(checkout_session_id, safe='')}")
+        except PermanentFlexError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        session = body.get("checkout_session") if isinstance(body, dict) else None
+        if not isinstance(session, dict):
+            raise PermanentFlexError("Flex API answered a session without 'checkout_session'", status=200)
+        return session
+
+    async def list_page(self, path: str, key: str, **params: str | int | None) -> list[dict[str, Any]]:
+        """One page of a list route (``{key: [...]}``); objects that are not JSON objects are dropped."""
+        body = await self.get(path, {k: v for k, v in params.items() if v is not None})
+        items = body.get(key) if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise PermanentFlexError(f"Flex API answered {path} without a {key!r} list", status=200)
+        return [item for item in items if isinstance(item, dict)]
+
+    async def get(self, path: str, params: dict[str, str | int] | None = None) -> Any:
+        """``GET path``, retried on transient failures; the JSON body. Raises ``FlexApiError``."""
         last: FlexApiError | None = None
         for attempt in range(self.attempts):
             if attempt:
@@ -109,19 +140,19 @@ class FlexClient:
                     wait = min(max(wait, last.retry_after), self.max_retry_after)
                 await self._sleep(wait)
             try:
-                return await self._once(path)
+                return await self._once(path, params)
             except TransientFlexError as exc:
                 last = exc
         assert last is not None
         raise last
 
-    async def _once(self, path: str) -> tuple[list[dict[str, Any]], list[LineItem]]:
+    async def _once(self, path: str, params: dict[str, str | int] | None) -> Any:
         started = time.perf_counter()
         status: int | None = None
         try:
             async with self._limit:
                 try:
-                    response = await self._client.get(path)
+                    response = await self._client.get(path, params=params)
                 except httpx.TimeoutException as exc:
                     raise _transient(f"Flex API timed out ({type(exc).__name__})", None, None) from exc
                 except httpx.TransportError as exc:
@@ -134,16 +165,34 @@ class FlexClient:
             if status in PERMANENT_STATUSES or not 200 <= status < 300:
                 raise PermanentFlexError(f"Flex API answered {status}: {response.text[:200]}", status=status)
             try:
-                body = response.json()
+                return response.json()
             except ValueError:
                 raise _transient("Flex API answered with a body that is not JSON", status, None) from None
-            try:
-                return parse_line_items(body)
-            except UnusableLineItems as exc:
-                raise PermanentFlexError(str(exc), status=status) from None
         finally:
             if self._on_call is not None:
                 self._on_call(status, time.perf_counter() - started)
+
+
+def clients_for(
+    settings: Settings,
+    *,
+    concurrency: int | None = None,
+    on_call: Callable[[int | None, float], None] | None = None,
+    attempts: int = 4,
+) -> dict[str, FlexClient]:
+    """One client per configured key: ``live`` (``FLEX_API_KEY``) and ``test`` (``FLEX_TEST_API_KEY``)."""
+    clients = {}
+    for mode, key in (("live", settings.flex_api_key), ("test", settings.flex_test_api_key)):
+        if key:
+            clients[mode] = FlexClient(
+                settings.flex_api_base_url,
+                key,
+                read_timeout=settings.flex_api_timeout,
+                concurrency=concurrency or settings.fulfillment_concurrency,
+                on_call=on_call,
+                attempts=attempts,
+            )
+    return clients
 
 
 def _transient(message: str, status: int | None, retry_after: float | None) -> TransientFlexError:

@@ -4,7 +4,8 @@ Not a projection: it has side effects (calls to Flex), so it is never part of ``
 It has its own checkpoint and one queue row per completed session.
 
 * Intake: reads the log after its checkpoint; every ``checkout.session.completed`` whose
-  session is ``complete`` queues its session (a second completion or a duplicate does nothing);
+  session is ``complete``, and every observation of a session Flex's API shows ``complete``
+  (``projections.observations``), queues its session (a second completion or a duplicate does nothing);
   the checkpoint moves by compare-and-set in the same transaction.
 * Work: due sessions are fetched concurrently (bounded), each on its own schedule. For each
   fetched session, one transaction appends ``ledger.line_items.fetched`` and one
@@ -39,6 +40,7 @@ from projections.fulfillment.events import failed_event, fetched_events, retry_r
 from projections.fulfillment.flex_client import FlexApiError, FlexClient, PermanentFlexError
 from projections.fulfillment.restock import RestockRefused, restock
 from projections.fulfillment.sql import queue_queries as sql
+from projections.observations import KINDS, OBSERVED
 from projections.orders import REFUND_EVENTS, refunds_in
 from projections.registry import FULFILLMENT, lock_id
 
@@ -47,6 +49,8 @@ __all__ = ["FulfillmentReactor", "QueueCounts", "intake_once", "queue_counts", "
 _log = logging.getLogger(__name__)
 
 _COMPLETED = "checkout.session.completed"
+# What queues a session: its completion, or Flex's API seen saying it is complete (reconcile, sync).
+_COMPLETING = (_COMPLETED, KINDS["checkout_session"].snapshot_type)
 
 
 class _Intake:
@@ -57,16 +61,18 @@ class _Intake:
 
     def __init__(self, *, restock_on_refund: bool = False) -> None:
         self.restock_on_refund = restock_on_refund
-        self.patterns = like_patterns([_COMPLETED, *(REFUND_EVENTS if restock_on_refund else ())])
+        self.patterns = like_patterns([_COMPLETED, OBSERVED, *(REFUND_EVENTS if restock_on_refund else ())])
 
     async def apply(self, conn: asyncpg.Connection, rows: list[LogRow]) -> BatchResult:
         sessions: dict[str, tuple[int, bool]] = {}
         refunded: dict[str, int] = {}
         for row in rows:
-            if row.event_type == _COMPLETED:
+            if row.event_type in _COMPLETING:
                 session = resource(row.payload, "checkout_session", "checkout_session_id")
                 session_id = as_str(session.get("checkout_session_id")) if session else None
-                if session_id and session and session.get("status", "complete") == "complete":
+                # a completion says so unless its object says otherwise; an observation must say it
+                default = "complete" if row.event_type == _COMPLETED else None
+                if session_id and session and session.get("status", default) == "complete":
                     test_mode = as_bool(session.get("test_mode", row.payload.get("test_mode"))) or False
                     sessions.setdefault(session_id, (row.position, test_mode))
             elif self.restock_on_refund and row.event_type.startswith(REFUND_EVENTS):

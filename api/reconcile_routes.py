@@ -1,0 +1,81 @@
+"""Routes about what Flex's API knows: the success page's sync, and the reconcile runs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Response, get, post
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import Parameter
+
+from api import schemas
+from api.read_routes import FRESHNESS_HEADER
+from api.schemas import ok
+from api.state import AppState
+from ledger.errors import DatabaseUnavailable, FlexUnavailable, NotFound
+from projections import documents
+from projections.reconcile import observe_session, read_reconcile
+
+__all__ = ["RECONCILE_ROUTES"]
+
+
+@post(
+    "/orders/{checkout_session_id:str}/sync",
+    status_code=200,
+    summary="Ask Flex for a session now and answer its order (for the success page)",
+    description="Fetches the checkout session, its payment intents and its refunds from Flex's API, records "
+    "what the log does not show yet as observations (as `ledger reconcile` does; a complete session is then "
+    "fulfilled like any other), and answers the order as it then stands. 404 when Flex does not know the "
+    "session; 503 with Retry-After when Flex cannot be reached.",
+    tags=["orders"],
+    responses={
+        **ok(schemas.Order, "The order, with what Flex said applied", can_404=True),
+        503: ResponseSpec(
+            data_container=schemas.ErrorBody,
+            description="Flex (or the database) cannot be reached now; retry (see Retry-After).",
+            generate_examples=False,
+        ),
+    },
+)
+async def sync_order(state: AppState, checkout_session_id: str) -> Response[Any]:
+    outcome = "error"
+    try:
+        clients = list(state.flex_clients.values())
+        if not clients:
+            raise FlexUnavailable("FLEX_API_KEY is not set: this service cannot ask Flex", retry_after=60)
+        observations = await observe_session(state.pool, clients, checkout_session_id)
+        headers: dict[str, str] = {}
+        if observations:
+            results = await state.log.append(observations)
+            reached = await state.checkpoints.wait(["orders"], max(r.position for r in results))
+            headers[FRESHNESS_HEADER] = "true" if reached else "false"
+        outcome = "recorded" if observations else "known"
+        order = await documents.get_order(state.pool, checkout_session_id)
+        if order is None:  # recorded, but the orders projection has not applied it within the wait
+            raise DatabaseUnavailable("the order is recorded but not projected yet; retry", retry_after=1)
+        return Response(order, headers=headers)
+    except NotFound:
+        outcome = "not_found"
+        raise
+    except FlexUnavailable:
+        outcome = "flex_unavailable"
+        raise
+    except DatabaseUnavailable:
+        outcome = "unavailable"
+        raise
+    finally:
+        state.metrics.syncs.labels(outcome).inc()
+
+
+@get(
+    "/reconcile",
+    summary="Reconcile runs: the automatic runner, totals, and the most recent runs",
+    tags=["operations"],
+    responses=ok(schemas.ReconcileStatus, "The runner's state, totals, and the latest runs, newest first"),
+)
+async def get_reconcile(state: AppState, limit: Annotated[int, Parameter(ge=1, le=100)] = 20) -> dict[str, Any]:
+    status, runs = await read_reconcile(state.pool, limit)
+    return {**{k: v for k, v in status.items() if k != "last_run"}, "data": runs}
+
+
+RECONCILE_ROUTES = [sync_order, get_reconcile]

@@ -1,0 +1,438 @@
+"""Reconcile: ask Flex's API what it knows, and record what the log does not show yet.
+
+Svix gives up on a webhook after about 27 hours; a checkout whose webhooks were all lost (or only
+its completion) would otherwise never be recorded nor fulfilled. A run pages Flex's
+``GET /checkout/sessions``, ``GET /payment_intents`` and ``GET /refunds`` (newest first, ``limit``
+and ``starting_after``) back to the window's start, and compares each resource with what the log
+already shows: the orders projection's state merged with the events it has not applied yet. A
+resource whose observation would change nothing there is *known*; the others are recorded as
+``ledger.flex.observed`` events (``projections.observations``), all in one transaction at the end,
+so a run that cannot read Flex to the end records nothing. Their ids are derived from their
+content, so a second run, or two at once, record each state once.
+
+``observe_session`` does the same for one session and its payments (the success page's call);
+``AutomaticReconcile`` runs reconcile every interval in one process across all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from ledger.db import UNAVAILABLE, translate_errors
+from ledger.errors import FlexUnavailable, NotFound
+from ledger.log import NewEvent, append_with, read_batch
+from projections.apply import decode_rows
+from projections.base import Deltas, LogRow, merge
+from projections.coordination import held_locks, run_exclusively
+from projections.fields import epoch_micros
+from projections.fulfillment.flex_client import FlexApiError, FlexClient
+from projections.mergeable import Mergeable
+from projections.observations import KINDS, Kind, as_snapshot, observed_event, resource_id
+from projections.orders import ORDERS
+from projections.registry import RECONCILE, lock_id
+from projections.sql import projection_queries as sql
+
+__all__ = [
+    "AutomaticReconcile",
+    "KindCount",
+    "ReconcileFailed",
+    "ReconcileReport",
+    "SessionUnknown",
+    "last_started",
+    "observe_session",
+    "read_reconcile",
+    "recent_runs",
+    "reconcile",
+    "reconcile_status",
+    "reconcile_summary",
+]
+
+_log = logging.getLogger(__name__)
+_decode = msgspec.json.Decoder()
+_encode = msgspec.json.Encoder()
+
+PAGE_SIZE = 100  # Flex's largest page
+_TAIL_BATCH = 10_000
+
+
+class ReconcileFailed(Exception):
+    """Flex could not be read to the end (or answered something unusable): nothing was recorded."""
+
+    def __init__(self, message: str, report: ReconcileReport | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.report = report
+
+
+class SessionUnknown(NotFound):
+    """Flex does not know the checkout session (in any mode this service has a key for)."""
+
+
+class KindCount(msgspec.Struct, kw_only=True):
+    examined: int = 0
+    known: int = 0
+    recorded: int = 0
+
+
+class Observed(msgspec.Struct, kw_only=True, frozen=True):
+    """One observation a run recorded (or, in a dry run, would record)."""
+
+    kind: str
+    id: str
+    status: str | None
+    event_id: str
+    position: int | None = None
+
+
+class ReconcileReport(msgspec.Struct, kw_only=True):
+    trigger: str
+    started_at: datetime
+    since: datetime
+    dry_run: bool = False
+    finished_at: datetime | None = None
+    outcome: str = "ok"
+    error: str | None = None
+    kinds: dict[str, KindCount] = msgspec.field(default_factory=lambda: {k: KindCount() for k in KINDS})
+    observations: list[Observed] = msgspec.field(default_factory=list)
+
+    def total(self, what: str) -> int:
+        return sum(getattr(c, what) for c in self.kinds.values())
+
+    @property
+    def positions(self) -> tuple[int | None, int | None]:
+        positions = [o.position for o in self.observations if o.position is not None]
+        return (min(positions), max(positions)) if positions else (None, None)
+
+
+@dataclass
+class _Candidate:
+    kind: Kind
+    event: NewEvent
+    row: LogRow
+    resource: dict[str, Any]
+
+
+@dataclass
+class _Baseline:
+    """What the log shows of the orders: the projection's rows plus the events after its checkpoint
+    (read once per run), so a lagging or stopped projection does not make known things look new."""
+
+    tail: Deltas = field(default_factory=Deltas)
+
+    @classmethod
+    async def read(cls, conn: asyncpg.Connection, *, max_tail: int | None = None) -> _Baseline:
+        baseline = cls()
+        state = await conn.fetchrow(sql.state_get, ORDERS.name)
+        start, head = state["position"], state["head"]
+        if max_tail is not None and head - start > max_tail:
+            return baseline  # too far behind to fold here: compare with the rows alone (may over-record)
+        while start < head:
+            end = min(head, start + _TAIL_BATCH)
+            rows, _ = decode_rows(await read_batch(conn, start, end, ORDERS.patterns))
+            for row in rows:
+                with contextlib.suppress(Exception):  # what the projection cannot fold, it records as failed
+                    ORDERS.fold(row, baseline.tail)
+            start = end
+        return baseline
+
+    async def unknown(self, conn: asyncpg.Connection, candidates: Sequence[_Candidate]) -> list[bool]:
+        """For each candidate, whether its observation would change what the log shows."""
+        folded: list[Deltas] = []
+        wanted: dict[str, set[str]] = {}
+        for candidate in candidates:
+            deltas = Deltas()
+            with contextlib.suppress(Exception):
+                ORDERS.fold(candidate.row, deltas)
+            folded.append(deltas)
+            for table, states in deltas.by_table.items():
+                wanted.setdefault(table, set()).update(states)
+        stored: dict[str, dict[str, Mergeable]] = {}
+        for table, ids in wanted.items():
+            rows = await conn.fetch(getattr(sql, ORDERS.table(table).load), sorted(ids))
+            stored[table] = {r["id"]: Mergeable(_decode.decode(r["state"])) for r in rows}
+        out = []
+        for deltas in folded:
+            changes = False
+            for table, states in deltas.by_table.items():
+                for entity_id, delta in states.items():
+                    before = _copy(stored[table].get(entity_id))
+                    tail = self.tail.by_table.get(table, {}).get(entity_id)
+                    if tail is not None:
+                        before = merge(before, tail)
+                    after = merge(_copy(before), delta)
+                    changes = changes or _facts(after) != _facts(before)
+            out.append(changes)
+        return out
+
+
+def _copy(state: Mergeable | None) -> Mergeable:
+    return Mergeable(_decode.decode(_encode.encode(state.doc))) if state is not None else Mergeable()
+
+
+def _facts(state: Mergeable) -> tuple[Any, ...]:
+    """A state's values, sets and marks: what it shows (the merge keys say only why)."""
+    doc = state.doc
+    return (doc["v"], doc["s"], doc["m"])
+
+
+def _candidate(kind: Kind, resource: dict[str, Any], observed_at: datetime) -> _Candidate | None:
+    if resource_id(kind, resource) is None:
+        return None
+    event = observed_event(kind, resource, observed_at)
+    row = as_snapshot(LogRow(position=0, event_type=event.event_type, payload=_decode.decode(event.raw_body)))
+    return _Candidate(kind, event, row, resource)
+
+
+def _observed(candidate: _Candidate, position: int | None = None) -> Observed:
+    status = candidate.resource.get("status")
+    return Observed(
+        kind=candidate.kind.name,
+        id=resource_id(candidate.kind, candidate.resource) or "",
+        status=status if isinstance(status, str) else None,
+        event_id=candidate.event.event_id,
+        position=position,
+    )
+
+
+async def _pages(
+    client: FlexClient, kind: Kind, since_micros: int, page_size: int
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """The kind's resources created in the window, a page at a time, newest first."""
+    after: str | None = None
+    cursors: set[str] = set()
+    while True:
+        page = await client.list_page(kind.list_path, kind.list_key, limit=page_size, starting_after=after)
+        in_window = [r for r in page if (t := epoch_micros(r.get("created_at"))) is None or t >= since_micros]
+        yield in_window
+        if len(page) < page_size or len(in_window) < len(page):
+            return
+        after = resource_id(kind, page[-1])
+        if after is None or after in cursors:
+            raise ReconcileFailed(f"Flex API paged {kind.list_path} in a loop (cursor {after!r} again)")
+        cursors.add(after)
+
+
+async def reconcile(
+    conn: asyncpg.Connection,
+    clients: Sequence[FlexClient],
+    *,
+    since: datetime,
+    dry_run: bool = False,
+    trigger: str = "command",
+    page_size: int = PAGE_SIZE,
+    on_progress: Callable[[ReconcileReport], None] | None = None,
+) -> ReconcileReport:
+    """One run over every client (one per API key: live, test). Raises ``ReconcileFailed`` when
+    Flex could not be read to the end; nothing is recorded then (a failed run is, unless dry)."""
+    report = ReconcileReport(trigger=trigger, started_at=datetime.now(UTC), since=since, dry_run=dry_run)
+    try:
+        baseline = await _Baseline.read(conn)
+        chosen: dict[str, _Candidate] = {}
+        db = asyncio.Lock()  # the kinds page concurrently; the connection answers one query at a time
+        since_micros = int(since.timestamp() * 1_000_000)
+
+        async def walk(client: FlexClient, kind: Kind) -> None:
+            async for page in _pages(client, kind, since_micros, page_size):
+                observed_at = datetime.now(UTC)
+                candidates = [c for r in page if (c := _candidate(kind, r, observed_at)) is not None]
+                async with db:
+                    unknown = await baseline.unknown(conn, candidates)
+                counts = report.kinds[kind.name]
+                counts.examined += len(page)
+                for candidate, new in zip(candidates, unknown, strict=True):
+                    if new and candidate.event.event_id not in chosen:
+                        chosen[candidate.event.event_id] = candidate
+                    else:
+                        counts.known += 1
+                counts.known += len(page) - len(candidates)  # without an id: nothing to record
+                if on_progress is not None:
+                    on_progress(report)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for client in clients:
+                    for kind in KINDS.values():
+                        group.create_task(walk(client, kind))
+        except* FlexApiError as failed:
+            raise ReconcileFailed(f"cannot read Flex's API: {failed.exceptions[0]}") from None
+        except* ReconcileFailed as failed:
+            raise failed.exceptions[0] from None
+        candidates = list(chosen.values())
+        if dry_run:
+            report.observations = [_observed(c) for c in candidates]
+            for c in candidates:
+                report.kinds[c.kind.name].recorded += 1
+            report.finished_at = datetime.now(UTC)
+            return report
+        async with conn.transaction():
+            results = await append_with(conn, [c.event for c in candidates]) if candidates else []
+            for c, result in zip(candidates, results, strict=True):
+                if result.duplicate:  # another run (or a sync) recorded this very state meanwhile
+                    report.kinds[c.kind.name].known += 1
+                else:
+                    report.kinds[c.kind.name].recorded += 1
+                    report.observations.append(_observed(c, result.position))
+            report.finished_at = datetime.now(UTC)
+            await _record(conn, report)
+        return report
+    except ReconcileFailed as exc:
+        report.outcome, report.error, report.finished_at = "failed", exc.message, datetime.now(UTC)
+        exc.report = report
+        if not dry_run:
+            with contextlib.suppress(*UNAVAILABLE, asyncpg.PostgresError):
+                await _record(conn, report)
+        raise
+
+
+async def _record(conn: asyncpg.Connection, report: ReconcileReport) -> None:
+    first, last = report.positions
+    await conn.execute(
+        sql.reconcile_run_insert,
+        report.trigger,
+        report.started_at,
+        report.finished_at,
+        report.since,
+        report.outcome,
+        report.error,
+        report.total("examined"),
+        report.total("known"),
+        report.total("recorded"),
+        json.dumps({k: msgspec.to_builtins(c) for k, c in report.kinds.items()}),
+        first,
+        last,
+    )
+
+
+async def observe_session(pool: asyncpg.Pool, clients: Sequence[FlexClient], session_id: str) -> list[NewEvent]:
+    """Fetches one session, its payment intents and its refunds from Flex now (the success page's
+    sync) and returns the observations of what the log does not show yet, for the caller to append.
+    Raises ``SessionUnknown`` when no client's mode knows the session, ``FlexUnavailable`` when
+    Flex cannot be read, ``DatabaseUnavailable`` when the log cannot."""
+    try:
+        for client in clients:
+            session = await client.checkout_session(session_id)
+            if session is not None:
+                break
+        else:
+            raise SessionUnknown(f"Flex knows no checkout session {session_id!r}")
+        observed_at = datetime.now(UTC)
+        resources: list[tuple[Kind, dict[str, Any]]] = [(KINDS["checkout_session"], session)]
+        for name in ("payment_intent", "refund"):
+            kind = KINDS[name]
+            page = await client.list_page(kind.list_path, kind.list_key, checkout_session=session_id, limit=PAGE_SIZE)
+            resources += [(kind, r) for r in page]
+    except FlexApiError as exc:
+        wait = max(1, min(60, round(exc.retry_after or 5)))
+        raise FlexUnavailable(f"cannot read the session from Flex now: {exc.message}", retry_after=wait) from None
+    candidates = [c for kind, r in resources if (c := _candidate(kind, r, observed_at)) is not None]
+    with translate_errors():
+        async with pool.acquire() as conn:
+            baseline = await _Baseline.read(conn, max_tail=_TAIL_BATCH)
+            unknown = await baseline.unknown(conn, candidates)
+    return [c.event for c, new in zip(candidates, unknown, strict=True) if new]
+
+
+async def last_started(conn: asyncpg.Connection) -> datetime | None:
+    value = await conn.fetchval(sql.reconcile_last_started)
+    return value if isinstance(value, datetime) else None
+
+
+async def reconcile_summary(conn: asyncpg.Connection) -> dict[str, Any]:
+    """Runs, failures, observations recorded and the last run: for status, the API and metrics."""
+    row = await conn.fetchrow(sql.reconcile_summary)
+    last = json.loads(row["last_run"]) if isinstance(row["last_run"], str) else row["last_run"]
+    return {
+        "runs": row["runs"],
+        "failures": row["failures"],
+        "recorded": row["recorded"],
+        "last_success_at": row["last_success_at"].isoformat() if row["last_success_at"] else None,
+        "last_run": last,
+    }
+
+
+async def reconcile_status(conn: asyncpg.Connection) -> dict[str, Any]:
+    """``reconcile_summary`` and whether some process runs the automatic reconcile."""
+    summary = await reconcile_summary(conn)
+    summary["runner"] = "running" if lock_id(RECONCILE) in await held_locks(conn) else "stopped"
+    return summary
+
+
+async def read_reconcile(pool: asyncpg.Pool, limit: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``reconcile_status`` and the ``limit`` latest runs, on a connection of ``pool``."""
+    with translate_errors():
+        async with pool.acquire() as conn:
+            return await reconcile_status(conn), await recent_runs(conn, limit)
+
+
+async def recent_runs(conn: asyncpg.Connection, limit: int = 20) -> list[dict[str, Any]]:
+    out = []
+    for r in await conn.fetch(sql.reconcile_runs_recent, limit):
+        run = dict(r)
+        run["kinds"] = json.loads(run["kinds"])
+        for key in ("started_at", "finished_at", "since"):
+            run[key] = run[key].isoformat()
+        out.append(run)
+    return out
+
+
+class AutomaticReconcile:
+    """Reconciles every ``interval`` seconds over ``window``, in one process across all of them
+    (advisory lock). The next run is due ``interval`` after the last one of any kind began, as
+    recorded in the database, so restarts and manual runs do not make it run more often; after a
+    failed run it tries again sooner (``retry_after_failure``)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        clients: Sequence[FlexClient],
+        *,
+        interval: float,
+        window: timedelta,
+        standby_interval: float = 5.0,
+        retry_after_failure: float = 60.0,
+    ) -> None:
+        self.dsn = dsn
+        self.clients = list(clients)
+        self.interval = interval
+        self.window = window
+        self.standby_interval = standby_interval
+        self.retry_after_failure = min(retry_after_failure, interval)
+        self.active = False
+
+    async def run(self) -> None:
+        if not self.clients:
+            _log.warning("reconcile: FLEX_API_KEY is not set; automatic reconcile is off")
+            return
+        await run_exclusively(self.dsn, RECONCILE, lock_id(RECONCILE), self, self._loop, self.standby_interval)
+
+    async def _loop(self, conn: asyncpg.Connection) -> None:
+        while True:
+            last = await last_started(conn)
+            now = datetime.now(UTC)
+            due = last + timedelta(seconds=self.interval) if last is not None else now
+            if due > now:
+                await asyncio.sleep(min((due - now).total_seconds(), self.interval))
+                continue
+            try:
+                report = await reconcile(conn, self.clients, since=now - self.window, trigger="automatic")
+            except ReconcileFailed as exc:
+                _log.warning("reconcile: run failed, nothing recorded: %s", exc.message)
+                await asyncio.sleep(self.retry_after_failure)
+                continue
+            recorded = report.total("recorded")
+            log = _log.warning if recorded else _log.info
+            log(
+                "reconcile: examined %d, recorded %d observation(s) the webhooks had not brought",
+                report.total("examined"),
+                recorded,
+            )
