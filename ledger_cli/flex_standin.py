@@ -157,10 +157,7 @@ class FlexStandIn:
             return await _json(send, 200, {"count": len(self.calls), "calls": self.calls})
         if path == "/_standin/faults" and method == "POST":
             spec = json.loads(body or b"{}")
-            target = spec.get("session_id", "*")
-            if "always" in spec:
-                self.always[target] = spec["always"]
-            self.scripts.setdefault(target, deque()).extend(spec.get("script", []))
+            self.fault(spec.get("session_id", "*"), script=spec.get("script", []), always=spec.get("always"))
             return await _json(send, 200, {"ok": True})
         if path == "/_standin/faults" and method == "DELETE":
             self.scripts.clear()
@@ -177,6 +174,14 @@ class FlexStandIn:
             self.sessions[match.group(1)] = json.loads(body or b"{}").get("line_items", [])
             return await _json(send, 200, {"ok": True})
         return await _json(send, 404, {"detail": "not_found"})
+
+    def fault(
+        self, target: str = "*", *, script: list[dict[str, Any]] | None = None, always: dict[str, Any] | None = None
+    ) -> None:
+        """Answers of the next calls to ``target`` (one step per call), or of every call (``always``)."""
+        if always is not None:
+            self.always[target] = always
+        self.scripts.setdefault(target, deque()).extend(script or [])
 
     def learn(self, events: list[dict[str, Any]]) -> int:
         """Keeps the newest state of every session, payment intent and refund the events carry
