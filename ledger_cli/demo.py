@@ -2,8 +2,9 @@
 
 An embedded PostgreSQL in a temporary directory, the project's Flex stand-in, the real server,
 and realistic checkouts sent through the real endpoint as signed webhooks: a one-item order, a
-split cart, a subscription, one delivered out of order with a duplicate, and one whose
-line-items call fails twice before succeeding. Prints what came of it, then keeps serving until
+split cart, a subscription, one delivered out of order with a duplicate, one whose
+line-items call fails twice before succeeding, and one whose webhooks are all lost, recovered by
+``ledger reconcile`` from the stand-in's API. Prints what came of it, then keeps serving until
 Ctrl-C and leaves no process behind.
 """
 
@@ -27,10 +28,11 @@ from typing import Any
 import httpx
 import psutil
 
+from ledger.errors import ConfigError
 from ledger_cli.processes import free_port, ledger_command, wait_until_ok
 from ledger_cli.processes import stop as stop_process
 from ledger_cli.scenarios import Checkout, checkout_events, refund_events
-from ledger_cli.send import send
+from ledger_cli.send import send, tell_standin
 
 __all__ = ["run_demo"]
 
@@ -54,7 +56,10 @@ def _money(cents: int | None) -> str:
 def _summary(api: httpx.Client, orders: list[tuple[str, str]], calls: int, url: str, token: str, secret: str) -> str:
     out = io.StringIO()
     w = out.write
-    w("\nflex-ledger demo: every event below reached the ledger as a signed webhook through the real endpoint.\n\n")
+    w(
+        "\nflex-ledger demo: every event below reached the ledger as a signed webhook through the real endpoint,\n"
+        "except for the order whose webhooks were lost: `ledger reconcile` recovered it from Flex's API.\n\n"
+    )
     w("Orders\n")
     for label, session_id in orders:
         o = api.get(f"/v1/orders/{session_id}").json()
@@ -90,6 +95,9 @@ def _summary(api: httpx.Client, orders: list[tuple[str, str]], calls: int, url: 
     w(f"  curl -s {auth} {url}/v1/inventory/adjustments\n")
     w(f"  curl -s {auth} {url}/v1/projections\n")
     w(f"  ledger send split-cart --url {url}/webhooks/flex --secret {secret}\n")
+    recovered = orders[-1][1]
+    w(f"  curl -s -X POST {auth} {url}/v1/orders/{recovered}/sync   # ask Flex now (the success page)\n")
+    w(f"  curl -s {auth} {url}/v1/reconcile\n")
     w("\nPress Ctrl-C to stop (the embedded database and the stand-in stop with it).\n")
     return out.getvalue()
 
@@ -150,15 +158,17 @@ def run_demo(port: int = 8000, data_dir: Path | None = None) -> int:
             ("line items failed twice", Checkout(seed=5, items=2, start=int(time.time()) - 60), {}),
             ("partially refunded", Checkout(seed=6, start=int(time.time()) - 50), {}),
             ("test mode", Checkout(seed=7, test_mode=True, start=int(time.time()) - 40), {}),
+            ("webhooks lost, reconciled", Checkout(seed=8, items=2, start=int(time.time()) - 30), {"lost": True}),
         ]
         # after the sale: half of one order refunded (a pending refund, then succeeded)
         refunded = checkouts[5][1]
         after_sale = {refunded.session_id: refund_events(refunded, refunded.total // 2, at=20)}
-        for _, checkout, _ in checkouts:  # Flex knows each session's real line items
-            httpx.post(
-                f"http://127.0.0.1:{flex_port}/_standin/sessions/{checkout.session_id}",
-                json={"line_items": checkout.line_items()},
-            ).raise_for_status()
+        for _, checkout, _ in checkouts:  # Flex knows every session, its payments and its line items
+            tell_standin(
+                f"http://127.0.0.1:{flex_port}",
+                checkout_events(checkout) + after_sale.get(checkout.session_id, []),
+                {checkout.session_id: checkout.line_items()},
+            )
         httpx.post(
             f"http://127.0.0.1:{flex_port}/_standin/faults",
             json={"session_id": checkouts[-1][1].session_id, "script": [{"status": 500}, {"status": 503}]},
@@ -166,9 +176,16 @@ def run_demo(port: int = 8000, data_dir: Path | None = None) -> int:
         quiet = io.StringIO()
         for _, checkout, options in checkouts:
             events = checkout_events(checkout) + after_sale.get(checkout.session_id, [])
+            if options.pop("lost", False):
+                continue  # every webhook of this one is lost on the way: only Flex's API knows it
             if send(events, url=url + "/webhooks/flex", secret=secret, out=quiet, **options):
                 print(quiet.getvalue(), file=sys.stderr)
                 raise RuntimeError("a demo webhook was refused; see above")
+        reconciled = subprocess.run(
+            [ledger_command(), "reconcile"], env=env, capture_output=True, text=True, timeout=120, check=False
+        )
+        if reconciled.returncode != 0:
+            raise RuntimeError(f"ledger reconcile failed: {reconciled.stderr.strip()}")
 
         with httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=30) as api:
             deadline = time.monotonic() + 60
@@ -181,6 +198,8 @@ def run_demo(port: int = 8000, data_dir: Path | None = None) -> int:
                         raise RuntimeError("fulfillment did not finish in 60 s; see " + str(work / "server.log"))
                     time.sleep(0.1)
             calls = httpx.get(f"http://127.0.0.1:{flex_port}/_standin/calls").json()["count"]
+            print("\n`ledger reconcile`, run once the webhooks were in, found in Flex's API what the log lacked:")
+            print("".join(f"  {line}\n" for line in reconciled.stdout.splitlines()), end="", flush=True)
             print(
                 _summary(api, [(label, c.session_id) for label, c, _ in checkouts], calls, url, token, secret),
                 flush=True,
@@ -194,7 +213,7 @@ def run_demo(port: int = 8000, data_dir: Path | None = None) -> int:
                 return 1
         print("\ndemo: stopping", flush=True)
         return 0
-    except (RuntimeError, OSError, httpx.HTTPError) as exc:
+    except (RuntimeError, OSError, httpx.HTTPError, ConfigError) as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
     finally:
