@@ -1,8 +1,8 @@
 """Prometheus metrics (``GET /metrics``), one registry per app.
 
 Counters and histograms are updated where things happen; the log head, projection positions
-and lag, fulfillment queue sizes and reconcile runs are read from the database at scrape time, so every
-process reports the same truth.
+and lag, fulfillment queue sizes and reconcile runs are read from the database at scrape time,
+so every process reports the same truth.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ import asyncpg
 import httpx
 
 from bench.common import Server
+from bench.fulfillment import fulfilled
 from bench.ingest import start_server
 from ledger.log import EventLog, NewEvent
 from ledger_cli.processes import run_standin
@@ -106,20 +107,9 @@ async def page_everything(api_base: str) -> tuple[float, int]:
     return time.perf_counter() - started, total
 
 
-async def queue(dsn: str) -> tuple[int, int]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        row = await conn.fetchrow(
-            "SELECT count(*) FILTER (WHERE status = 'fulfilled') AS done, count(*) AS queued FROM fulfillment_queue"
-        )
-        return row["done"], row["queued"]
-    finally:
-        await conn.close()
-
-
 async def wait_fulfilled(dsn: str, n: int, limit: float) -> float:
     started = time.perf_counter()
-    while (done := (await queue(dsn))[0]) < n:
+    while (done := (await fulfilled(dsn))[0]) < n:
         if time.perf_counter() - started > limit:
             sys.exit(f"only {done} of {n} fulfilled after {limit:.0f} s")
         await asyncio.sleep(0.1)

@@ -263,10 +263,8 @@ async def reconcile(
                 for client in clients:
                     for kind in KINDS.values():
                         group.create_task(walk(client, kind))
-        except* FlexApiError as failed:
-            raise ReconcileFailed(f"cannot read Flex's API: {failed.exceptions[0]}") from None
-        except* ReconcileFailed as failed:
-            raise failed.exceptions[0] from None
+        except ExceptionGroup as failed:
+            raise _first_cause(failed) from None
         candidates = list(chosen.values())
         if dry_run:
             report.observations = [_observed(c) for c in candidates]
@@ -292,6 +290,25 @@ async def reconcile(
             with contextlib.suppress(*UNAVAILABLE, asyncpg.PostgresError):
                 await _record(conn, report)
         raise
+
+
+def _first_cause(group: ExceptionGroup[Exception]) -> Exception:
+    """What a run that failed in several walks at once failed of: Flex first (as ``ReconcileFailed``),
+    else the first failure (a database one goes up as itself, for the caller to reconnect)."""
+    leaves: list[Exception] = []
+    pending: list[Exception] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, ExceptionGroup):
+            pending[:0] = list(exc.exceptions)
+        else:
+            leaves.append(exc)
+    for exc in leaves:
+        if isinstance(exc, ReconcileFailed):
+            return exc
+        if isinstance(exc, FlexApiError):
+            return ReconcileFailed(f"cannot read Flex's API: {exc.message}")
+    return leaves[0]
 
 
 async def _record(conn: asyncpg.Connection, report: ReconcileReport) -> None:
@@ -427,6 +444,12 @@ class AutomaticReconcile:
                 report = await reconcile(conn, self.clients, since=now - self.window, trigger="automatic")
             except ReconcileFailed as exc:
                 _log.warning("reconcile: run failed, nothing recorded: %s", exc.message)
+                await asyncio.sleep(self.retry_after_failure)
+                continue
+            except (*UNAVAILABLE, asyncpg.PostgresError):
+                raise  # the runner reconnects (projections.coordination.run_exclusively)
+            except Exception:  # a bug or an answer nothing expected: the runner must not die of it
+                _log.exception("reconcile: run failed unexpectedly, nothing recorded")
                 await asyncio.sleep(self.retry_after_failure)
                 continue
             recorded = report.total("recorded")
