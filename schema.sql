@@ -367,8 +367,9 @@ CREATE TABLE IF NOT EXISTS reconcile_runs (
     error        text,
     examined     int NOT NULL,
     known        int NOT NULL,
-    recorded     int NOT NULL,
-    kinds        jsonb NOT NULL,                -- {kind: {examined, known, recorded}}
+    recorded     int NOT NULL,                  -- observations recorded: the drift
+    missed       int NOT NULL,                  -- of those, money: a completed checkout, a payment, a refund
+    kinds        jsonb NOT NULL,                -- {kind: {examined, known, recorded, missed}}
     first_position bigint,                      -- the observations it recorded, when any
     last_position  bigint
 );

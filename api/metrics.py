@@ -89,6 +89,12 @@ class Metrics:
             "Observations reconcile runs recorded: state Flex's API showed that no webhook had brought (drift)",
             registry=r,
         )
+        self.reconcile_missed = Gauge(
+            "ledger_reconcile_missed_money",
+            "Of the observations recorded, those of money a webhook should have told of: a completed checkout, "
+            "a succeeded payment or refund",
+            registry=r,
+        )
         self.reconcile_last_success = Gauge(
             "ledger_reconcile_last_success_timestamp_seconds",
             "When the last successful reconcile run finished (0: never)",
@@ -111,6 +117,7 @@ class Metrics:
             self.reconcile_runs.labels("ok").set(reconcile["runs"] - reconcile["failures"])
             self.reconcile_runs.labels("failed").set(reconcile["failures"])
             self.reconcile_recorded.set(reconcile["recorded"])
+            self.reconcile_missed.set(reconcile["missed"])
             last = reconcile["last_success_at"]
             self.reconcile_last_success.set(datetime.fromisoformat(last).timestamp() if last else 0)
             self.reconcile_running.set(1 if reconcile["runner"] == "running" else 0)

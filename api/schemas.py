@@ -189,6 +189,7 @@ class KindCounts(msgspec.Struct):
     examined: int
     known: int
     recorded: int
+    missed: int
 
 
 class ReconcileRun(msgspec.Struct):
@@ -202,6 +203,7 @@ class ReconcileRun(msgspec.Struct):
     examined: int
     known: int
     recorded: int  # observations recorded: what the webhooks had not brought (drift)
+    missed: int  # of those, money: a completed checkout, a succeeded payment or refund
     kinds: dict[str, KindCounts]
     first_position: int | None
     last_position: int | None
@@ -212,6 +214,7 @@ class ReconcileStatus(msgspec.Struct):
     runs: int
     failures: int
     recorded: int
+    missed: int
     last_success_at: str | None
     data: list[ReconcileRun]
 

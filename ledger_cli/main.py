@@ -260,7 +260,8 @@ def _reconcile_line(status: dict[str, Any]) -> str:
         run += f" ({last['error']})"
     return (
         f"reconcile: {run}; last success {status['last_success_at'] or 'never'}; {status['runs']} runs, "
-        f"{status['failures']} failed, {status['recorded']} observations recorded in all "
+        f"{status['failures']} failed, {status['recorded']} observations recorded in all, "
+        f"{status['missed']} of them money "
         f"(automatic runner {status['runner']})"
     )
 
@@ -325,12 +326,10 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             print(json.dumps(msgspec.to_builtins(report)))
             return 0
         recorded = "would record" if args.dry_run else "recorded"
-        table = [("kind", "examined", "already known", recorded)]
+        table: list[tuple[str, ...]] = [("kind", "examined", "already known", recorded, "of which money")]
         for kind, counts in report.kinds.items():
-            table.append((kind, str(counts.examined), str(counts.known), str(counts.recorded)))
-        table.append(
-            ("total", str(report.total("examined")), str(report.total("known")), str(report.total("recorded")))
-        )
+            table.append((kind, str(counts.examined), str(counts.known), str(counts.recorded), str(counts.missed)))
+        table.append(("total", *(str(report.total(what)) for what in ("examined", "known", "recorded", "missed"))))
         print(f"ledger reconcile: Flex's API since {since.isoformat(timespec='seconds')}")
         _print_table(table)
         for seen in report.observations:

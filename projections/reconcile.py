@@ -49,6 +49,7 @@ __all__ = [
     "ReconcileReport",
     "SessionUnknown",
     "last_started",
+    "missed_money",
     "observe_session",
     "read_reconcile",
     "recent_runs",
@@ -82,6 +83,17 @@ class KindCount(msgspec.Struct, kw_only=True):
     examined: int = 0
     known: int = 0
     recorded: int = 0
+    missed: int = 0  # of those recorded: money a webhook should have told of (``missed_money``)
+
+
+# What a lost webhook costs: a completed checkout, a payment taken or a refund made. Recorded
+# observations of other states (an abandoned, open or expired session, a payment still in
+# progress) are drift too, but Flex may never send a webhook for them.
+_MONEY_STATES = {"checkout_session": {"complete"}, "payment_intent": {"succeeded"}, "refund": {"succeeded"}}
+
+
+def missed_money(kind: str, status: str | None) -> bool:
+    return status in _MONEY_STATES.get(kind, ())
 
 
 class Observed(msgspec.Struct, kw_only=True, frozen=True):
@@ -268,8 +280,8 @@ async def reconcile(
         candidates = list(chosen.values())
         if dry_run:
             report.observations = [_observed(c) for c in candidates]
-            for c in candidates:
-                report.kinds[c.kind.name].recorded += 1
+            for seen in report.observations:
+                _count_recorded(report, seen)
             report.finished_at = datetime.now(UTC)
             return report
         async with conn.transaction():
@@ -278,8 +290,8 @@ async def reconcile(
                 if result.duplicate:  # another run (or a sync) recorded this very state meanwhile
                     report.kinds[c.kind.name].known += 1
                 else:
-                    report.kinds[c.kind.name].recorded += 1
                     report.observations.append(_observed(c, result.position))
+                    _count_recorded(report, report.observations[-1])
             report.finished_at = datetime.now(UTC)
             await _record(conn, report)
         return report
@@ -290,6 +302,12 @@ async def reconcile(
             with contextlib.suppress(*UNAVAILABLE, asyncpg.PostgresError):
                 await _record(conn, report)
         raise
+
+
+def _count_recorded(report: ReconcileReport, seen: Observed) -> None:
+    counts = report.kinds[seen.kind]
+    counts.recorded += 1
+    counts.missed += missed_money(seen.kind, seen.status)
 
 
 def _first_cause(group: ExceptionGroup[Exception]) -> Exception:
@@ -324,6 +342,7 @@ async def _record(conn: asyncpg.Connection, report: ReconcileReport) -> None:
         report.total("examined"),
         report.total("known"),
         report.total("recorded"),
+        report.total("missed"),
         json.dumps({k: msgspec.to_builtins(c) for k, c in report.kinds.items()}),
         first,
         last,
@@ -372,6 +391,7 @@ async def reconcile_summary(conn: asyncpg.Connection) -> dict[str, Any]:
         "runs": row["runs"],
         "failures": row["failures"],
         "recorded": row["recorded"],
+        "missed": row["missed"],
         "last_success_at": row["last_success_at"].isoformat() if row["last_success_at"] else None,
         "last_run": last,
     }
@@ -453,9 +473,11 @@ class AutomaticReconcile:
                 await asyncio.sleep(self.retry_after_failure)
                 continue
             recorded = report.total("recorded")
-            log = _log.warning if recorded else _log.info
+            log = _log.warning if report.total("missed") else _log.info
             log(
-                "reconcile: examined %d, recorded %d observation(s) the webhooks had not brought",
+                "reconcile: examined %d, recorded %d observation(s) the webhooks had not brought, %d of "
+                "them money (a completed checkout, a payment or a refund)",
                 report.total("examined"),
                 recorded,
+                report.total("missed"),
             )

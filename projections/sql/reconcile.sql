@@ -2,8 +2,8 @@
 
 -- name: reconcile_run_insert
 INSERT INTO public.reconcile_runs (trigger, started_at, finished_at, since, outcome, error, examined, known, recorded,
-                                   kinds, first_position, last_position)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::jsonb, $11, $12)
+                                   missed, kinds, first_position, last_position)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12, $13)
 RETURNING run_id;
 
 -- name: reconcile_last_started
@@ -16,12 +16,14 @@ SELECT max(started_at) FROM public.reconcile_runs WHERE outcome = 'ok';
 SELECT count(*) AS runs,
        count(*) FILTER (WHERE outcome = 'failed') AS failures,
        coalesce(sum(recorded), 0) AS recorded,
+       coalesce(sum(missed), 0) AS missed,
        max(finished_at) FILTER (WHERE outcome = 'ok') AS last_success_at,
        (SELECT to_jsonb(r) - 'kinds' FROM public.reconcile_runs r ORDER BY run_id DESC LIMIT 1) AS last_run
 FROM public.reconcile_runs;
 
 -- name: reconcile_runs_recent
-SELECT run_id, trigger, started_at, finished_at, since, outcome, error, examined, known, recorded, kinds::text AS kinds,
+SELECT run_id, trigger, started_at, finished_at, since, outcome, error, examined, known, recorded, missed,
+       kinds::text AS kinds,
        first_position, last_position
 FROM public.reconcile_runs
 ORDER BY run_id DESC
