@@ -282,6 +282,12 @@ CREATE TABLE IF NOT EXISTS order_payment_intents (
     state                json NOT NULL              -- the mergeable state (projections/state.py)
 );
 CREATE INDEX IF NOT EXISTS order_payment_intents_session_idx ON order_payment_intents (checkout_session_id);
+-- Which events touched which session or payment intent: an order's history and time travel.
+CREATE TABLE IF NOT EXISTS order_history (
+    entity_id  text NOT NULL,                      -- a checkout session id or a payment intent id
+    position   bigint NOT NULL,
+    CONSTRAINT order_history_pkey PRIMARY KEY (entity_id, position)
+);
 -- end projection: orders
 
 -- projection: customers

@@ -6,6 +6,7 @@ to a few seconds, until the projections it reads from have applied it.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from litestar import Response, get
@@ -16,8 +17,8 @@ from api.errors import error_response
 from api.params import Cursor, MinPosition, OrdersCursor, Position, Text, checked
 from api.schemas import ok
 from api.state import AppState
-from ledger.errors import NotFound
-from projections import documents
+from ledger.errors import InvalidRequest, NotFound
+from projections import documents, history
 from projections.registry import PROJECTIONS
 from projections.status import read_status
 
@@ -52,13 +53,50 @@ PaymentStatus = Literal["unpaid", "partially_paid", "paid", "partially_refunded"
     tags=["orders"],
     responses=ok(schemas.Order, "The order", can_404=True),
 )
-async def get_order(state: AppState, checkout_session_id: str, min_position: MinPosition = None) -> Response[Any]:
+async def get_order(
+    state: AppState,
+    checkout_session_id: str,
+    min_position: MinPosition = None,
+    as_of_position: Annotated[
+        Position,
+        Parameter(description="the order exactly as it stood after this log position, folded from the log"),
+    ] = None,
+    as_of: Annotated[
+        datetime | None,
+        Parameter(
+            description="the order as it stood at this time (ISO-8601): after the last position recorded by then"
+        ),
+    ] = None,
+) -> Response[Any]:
+    checked("as_of_position", as_of_position)
     headers = await _fresh(state, ["orders"], min_position)
-    return _found_or_404(
-        await documents.get_order(state.pool, checkout_session_id),
-        f"no order for checkout session {checkout_session_id!r}",
-        headers,
-    )
+    if as_of_position is not None and as_of is not None:
+        raise InvalidRequest("give as_of_position or as_of, not both")
+    if as_of_position is None and as_of is None:
+        doc = await documents.get_order(state.pool, checkout_session_id)
+    else:
+        if as_of is not None and as_of.tzinfo is None:
+            as_of = as_of.replace(tzinfo=UTC)
+        doc = await history.order_as_of(state.pool, checkout_session_id, position=as_of_position, moment=as_of)
+    return _found_or_404(doc, f"no order for checkout session {checkout_session_id!r}", headers)
+
+
+@get(
+    "/orders/{checkout_session_id:str}/events",
+    summary="Every log event that touched the order, oldest first",
+    tags=["orders"],
+    responses=ok(
+        schemas.EventList, "The order's events: webhooks, observations, line items, adjustments", can_404=True
+    ),
+)
+async def get_order_events(
+    state: AppState, checkout_session_id: str, min_position: MinPosition = None
+) -> Response[Any]:
+    headers = await _fresh(state, ["orders"], min_position)
+    events = await history.order_events(state.pool, checkout_session_id)
+    if events is None:
+        return error_response(404, NotFound.code, f"no order for checkout session {checkout_session_id!r}", headers)
+    return Response({"data": events}, headers=headers)
 
 
 @get("/orders", summary="Orders, newest first", tags=["orders"], responses=ok(schemas.OrderPage, "A page of orders"))
@@ -168,6 +206,7 @@ async def list_adjustments(
 
 READ_ROUTES = [
     get_order,
+    get_order_events,
     list_orders,
     get_customer,
     get_subscription,

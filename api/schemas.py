@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 from litestar.openapi.datastructures import ResponseSpec
 
+from ledger.log import LoggedEvent
 from projections.fulfillment.line_items import LineItem  # the order's line items are these, as stored
 
 __all__ = ["ERRORS", "ok"]
@@ -183,6 +184,10 @@ class FollowerStatus(msgspec.Struct):
 
 class FollowerStatuses(msgspec.Struct):
     data: list[FollowerStatus]
+
+
+class EventList(msgspec.Struct):
+    data: list[LoggedEvent]
 
 
 class KindCounts(msgspec.Struct):

@@ -28,7 +28,10 @@ __all__ = [
     "NewEvent",
     "append_with",
     "event_body",
+    "events_at",
     "head_position",
+    "logged",
+    "position_at",
     "read_batch",
     "summary",
     "verify_chain",
@@ -112,18 +115,7 @@ class EventLog:
                     rows = await conn.fetch(log_queries.list_events, after, limit)
                 else:
                     rows = await conn.fetch(log_queries.list_events_of_type, after, limit, event_type)
-        return [
-            LoggedEvent(
-                position=r["position"],
-                event_id=r["event_id"],
-                event_type=r["event_type"],
-                source=r["source"],
-                occurred_at=r["occurred_at"],
-                recorded_at=r["recorded_at"],
-                payload=msgspec.Raw(r["payload"].encode()),
-            )
-            for r in rows
-        ]
+        return [_logged(r) for r in rows]
 
 
 class LogSummary(msgspec.Struct, kw_only=True):
@@ -145,6 +137,41 @@ async def event_body(conn: asyncpg.Connection, event_id: str) -> bytes | None:
 async def head_position(conn: asyncpg.Connection) -> int:
     """The position of the last event appended (0 for an empty log)."""
     return int(await conn.fetchval(log_queries.head))
+
+
+def _logged(r: asyncpg.Record) -> LoggedEvent:
+    return LoggedEvent(
+        position=r["position"],
+        event_id=r["event_id"],
+        event_type=r["event_type"],
+        source=r["source"],
+        occurred_at=r["occurred_at"],
+        recorded_at=r["recorded_at"],
+        payload=msgspec.Raw(r["payload"].encode()),
+    )
+
+
+async def events_at(conn: asyncpg.Connection, positions: Sequence[int]) -> list[asyncpg.Record]:
+    """The events at ``positions``, in log order: as ``read_batch`` reads them, and as ``LoggedEvent``
+    fields (``logged``)."""
+    return list(await conn.fetch(log_queries.events_at, list(positions)))
+
+
+def logged(records: Sequence[asyncpg.Record]) -> list[LoggedEvent]:
+    return [_logged(r) for r in records]
+
+
+async def position_at(conn: asyncpg.Connection, moment: datetime) -> int:
+    """The last position recorded at or before ``moment`` (0 when none): a binary search over the
+    positions, one primary-key probe per step, whatever the size of the log."""
+    low, high = 0, await head_position(conn)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if await conn.fetchval(log_queries.recorded_at, middle) <= moment:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 async def read_batch(conn: asyncpg.Connection, after: int, upto: int, patterns: Sequence[str]) -> list[asyncpg.Record]:

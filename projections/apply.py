@@ -102,6 +102,9 @@ async def apply_batch(
             out_states.append(_encode.encode(state.doc).decode())
             written.setdefault(table.name, {})[entity_id] = state
         await conn.execute(getattr(sql, table.upsert), ids, *columns, out_positions, out_states)
+    if projection.history is not None and deltas.touched:
+        touched = sorted(deltas.touched)
+        await conn.execute(getattr(sql, projection.history), [e for e, _ in touched], [p for _, p in touched])
     if projection.after_write is not None and written and not bulk:
         await projection.after_write(conn, written)
     return result

@@ -42,8 +42,14 @@ class Deltas:
     def __init__(self) -> None:
         self.by_table: dict[str, dict[str, Mergeable]] = {}
         self.positions: dict[str, dict[str, int]] = {}
+        self.touched: set[tuple[str, int]] = set()  # (entity id, position): every event of every entity
+
+    def touch(self, entity_id: str, position: int) -> None:
+        """The event at ``position`` is part of the entity's history, changing none of its state."""
+        self.touched.add((entity_id, position))
 
     def state(self, table: str, entity_id: str, position: int) -> Mergeable:
+        self.touched.add((entity_id, position))
         states = self.by_table.setdefault(table, {})
         positions = self.positions.setdefault(table, {})
         positions[entity_id] = max(position, positions.get(entity_id, 0))
@@ -88,6 +94,9 @@ class Projection:
     shape: int = 1
     # Tables the upserts keep up to date as a side effect (summaries): rebuilt and swapped too.
     derived: tuple[str, ...] = ()
+    # A query in ``projections/sql/`` recording which events touched which entity (ids, positions),
+    # for an entity's history and time travel; its table is one of ``derived``.
+    history: str | None = None
     # Run after a batch's rows are written, with {table: {id: state as written}}, in the same
     # transaction: for columns that depend on more than one row (an order's payment status).
     after_write: Callable[[Any, dict[str, dict[str, Mergeable]]], Awaitable[None]] | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
@@ -17,14 +18,18 @@ from projections.money import order_money
 from projections.sql import projection_queries as queries
 
 __all__ = [
+    "Intents",
     "decode_cursor",
     "encode_cursor",
     "get_customer",
     "get_order",
     "get_subscription",
+    "intents_of",
     "list_orders",
+    "order_document",
     "settle_every_payment_status",
     "settle_payment_status",
+    "with_intents",
 ]
 
 _decode = msgspec.json.Decoder()
@@ -59,8 +64,8 @@ def _fulfillment(state: Mergeable, status: str | None) -> dict[str, Any]:
     }
 
 
-def _order(
-    record: asyncpg.Record,
+def order_document(
+    record: Mapping[str, Any],
     state: Mergeable,
     intents: list[tuple[str, int, Mergeable | None]],
     completed_twice: bool,
@@ -106,7 +111,7 @@ def _order(
 Intents = list[tuple[str, int, Mergeable | None]]  # (payment intent id, position, state if known)
 
 
-async def _intents_of(
+async def intents_of(
     conn: asyncpg.Connection, records: list[asyncpg.Record]
 ) -> list[tuple[asyncpg.Record, Mergeable, Intents]]:
     """Each order's state with its payment intents: those its session lists and those that name
@@ -134,10 +139,10 @@ async def _intents_of(
     return out
 
 
-async def _with_intents(conn: asyncpg.Connection, records: list[asyncpg.Record]) -> list[dict[str, Any]]:
+async def with_intents(conn: asyncpg.Connection, records: list[asyncpg.Record]) -> list[dict[str, Any]]:
     """The orders as documents: two round trips for the whole page (intents, then the completed
     sessions sharing their client_reference_id)."""
-    orders = await _intents_of(conn, records)
+    orders = await intents_of(conn, records)
     references = sorted(
         {
             s.get("client_reference_id")
@@ -152,7 +157,7 @@ async def _with_intents(conn: asyncpg.Connection, records: list[asyncpg.Record])
     out = []
     for record, state, intents in orders:
         others = completed.get(state.get("client_reference_id") or "", set()) - {record["checkout_session_id"]}
-        out.append(_order(record, state, intents, completed_twice=bool(others)))
+        out.append(order_document(record, state, intents, completed_twice=bool(others)))
     return out
 
 
@@ -180,7 +185,7 @@ async def _settle(conn: asyncpg.Connection, sessions: list[str]) -> None:
     if not sessions:
         return
     records = await conn.fetch(queries.orders_get_many, sessions)
-    orders = await _intents_of(conn, list(records))
+    orders = await intents_of(conn, list(records))
     await conn.execute(
         queries.orders_payment_status_set,
         [record["checkout_session_id"] for record, _, _ in orders],
@@ -199,7 +204,7 @@ async def get_order(pool: asyncpg.Pool, checkout_session_id: str) -> dict[str, A
             record = await conn.fetchrow(queries.order_get, checkout_session_id)
             if record is None:
                 return None
-            return (await _with_intents(conn, [record]))[0]
+            return (await with_intents(conn, [record]))[0]
 
 
 def encode_cursor(sort_at: int, checkout_session_id: str) -> str:
@@ -253,7 +258,7 @@ async def list_orders(
             records = await conn.fetch(
                 query, customer_id, status, client_reference_id, after[0], after[1], limit, payment_status, test_mode
             )
-            orders = await _with_intents(conn, list(records))
+            orders = await with_intents(conn, list(records))
     next_cursor = None
     if len(records) == limit:
         last = records[-1]

@@ -33,7 +33,7 @@ from projections.fields import (
     resource,
 )
 from projections.fields import dict_of as _dict
-from projections.fulfillment.events import FAILED, FETCHED, RETRY_REQUESTED
+from projections.fulfillment.events import ADJUSTED, FAILED, FETCHED, RETRY_REQUESTED
 from projections.fulfillment.line_items import UnusableLineItems, parse_line_items
 from projections.mergeable import Key, Mergeable
 from projections.observations import OBSERVED
@@ -275,6 +275,12 @@ def _fulfillment(row: LogRow, deltas: Deltas) -> bool:
 
 def fold(row: LogRow, deltas: Deltas) -> bool:
     event_type = row.event_type
+    if event_type == ADJUSTED:  # a sale or restock of the order's line items: its history only
+        adjustment = _dict(_dict(row.payload.get("object")).get("adjustment"))
+        session_id = as_str(adjustment.get("checkout_session_id"))
+        if session_id is not None:
+            deltas.touch(session_id, row.position)
+        return session_id is not None
     if event_type.startswith("ledger."):
         return _fulfillment(row, deltas)
     if event_type.startswith("checkout.session."):
@@ -320,13 +326,17 @@ ORDERS = Projection(
         FETCHED,
         FAILED,
         RETRY_REQUESTED,
+        ADJUSTED,
     ),
     tables=(
         Table("orders", load="orders_load", upsert="orders_upsert", row=_order_row),
         Table("order_payment_intents", load="intents_load", upsert="intents_upsert", row=_intent_row),
     ),
     fold=fold,
-    shape=2,  # 2: merge keys from the events' content, explicit nulls; modes; money after the sale
+    # 2: merge keys from the events' content, explicit nulls; modes; money after the sale. 3: history.
+    shape=3,
+    derived=("order_history",),
+    history="order_history_add",
     description="orders (one per checkout session), their payment intents, refunds and disputes",
     after_write=settle_payment_status,
     after_bulk_load=settle_every_payment_status,

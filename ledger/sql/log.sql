@@ -32,6 +32,18 @@ WHERE event_type = $3 AND position > $1
 ORDER BY event_type, position
 LIMIT $2;
 
+-- name: events_at
+-- The events at positions $1 (a few: one order's history), in log order, with what a follower reads.
+SELECT e.position, e.event_id, e.event_type, e.source, e.occurred_at, e.recorded_at, e.raw_body,
+       e.payload::text AS payload
+FROM unnest($1::bigint[]) AS k(position)
+CROSS JOIN LATERAL (SELECT * FROM events WHERE position = k.position) e
+ORDER BY e.position;
+
+-- name: recorded_at
+-- When the event at position $1 was recorded (one probe of the primary key).
+SELECT recorded_at FROM events WHERE position = $1;
+
 -- name: read_events
 SELECT position, event_id, event_type, source, event_dt, occurred_at, recorded_at, payload::text AS payload
 FROM events

@@ -128,3 +128,16 @@ CROSS JOIN LATERAL (
     ORDER BY sort_at DESC, checkout_session_id DESC LIMIT 20
 ) o
 WHERE o.status = 'complete';
+
+-- name: order_history_add
+-- The events of a batch, by the sessions and payment intents they touched ($1, $2 in step).
+INSERT INTO order_history (entity_id, position)
+SELECT * FROM unnest($1::text[], $2::bigint[])
+ON CONFLICT DO NOTHING;
+
+-- name: order_history_positions
+-- The positions of the events that touched any of the entities $1, up to position $2, in order.
+SELECT DISTINCT h.position
+FROM unnest($1::text[]) AS k(id)
+CROSS JOIN LATERAL (SELECT position FROM order_history WHERE entity_id = k.id AND position <= $2) h
+ORDER BY h.position;

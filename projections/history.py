@@ -1,0 +1,80 @@
+"""An order's history in the log, and the order as it stood at any position (time travel).
+
+The orders projection records which events touched which session and payment intent
+(``order_history``); an order's history is the events of its session and of its payment intents.
+Time travel folds those events, up to a position, with the projection's own fold
+(``projections.orders.fold``) and builds the document the read API serves
+(``projections.documents``): there is no second implementation of what an order is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from ledger.db import translate_errors
+from ledger.log import LoggedEvent, events_at, logged, position_at
+from projections import documents
+from projections.apply import decode_rows
+from projections.base import Deltas
+from projections.orders import ORDERS
+from projections.sql import projection_queries as queries
+
+__all__ = ["order_as_of", "order_events"]
+
+_EVERY_POSITION = 2**63 - 1
+
+
+async def _history(conn: asyncpg.Connection, record: asyncpg.Record, upto: int) -> list[int]:
+    """The positions (up to ``upto``) of every event that touched the order: its session's, its
+    payment intents' (their refunds and disputes included), its fulfillment's and adjustments'."""
+    [(_, _, intents)] = await documents.intents_of(conn, [record])
+    entities = [record["checkout_session_id"], *(pi for pi, _, _ in intents)]
+    return [r["position"] for r in await conn.fetch(queries.order_history_positions, entities, upto)]
+
+
+async def order_events(pool: asyncpg.Pool, checkout_session_id: str) -> list[LoggedEvent] | None:
+    """Every log event that touched the order, oldest first; ``None`` when there is no such order."""
+    with translate_errors():
+        async with pool.acquire() as conn:
+            record = await conn.fetchrow(queries.order_get, checkout_session_id)
+            if record is None:
+                return None
+            return logged(await events_at(conn, await _history(conn, record, _EVERY_POSITION)))
+
+
+async def order_as_of(
+    pool: asyncpg.Pool, checkout_session_id: str, *, position: int | None = None, moment: datetime | None = None
+) -> dict[str, Any] | None:
+    """The order exactly as it stood after log ``position`` (or the last position recorded at or
+    before ``moment``), folded from the log with the orders projection's own fold. ``None`` when the
+    order did not exist yet (or does not exist). ``flags`` that compare it with other orders
+    (``duplicate_payment``) are as of now."""
+    with translate_errors():
+        async with pool.acquire() as conn:
+            record = await conn.fetchrow(queries.order_get, checkout_session_id)
+            if record is None:
+                return None
+            upto = position if position is not None else await position_at(conn, moment or datetime.now(UTC))
+            rows, _ = decode_rows(await events_at(conn, await _history(conn, record, upto)))
+            deltas = Deltas()
+            for row in rows:
+                with contextlib.suppress(Exception):  # as the projection: an event it cannot fold is skipped
+                    ORDERS.fold(row, deltas)
+            state = deltas.by_table.get("orders", {}).get(checkout_session_id)
+            if state is None:
+                return None
+            known = deltas.by_table.get("order_payment_intents", {})
+            listed = set(state.items("payment_intent_ids"))
+            naming = {pi for pi, s in known.items() if s.get("checkout_session_id") == checkout_session_id}
+            positions = deltas.positions
+            intents: documents.Intents = [
+                (pi, positions["order_payment_intents"][pi], known[pi]) if pi in known else (pi, 0, None)
+                for pi in sorted(listed | naming)
+            ]
+            [current] = await documents.with_intents(conn, [record])
+    as_of = {"checkout_session_id": checkout_session_id, "position": positions["orders"][checkout_session_id]}
+    return documents.order_document(as_of, state, intents, completed_twice="duplicate_payment" in current["flags"])
