@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -13,10 +15,12 @@ from litestar import Litestar, Response, Router, get
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.static_files import create_static_files_router
 
 import ledger
 from api.admission import ReadAdmission
 from api.auth import require_token
+from api.console import TEMPLATE_CONFIG, console_router
 from api.errors import EXCEPTION_HANDLERS, error_response
 from api.events import list_events
 from api.logs import RequestIdMiddleware
@@ -41,6 +45,23 @@ from projections.status import read_status
 from projections.workers import running_workers
 
 __all__ = ["create_app"]
+
+
+def _package_dir(name: str) -> Path:
+    """Where an installed package's files are, without importing it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise RuntimeError(f"the {name} package is not installed")
+    return Path(spec.origin).parent
+
+
+DOCS_ASSETS = "/schema/assets"
+docs_assets = create_static_files_router(
+    path=DOCS_ASSETS,
+    directories=[_package_dir("swagger_ui") / "static"],
+    name="docs-assets",
+    include_in_schema=False,
+)
 
 _log = logging.getLogger(__name__)
 SCHEMA_RETRY_SECONDS = 2.0
@@ -154,7 +175,16 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
         before_request=strict_query,
     )
     app = Litestar(
-        route_handlers=[flex_webhook, healthz, readyz, prometheus_metrics, v1],
+        route_handlers=[
+            flex_webhook,
+            healthz,
+            readyz,
+            prometheus_metrics,
+            v1,
+            docs_assets,
+            console_router(api_tokens),
+        ],
+        template_config=TEMPLATE_CONFIG,
         lifespan=[lifespan],
         state=AppState({"settings": settings, "api_tokens": api_tokens, "metrics": metrics}),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
@@ -163,7 +193,15 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
             title="flex-ledger",
             version=ledger.__version__,
             path="/schema",
-            render_plugins=[SwaggerRenderPlugin()],
+            # Swagger UI's assets come from the service itself (swagger-ui-py's copy): no CDN.
+            render_plugins=[
+                SwaggerRenderPlugin(
+                    js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                    css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                    standalone_preset_js_url=f"{DOCS_ASSETS}/swagger-ui-standalone-preset.js",
+                    favicon=f"<link rel='icon' type='image/png' href='{DOCS_ASSETS}/favicon-32x32.png'>",
+                )
+            ],
             components=Components(
                 security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer", description="API token")}
             ),

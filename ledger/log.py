@@ -10,7 +10,8 @@ reader that reads ``position > checkpoint`` in order never skips an event.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -107,6 +108,36 @@ class EventLog:
         with translate_errors():
             async with self.pool.acquire() as conn:
                 return int(await conn.fetchval(log_queries.schema_version))
+
+    async def summary(self) -> LogSummary:
+        with translate_errors():
+            async with self.pool.acquire() as conn:
+                return await summary(conn)
+
+    async def recent_rate(self, seconds: float = 60.0) -> float:
+        """Events appended per second over the last ``seconds``."""
+        with translate_errors():
+            async with self.pool.acquire() as conn:
+                head = await head_position(conn)
+                since = await position_at(conn, datetime.now(UTC) - timedelta(seconds=seconds))
+        return (head - since) / seconds
+
+    async def quarantined(self, *, before: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Quarantined deliveries, newest first (``id`` below ``before``): body and headers as received."""
+        with translate_errors():
+            async with self.pool.acquire() as conn:
+                rows = await conn.fetch(log_queries.quarantine_list, before or 2**63 - 1, limit)
+        return [
+            {
+                "id": r["id"],
+                "received_at": r["received_at"],
+                "message_id": r["message_id"],
+                "headers": msgspec.json.decode(r["headers"]),
+                "body": bytes(r["body"]).decode("utf-8", "replace"),
+                "reason": r["reason"],
+            }
+            for r in rows
+        ]
 
     async def list(self, *, after: int, limit: int, event_type: str | None = None) -> list[LoggedEvent]:
         with translate_errors():

@@ -19,6 +19,7 @@ from projections.sql import projection_queries as queries
 
 __all__ = [
     "Intents",
+    "customers_by_email",
     "decode_cursor",
     "encode_cursor",
     "get_customer",
@@ -334,6 +335,13 @@ async def list_adjustments(
         for r in rows
     ]
     return data, (str(rows[-1]["position"]) if len(rows) == limit else None)
+
+
+async def customers_by_email(pool: asyncpg.Pool, email: str) -> list[str]:
+    """The ids of the customers with this email (a search of the console)."""
+    with translate_errors():
+        async with pool.acquire() as conn:
+            return [r["customer_id"] for r in await conn.fetch(queries.customers_by_email, email)]
 
 
 async def inventory_levels(pool: asyncpg.Pool, *, test_mode: bool = False) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ Time travel folds those events, up to a position, with the projection's own fold
 from __future__ import annotations
 
 import contextlib
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +24,7 @@ from projections.base import Deltas
 from projections.orders import ORDERS
 from projections.sql import projection_queries as queries
 
-__all__ = ["order_as_of", "order_events"]
+__all__ = ["order_as_of", "order_events", "order_timeline"]
 
 _EVERY_POSITION = 2**63 - 1
 
@@ -44,6 +45,33 @@ async def order_events(pool: asyncpg.Pool, checkout_session_id: str) -> list[Log
             if record is None:
                 return None
             return logged(await events_at(conn, await _history(conn, record, _EVERY_POSITION)))
+
+
+async def order_timeline(pool: asyncpg.Pool, checkout_session_id: str) -> list[dict[str, Any]] | None:
+    """The order's events as the console shows them: each with its raw body and the headers it
+    came with (signature headers included), its position and its place in the hash chain."""
+    with translate_errors():
+        async with pool.acquire() as conn:
+            record = await conn.fetchrow(queries.order_get, checkout_session_id)
+            if record is None:
+                return None
+            records = await events_at(conn, await _history(conn, record, _EVERY_POSITION))
+    return [
+        {
+            "position": r["position"],
+            "event_id": r["event_id"],
+            "event_type": r["event_type"],
+            "source": r["source"],
+            "occurred_at": r["occurred_at"],
+            "recorded_at": r["recorded_at"],
+            "raw_body": bytes(r["raw_body"]).decode("utf-8", "replace"),
+            "headers": json.loads(r["headers"]) if r["headers"] else {},
+            "message_id": r["message_id"],
+            "prev_hash": bytes(r["prev_hash"]).hex(),
+            "hash": bytes(r["hash"]).hex(),
+        }
+        for r in records
+    ]
 
 
 async def order_as_of(

@@ -33,9 +33,10 @@ ORDER BY event_type, position
 LIMIT $2;
 
 -- name: events_at
--- The events at positions $1 (a few: one order's history), in log order, with what a follower reads.
+-- The events at positions $1 (a few: one order's history), in log order, with what a follower reads
+-- and what the console shows (headers as received, the hash chain).
 SELECT e.position, e.event_id, e.event_type, e.source, e.occurred_at, e.recorded_at, e.raw_body,
-       e.payload::text AS payload
+       e.payload::text AS payload, e.headers::text AS headers, e.message_id, e.prev_hash, e.hash
 FROM unnest($1::bigint[]) AS k(position)
 CROSS JOIN LATERAL (SELECT * FROM events WHERE position = k.position) e
 ORDER BY e.position;
@@ -105,3 +106,11 @@ SELECT set_config('statement_timeout', '0', true);
 -- name: event_body
 -- One event's raw body, by its id (the unique index).
 SELECT raw_body FROM events WHERE event_id = $1;
+
+-- name: quarantine_list
+-- Quarantined deliveries, newest first, before id $1, for the console.
+SELECT id, received_at, message_id, headers::text AS headers, body, reason
+FROM public.quarantine
+WHERE id < $1
+ORDER BY id DESC
+LIMIT $2;

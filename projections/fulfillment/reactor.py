@@ -25,11 +25,12 @@ import contextlib
 import logging
 import random
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import msgspec
 
-from ledger.db import UNAVAILABLE
+from ledger.db import UNAVAILABLE, translate_errors
 from ledger.log import append_with
 from projections.apply import BatchResult
 from projections.base import LogRow, like_patterns
@@ -44,7 +45,16 @@ from projections.observations import KINDS, OBSERVED
 from projections.orders import REFUND_EVENTS, refunds_in
 from projections.registry import FULFILLMENT, lock_id
 
-__all__ = ["FulfillmentReactor", "QueueCounts", "intake_once", "queue_counts", "queued_sessions", "requeue"]
+__all__ = [
+    "FulfillmentReactor",
+    "QueueCounts",
+    "failed_sessions",
+    "intake_once",
+    "queue_counts",
+    "queued_sessions",
+    "requeue",
+    "retry_failed",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -110,6 +120,20 @@ async def requeue(conn: asyncpg.Connection, session_ids: list[str] | None) -> li
 async def queued_sessions(conn: asyncpg.Connection, session_ids: list[str]) -> dict[str, str]:
     """The queue status (pending, fulfilled, failed) of each of ``session_ids`` that is queued."""
     return {r["checkout_session_id"]: r["status"] for r in await conn.fetch(sql.queue_get, session_ids)}
+
+
+async def failed_sessions(pool: asyncpg.Pool, limit: int = 100) -> list[dict[str, Any]]:
+    """The sessions whose fulfillment failed, most recent first, with why (the console's list)."""
+    with translate_errors():
+        async with pool.acquire() as conn:
+            return [dict(r) for r in await conn.fetch(sql.queue_failed_list, limit)]
+
+
+async def retry_failed(pool: asyncpg.Pool, session_ids: list[str]) -> list[tuple[str, int]]:
+    """``requeue`` on a connection of ``pool`` (the console's Retry button)."""
+    with translate_errors():
+        async with pool.acquire() as conn:
+            return await requeue(conn, session_ids)
 
 
 class QueueCounts(msgspec.Struct, kw_only=True):

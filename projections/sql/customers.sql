@@ -13,3 +13,7 @@ SET email = EXCLUDED.email, deleted = EXCLUDED.deleted, position = EXCLUDED.posi
 
 -- name: customer_get
 SELECT customer_id, position, state::text AS state FROM customers WHERE customer_id = $1;
+
+-- name: customers_by_email
+-- The customers with this email (its index), for the console's order search.
+SELECT customer_id FROM customers WHERE email = $1 ORDER BY customer_id LIMIT 20;
