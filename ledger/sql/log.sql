@@ -38,7 +38,7 @@ LIMIT $2;
 SELECT e.position, e.event_id, e.event_type, e.source, e.occurred_at, e.recorded_at, e.raw_body,
        e.payload::text AS payload, e.headers::text AS headers, e.message_id, e.prev_hash, e.hash
 FROM unnest($1::bigint[]) AS k(position)
-CROSS JOIN LATERAL (SELECT * FROM events WHERE position = k.position) e
+CROSS JOIN LATERAL (SELECT * FROM events WHERE position = k.position LIMIT 1) e
 ORDER BY e.position;
 
 -- name: recorded_at
