@@ -88,7 +88,10 @@ def _summary(api: httpx.Client, orders: list[tuple[str, str]], calls: int, url: 
     w(f"\nFlex Line Items API calls made: {calls} (one order's call failed twice before succeeding)\n")
     first = orders[1][1]
     auth = f'-H "Authorization: Bearer {token}"'
-    w(f"\nThe ledger is running at {url}\n  API token:      {token}\n  webhook secret: {secret}\n\nTry:\n")
+    w(f"\nThe ledger is running at {url}\n  API token:      {token}\n  webhook secret: {secret}\n")
+    w(f"\nThe operator console: {url}/console (sign in with the API token above)\n")
+    w(f"  the recovered order, its timeline and time travel: {url}/console/orders/{orders[-1][1]}\n")
+    w(f"API docs: {url}/schema\n\nTry:\n")
     w(f"  curl -s {auth} {url}/v1/orders/{first}\n")
     w(f'  curl -s {auth} "{url}/v1/orders?limit=10"\n')
     w(f"  curl -s {auth} {url}/v1/inventory\n")
