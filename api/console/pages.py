@@ -91,41 +91,37 @@ async def orders(
     status = status if status in ORDER_STATUSES else None
     payment_status = payment_status if payment_status in PAYMENT_STATUSES else None
     test_mode = {"live": False, "test": True}.get(mode or "")
+
+    async def page(*, customer_id: str | None = None, reference: str | None = None) -> tuple[list[Any], str | None]:
+        return await documents.list_orders(
+            state.pool,
+            customer_id=customer_id,
+            status=status,
+            client_reference_id=reference,
+            payment_status=payment_status,
+            test_mode=test_mode,
+            limit=PAGE,
+            cursor=cursor,
+        )
+
     found: list[dict[str, Any]] = []
     next_cursor = None
     searched_by = None
-    if q is not None and q.startswith("fcs_"):
+    if q is not None and any(ord(c) < 0x20 for c in q):
+        searched_by = "nothing: the search holds control characters"
+    elif q is not None and q.startswith("fcs_"):
         searched_by = "checkout session id"
         order = await documents.get_order(state.pool, q)
         found = [order] if order is not None else []
     elif q is not None and "@" in q:
         searched_by = "email"
         for customer_id in await documents.customers_by_email(state.pool, q):
-            page, _ = await documents.list_orders(
-                state.pool,
-                customer_id=customer_id,
-                status=status,
-                client_reference_id=None,
-                payment_status=payment_status,
-                test_mode=test_mode,
-                limit=PAGE,
-                cursor=None,
-            )
-            found += page
+            found += (await page(customer_id=customer_id))[0]
     else:
         searched_by = "your order id (client_reference_id)" if q else None
         try:
-            found, next_cursor = await documents.list_orders(
-                state.pool,
-                customer_id=None,
-                status=status,
-                client_reference_id=q,
-                payment_status=payment_status,
-                test_mode=test_mode,
-                limit=PAGE,
-                cursor=cursor,
-            )
-        except InvalidRequest:
+            found, next_cursor = await page(reference=q)
+        except InvalidRequest:  # a cursor this console did not make
             found, next_cursor = [], None
     return _page(
         "orders.html",
@@ -150,7 +146,8 @@ async def order(
     at: Annotated[int | None, Parameter(ge=0, le=2**53)] = None,
     step: Annotated[int | None, Parameter(ge=0, le=100_000)] = None,
 ) -> Template:
-    timeline = await history.order_timeline(state.pool, checkout_session_id)
+    known = not any(ord(c) < 0x20 for c in checkout_session_id) and len(checkout_session_id) <= 255
+    timeline = await history.order_timeline(state.pool, checkout_session_id) if known else None
     if timeline is None:
         raise NotFound(f"no order for checkout session {checkout_session_id!r}")
     positions = [e["position"] for e in timeline]
