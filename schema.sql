@@ -191,6 +191,10 @@ CREATE TABLE IF NOT EXISTS projection_state (
 -- The rows are seeded by the service from its registry of followers (projections/registry.py):
 -- every projection and the fulfillment reactor, which has its own checkpoint (never rebuilt).
 ALTER TABLE projection_state ADD COLUMN IF NOT EXISTS fulfilled_sessions bigint;  -- the reactor's count
+-- A runner that failed (not an event: the runner itself, e.g. its connection) and restarted.
+ALTER TABLE projection_state ADD COLUMN IF NOT EXISTS worker_failures bigint NOT NULL DEFAULT 0;
+ALTER TABLE projection_state ADD COLUMN IF NOT EXISTS worker_error text;
+ALTER TABLE projection_state ADD COLUMN IF NOT EXISTS worker_error_at timestamptz;
 
 -- The fulfillment reactor's queue: one row per completed session.
 CREATE TABLE IF NOT EXISTS fulfillment_queue (

@@ -58,6 +58,12 @@ class Metrics:
             ["projection"],
             registry=r,
         )
+        self.worker_failures = Gauge(
+            "ledger_worker_failures",
+            "Times each runner failed (its connection lost, an unexpected error) and restarted",
+            ["projection"],
+            registry=r,
+        )
         self.fulfillment = Gauge(
             "ledger_fulfillment_sessions", "Completed sessions by fulfillment status", ["status"], registry=r
         )
@@ -126,6 +132,7 @@ class Metrics:
             self.position.labels(row["name"]).set(row["position"])
             self.lag.labels(row["name"]).set(row["lag"])
             self.failed_events.labels(row["name"]).set(row["failed_events"])
+            self.worker_failures.labels(row["name"]).set(row["worker_failures"])
             self.running.labels(row["name"]).set(1 if row["state"] in ("running", "degraded", "rebuilding") else 0)
             if row["name"] == "fulfillment":
                 for status in ("pending", "failed", "fulfilled"):

@@ -177,6 +177,9 @@ class FollowerStatus(msgspec.Struct):
     rebuild_position: int | None
     rebuilt_at: str | None
     updated_at: str
+    worker_failures: int  # times the runner itself failed (its connection, a bug) and restarted
+    worker_error: str | None
+    worker_error_at: str | None
     pending_sessions: int | None = None
     failed_sessions: int | None = None
     fulfilled_sessions: int | None = None

@@ -241,7 +241,17 @@ def cmd_status(args: argparse.Namespace) -> int:
                 str(r["applied_events"]),
                 str(r["ignored_events"]),
                 str(r["failed_events"]),
-                f"at {r['last_error_position']}: {r['last_error']}" if r["last_error"] else "-",
+                "; ".join(
+                    part
+                    for part in (
+                        f"event at {r['last_error_position']}: {r['last_error']}" if r["last_error"] else "",
+                        f"runner ({r['worker_failures']}x, last {r['worker_error_at']}): {r['worker_error']}"
+                        if r["worker_error"]
+                        else "",
+                    )
+                    if part
+                )
+                or "-",
             )
             for r in rows
         ]

@@ -34,6 +34,7 @@ _log = logging.getLogger(__name__)
 
 LOCK_NAMESPACE = 0x4C454447  # "LEDG"
 REBUILD_LOCK_OFFSET = 1000
+MAX_RESTART_DELAY = 15.0  # seconds a runner that keeps failing waits between starts, at most
 
 
 class LocksBusy(Exception):
@@ -75,26 +76,49 @@ async def run_exclusively(
 ) -> None:
     """Runs ``body`` on a dedicated connection holding advisory lock ``lock``.
 
-    While another process holds the lock this one waits as a standby; if the connection (and so
-    the lock) is lost, it reconnects and competes again. ``owner.active`` says whether it holds it.
+    While another process holds the lock this one waits as a standby; if anything goes wrong (the
+    connection, and so the lock, lost; a bug), the failure is logged and counted
+    (``worker_failures`` and ``worker_error`` in ``ledger status``) and the runner starts again
+    after a short, growing delay. ``owner.active`` says whether it holds the lock.
     """
+    failures = 0
     while True:
         conn = None
         try:
             conn = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
             if not await conn.fetchval(sql.try_lock, LOCK_NAMESPACE, lock):
+                failures = 0
                 await asyncio.sleep(standby_interval)
                 continue
             owner.active = True
             _log.info("%s: running", name)
             await body(conn)
+            failures = 0
         except asyncio.CancelledError:
             raise
-        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
-            _log.warning("%s: %s; retrying", name, exc)
-            await asyncio.sleep(1)
+        except Exception as exc:  # whatever it is, the runner must not end: note it, wait, start again
+            failures += 1
+            delay = min(MAX_RESTART_DELAY, 0.5 * 2 ** min(failures - 1, 6))
+            reason = f"{type(exc).__name__}: {exc}"[:500]
+            if isinstance(exc, (*UNAVAILABLE, asyncpg.PostgresError)):
+                _log.warning("%s: %s; restarting in %.1fs", name, reason, delay)
+            else:
+                _log.exception("%s: failed unexpectedly; restarting in %.1fs", name, delay)
+            await _note_failure(dsn, name, reason)
+            await asyncio.sleep(delay)
         finally:
             owner.active = False
             if conn is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(conn.close(), 5)
+
+
+async def _note_failure(dsn: str, name: str, reason: str) -> None:
+    """Counts the failure where ``ledger status`` and the metrics read it (best effort: the
+    database may be what failed)."""
+    with contextlib.suppress(Exception):
+        conn = await asyncio.wait_for(asyncpg.connect(dsn, server_settings=SERVER_SETTINGS), 5)
+        try:
+            await conn.execute(sql.record_worker_failure, name, reason)
+        finally:
+            await conn.close()

@@ -158,6 +158,9 @@ class CheckpointWatcher:
             except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
                 _log.warning("checkpoint watcher: %s; reconnecting", type(exc).__name__)
                 await asyncio.sleep(1)
+            except Exception:  # anything else (a client-side state error, a bug): it must not end
+                _log.exception("checkpoint watcher: failed unexpectedly; reconnecting")
+                await asyncio.sleep(1)
             finally:
                 self._conn = None
                 self.connected.clear()

@@ -48,6 +48,9 @@ async def projection_status(conn: asyncpg.Connection) -> list[dict[str, Any]]:
                 "rebuild_position": r["rebuild_position"],
                 "rebuilt_at": r["rebuilt_at"].isoformat() if r["rebuilt_at"] else None,
                 "updated_at": r["updated_at"].isoformat(),
+                "worker_failures": r["worker_failures"],
+                "worker_error": r["worker_error"],
+                "worker_error_at": r["worker_error_at"].isoformat() if r["worker_error_at"] else None,
             }
         )
         if name == FULFILLMENT:

@@ -19,7 +19,8 @@ WHERE s.name = $1;
 -- name: state_all
 SELECT s.name, s.position, s.generation, s.applied_events, s.ignored_events, s.failed_events,
        s.last_error, s.last_error_position, s.last_error_at, s.rebuild_position, s.rebuild_started_at,
-       s.rebuilt_at, s.updated_at, s.shape, h.position AS head
+       s.rebuilt_at, s.updated_at, s.shape, s.worker_failures, s.worker_error, s.worker_error_at,
+       h.position AS head
 FROM public.projection_state s CROSS JOIN public.ledger_head h
 ORDER BY s.name;
 
@@ -38,4 +39,10 @@ SELECT pg_notify('ledger_checkpoints', name || ':' || position) FROM moved;
 -- name: record_failure
 UPDATE public.projection_state
 SET failed_events = failed_events + 1, last_error = $2, last_error_position = $3, last_error_at = now()
+WHERE name = $1;
+
+-- name: record_worker_failure
+-- A runner failed and will restart ($2: what it failed of). No row for runners without a checkpoint.
+UPDATE public.projection_state
+SET worker_failures = worker_failures + 1, worker_error = $2, worker_error_at = now()
 WHERE name = $1;
