@@ -18,6 +18,7 @@ from ledger.errors import DatabaseUnavailable, SchemaTooNew
 from ledger.sql import log_queries
 
 __all__ = [
+    "DATA_REFUSED",
     "READ_SETTINGS",
     "SCHEMA_VERSION",
     "apply_schema",
@@ -27,6 +28,14 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 7
+
+# What the database says when a row's data cannot be stored (a value its type refuses, a row or
+# index entry too large, a constraint): that row's fault alone, never worth retrying as it is.
+DATA_REFUSED: tuple[type[Exception], ...] = (
+    asyncpg.DataError,
+    asyncpg.ProgramLimitExceededError,
+    asyncpg.IntegrityConstraintViolationError,
+)
 
 # Appenders and readers give up rather than queue behind a stuck client.
 SERVER_SETTINGS = {

@@ -20,7 +20,9 @@ _decoder = msgspec.json.Decoder()
 
 # Flex does not document event_dt's unit; values past this are read as milliseconds.
 _MILLISECONDS_FROM = 100_000_000_000
-_MAX_ID_LENGTH = 1024
+# Both are indexed; a btree entry holds at most about 2,700 bytes, so longer ones could never be
+# stored and would fail every retry (and the batch they were committed with).
+_MAX_ID_BYTES = 1024
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
@@ -45,12 +47,19 @@ def event_time(event_dt: object) -> tuple[int | None, datetime | None]:
 
 
 def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
+    """Whether any string in the document (keys included) holds U+0000: iteratively, so no depth
+    of nesting can exhaust the stack."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return False
 
 
@@ -72,8 +81,8 @@ def parse_envelope(body: bytes) -> Envelope:
     for name, value in (("event_id", event_id), ("event_type", event_type)):
         if not isinstance(value, str) or not value.strip():
             raise UnusableEvent(f"{name} must be a non-empty string")
-        if len(value) > _MAX_ID_LENGTH:
-            raise UnusableEvent(f"{name} is longer than {_MAX_ID_LENGTH} characters")
+        if len(value.encode()) > _MAX_ID_BYTES:
+            raise UnusableEvent(f"{name} is longer than {_MAX_ID_BYTES} bytes (UTF-8)")
     # PostgreSQL's jsonb and text cannot hold U+0000; only an escaped one can reach here.
     if b"\\u0000" in body and _has_nul(data):
         raise UnusableEvent("body holds a \\u0000 character, which cannot be stored")

@@ -14,8 +14,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-import asyncpg
-
+from ledger.db import DATA_REFUSED
 from ledger.errors import DatabaseUnavailable, UnusableEvent
 from ledger.log import AppendResult, EventLog, NewEvent
 
@@ -118,7 +117,7 @@ class GroupCommitter:
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        except asyncpg.DataError:
+        except DATA_REFUSED:
             if len(items) == 1:
                 _reject(items[0][1])
                 return

@@ -8,12 +8,13 @@ from collections.abc import Sequence
 import asyncpg
 import msgspec
 
+from ledger.db import DATA_REFUSED
 from projections.base import Deltas, LogRow, Projection, merge
 from projections.mergeable import Mergeable
 from projections.observations import as_snapshot
 from projections.sql import projection_queries as sql
 
-__all__ = ["BatchResult", "ProjectionFailed", "apply_batch", "decode_rows"]
+__all__ = ["BatchResult", "ProjectionFailed", "apply_batch", "apply_isolating", "decode_rows"]
 
 _log = logging.getLogger(__name__)
 
@@ -107,4 +108,33 @@ async def apply_batch(
         await conn.execute(getattr(sql, projection.history), [e for e, _ in touched], [p for _, p in touched])
     if projection.after_write is not None and written and not bulk:
         await projection.after_write(conn, written)
+    return result
+
+
+async def apply_isolating(
+    conn: asyncpg.Connection, projection: Projection, rows: Sequence[LogRow], *, strict: bool, bulk: bool = False
+) -> BatchResult:
+    """``apply_batch`` in one go; if the database refuses some event's data (``ledger.db.DATA_REFUSED``), event by
+    event, each in a savepoint, so that only that event fails: recorded in the result (live mode)
+    or raised as ``ProjectionFailed`` naming its position (``strict``, a rebuild)."""
+    try:
+        async with conn.transaction():  # a savepoint
+            return await apply_batch(conn, projection, rows, strict=strict, bulk=bulk)
+    except DATA_REFUSED:
+        pass
+    result = BatchResult()
+    for row in rows:
+        try:
+            async with conn.transaction():
+                one = await apply_batch(conn, projection, [row], strict=strict, bulk=bulk)
+        except DATA_REFUSED as exc:
+            failure = ProjectionFailed(projection.name, row.position, f"{type(exc).__name__}: {exc}")
+            if strict:
+                raise failure from exc
+            _log.warning("%s", failure)
+            result.failures.append(failure)
+            continue
+        result.applied += one.applied
+        result.ignored += one.ignored
+        result.failures += one.failures
     return result

@@ -27,7 +27,7 @@ import msgspec
 
 from ledger.db import SERVER_SETTINGS, schema_sql
 from ledger.log import head_position, read_batch
-from projections.apply import apply_batch, decode_rows
+from projections.apply import apply_isolating, decode_rows
 from projections.base import LogRow, Projection, like_patterns
 from projections.coordination import REBUILD_LOCK_OFFSET, LocksBusy, release, take_all
 from projections.registry import lock_id
@@ -84,7 +84,7 @@ async def _apply(
     rows, _ = decode_rows(records)
     for projection in projections:
         mine: list[LogRow] = [r for r in rows if projection.matches(r.event_type)]
-        result = await apply_batch(conn, projection, mine, strict=True, bulk=bulk)
+        result = await apply_isolating(conn, projection, mine, strict=True, bulk=bulk)
         c = counts[projection.name]
         c.applied += result.applied
         c.ignored += (end - start) - len(mine) + result.ignored

@@ -12,7 +12,7 @@ import asyncio
 
 import asyncpg
 
-from projections.apply import BatchResult, ProjectionFailed, apply_batch
+from projections.apply import BatchResult, apply_isolating
 from projections.base import LogRow, Projection
 from projections.coordination import run_exclusively
 from projections.follower import follow, follow_once
@@ -32,23 +32,7 @@ class _Projecting:
     async def apply(self, conn: asyncpg.Connection, rows: list[LogRow]) -> BatchResult:
         """The batch in one go; if the tables refuse some event's data, event by event, so only
         that event is recorded as failed and the projection goes on."""
-        try:
-            async with conn.transaction():  # a savepoint
-                return await apply_batch(conn, self.projection, rows, strict=False)
-        except asyncpg.DataError:
-            pass
-        result = BatchResult()
-        for row in rows:
-            try:
-                async with conn.transaction():
-                    one = await apply_batch(conn, self.projection, [row], strict=False)
-            except asyncpg.DataError as exc:
-                result.failures.append(ProjectionFailed(self.name, row.position, f"{type(exc).__name__}: {exc}"))
-                continue
-            result.applied += one.applied
-            result.ignored += one.ignored
-            result.failures += one.failures
-        return result
+        return await apply_isolating(conn, self.projection, rows, strict=False)
 
 
 async def catch_up_once(conn: asyncpg.Connection, projection: Projection, batch_size: int) -> int:

@@ -1,0 +1,100 @@
+"""Hostile input at the door and in the log: what the database cannot hold is refused alone, at
+the door when it can be seen there, else recorded and skipped by the projection it would stall."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import string
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from ledger_cli.scenarios import Checkout, checkout_events
+from tests.support import RunningServer, ledger_command, run_server, signed_headers
+
+
+@pytest.fixture
+def server(db_dsn: str, tmp_path: Path) -> RunningServer:
+    with run_server(tmp_path, {"LEDGER_DATABASE_URL": db_dsn, "LEDGER_RECONCILE_INTERVAL": "0"}) as s:
+        yield s
+
+
+def post(server: RunningServer, body: str) -> httpx.Response:
+    return httpx.post(server.url + "/webhooks/flex", content=body.encode(), headers=signed_headers(body), timeout=30)
+
+
+async def _count(dsn: str, table: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+    finally:
+        await conn.close()
+
+
+def count(dsn: str, table: str) -> int:
+    import asyncio
+
+    return asyncio.run(_count(dsn, table))
+
+
+@pytest.mark.parametrize("field", ["event_id", "event_type"])
+def test_ids_the_index_cannot_hold_are_refused_at_the_door_and_never_fail_their_batch_mates(
+    server: RunningServer, db_dsn: str, field: str
+) -> None:
+    poison = {"event_id": "evt_poison", "event_type": "customer.created", "object": {}}
+    poison[field] = "\U0001f4a5" * 1000  # 1,000 characters, 4,000 bytes
+    good = [json.dumps(e) for c in range(40) for e in checkout_events(Checkout(seed=900 + c))[:1]]
+    with ThreadPoolExecutor(16) as pool:  # the poison amid concurrent, group-committed deliveries
+        replies = list(pool.map(lambda b: post(server, b), [*good[:20], json.dumps(poison), *good[20:]]))
+    statuses = [r.status_code for r in replies]
+    assert statuses[20] == 422
+    assert "bytes" in replies[20].json()["error"]["message"]
+    assert statuses[:20] + statuses[21:] == [200] * 40
+    assert count(db_dsn, "quarantine") == 1
+
+
+def test_a_nul_nested_a_thousand_levels_deep_is_quarantined_not_a_500(server: RunningServer, db_dsn: str) -> None:
+    body = '{"event_id":"evt_deep","event_type":"x","object":' + '{"a":' * 950 + '"\\u0000"' + "}" * 950 + "}"
+    reply = post(server, body)
+    assert reply.status_code == 422, reply.text
+    assert count(db_dsn, "quarantine") == 1
+    assert count(db_dsn, "events") == 0
+
+
+def test_an_event_a_projection_cannot_store_fails_alone_and_rebuild_names_it(
+    server: RunningServer, db_dsn: str
+) -> None:
+    poison = Checkout(seed=950)
+    completed = checkout_events(poison)[-1]
+    # a status far larger than an index entry can hold (the orders' status index)
+    completed["object"]["checkout_session"]["status"] = "".join(random.choices(string.ascii_letters, k=10_240))
+    assert post(server, json.dumps(completed)).status_code == 200
+    poisoned_at = server.get("/v1/events", params={"limit": 10}).json()["data"][-1]["position"]
+    later = Checkout(seed=951)
+    last = 0
+    for event in checkout_events(later):
+        last = post(server, json.dumps(event)).json()["position"]
+    order = server.get(f"/v1/orders/{later.session_id}", params={"min_position": last})
+    assert order.status_code == 200, order.text  # the projection went on past the poison
+    orders = next(f for f in server.get("/v1/projections").json()["data"] if f["name"] == "orders")
+    assert orders["failed_events"] == 1
+    assert orders["last_error_position"] == poisoned_at
+    assert orders["state"] == "degraded"
+
+    result = subprocess.run(
+        [ledger_command(), "rebuild", "orders"],
+        env={**os.environ, "LEDGER_DATABASE_URL": db_dsn},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert f"position {poisoned_at}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "the live state is unchanged" in result.stderr
