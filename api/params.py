@@ -55,8 +55,12 @@ _NOT_TEXT = frozenset({"min_position", "after", "limit", "test_mode", "payment_s
 
 
 async def strict_query(request: Request[Any, Any, Any]) -> None:
-    """``before_request`` of the read API: every parameter is given once, and ``null`` is not a
-    number, a boolean or one of a fixed set of words."""
+    """``before_request`` of the read API: every id in the path is 1 to 255 characters with no
+    control character (a NUL cannot even be stored), every parameter is given once, and ``null``
+    is not a number, a boolean or one of a fixed set of words."""
+    for name, value in request.path_params.items():
+        if isinstance(value, str):
+            checked(name, value)
     seen: set[str] = set()
     for name, value in request.query_params.multi_items():
         if name in seen:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from ledger_cli.scenarios import Checkout, checkout_events
-from tests.support import RunningServer, ledger_command, run_server, signed_headers
+from tests.support import RunningServer, fulfillment_env, ledger_command, run_server, run_standin, signed_headers
 
 
 @pytest.fixture
@@ -98,3 +98,68 @@ def test_an_event_a_projection_cannot_store_fails_alone_and_rebuild_names_it(
     assert f"position {poisoned_at}" in result.stderr
     assert "Traceback" not in result.stderr
     assert "the live state is unchanged" in result.stderr
+
+
+_ID_ROUTES = ["/v1/orders/{}", "/v1/orders/{}/events", "/v1/customers/{}", "/v1/subscriptions/{}", "/v1/orders/{}/sync"]
+_TEXT_PARAMS = [
+    ("/v1/orders", "customer_id"),
+    ("/v1/orders", "status"),
+    ("/v1/orders", "client_reference_id"),
+    ("/v1/orders", "cursor"),
+    ("/v1/orders", "payment_status"),
+    ("/v1/events", "event_type"),
+    ("/v1/events", "cursor"),
+    ("/v1/inventory/adjustments", "cursor"),
+    ("/v1/orders/fcs_x", "as_of"),
+]
+_NUMBER_PARAMS = [
+    ("/v1/events", "after"),
+    ("/v1/events", "limit"),
+    ("/v1/inventory/adjustments", "after"),
+    ("/v1/orders", "limit"),
+    ("/v1/orders/fcs_x", "as_of_position"),
+    ("/v1/projections", "min_position"),
+]
+
+
+@pytest.fixture
+def flex_server(db_dsn: str, tmp_path: Path) -> RunningServer:
+    """A server with Flex (the stand-in) to ask, so that the success page's sync answers too."""
+    with run_standin() as standin:
+        env = {"LEDGER_DATABASE_URL": db_dsn, "LEDGER_RECONCILE_INTERVAL": "0", **fulfillment_env(standin.api_base)}
+        with run_server(tmp_path, env) as s:
+            yield s
+
+
+def test_no_generated_id_or_parameter_gets_a_5xx(flex_server: RunningServer) -> None:
+    """Every read route, driven with generated text (control characters, any script, any length)
+    and integers far outside any range: a 4xx or a 2xx, never a 5xx."""
+    server = flex_server
+    from urllib.parse import quote
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    headers = {"authorization": "Bearer test-token"}
+    text = st.text(min_size=0, max_size=300)
+    numbers = st.integers(min_value=-(2**80), max_value=2**80).map(str) | text
+
+    with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
+
+        @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+        @given(
+            st.sampled_from(_ID_ROUTES),
+            text,
+            st.sampled_from(_TEXT_PARAMS + _NUMBER_PARAMS),
+            st.one_of(text, numbers),
+        )
+        def probe(route: str, value: str, param: tuple[str, str], query: str) -> None:
+            path = route.format(quote(value, safe="")) if value else route.format("x")
+            method = "POST" if path.endswith("/sync") else "GET"
+            reply = client.request(method, path)
+            assert reply.status_code < 500, (method, path, reply.text)
+            reply = client.get(param[0], params={param[1]: query})
+            assert reply.status_code < 500, (param, query, reply.text)
+
+        probe()
+    assert "Traceback" not in server.log()
