@@ -5,13 +5,17 @@ header line a minute, a body a byte at a time) stays open for as long as the cli
 enough of them exhaust the process's file descriptors. Here every request's headers must be
 complete within ``header_timeout`` seconds of its connection opening or of its first byte, and
 its body within ``body_timeout`` seconds of its headers; otherwise the connection is closed.
-The number of connections served at once is capped separately (uvicorn's ``limit_concurrency``:
-beyond it, new requests get a 503).
+Headers larger than ``max_header_bytes`` in all, or more than ``max_headers`` of them, get a
+431 and the connection closed before the request reaches the app: httptools itself sets no limit,
+and one 100 MB header line would otherwise be buffered and parsed on the event loop. The number of
+connections served at once is capped separately (uvicorn's ``limit_concurrency``: beyond it, new
+requests get a 503), and idle kept-alive connections are closed after ``timeout_keep_alive``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
@@ -46,11 +50,46 @@ class _Closed:
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout = 10.0
     body_timeout = 30.0
+    max_header_bytes = 65_536
+    max_headers = 100
     closed = _Closed()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
+        self._in_headers = True
+        self._header_bytes = 0
+        self._header_count = 0
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_headers:
+            self._header_bytes += len(data)
+        super().data_received(data)
+        # Still in the headers after this chunk (a chunk that completes them is never refused):
+        # what the parser holds is bounded by the limit plus one read.
+        if self._in_headers and self._header_bytes > self.max_header_bytes:
+            self._refuse(f"request headers larger than {self.max_header_bytes} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        if self._header_count > self.max_headers:
+            self._refuse(f"more than {self.max_headers} request headers")
+            return
+        super().on_header(name, value)
+
+    def _refuse(self, why: str) -> None:
+        """431 and the connection closed, before the request reaches the app."""
+        if self.transport.is_closing():
+            return
+        body = json.dumps({"error": {"code": "request_header_fields_too_large", "message": why}}).encode()
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+            + f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
+            + body
+        )
+        self.closed.add("request headers (too large)", 0)
+        self._disarm()
+        self.transport.close()
 
     def _arm(self, phase: str, timeout: float) -> None:
         self._disarm()
@@ -81,18 +120,27 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._arm("request headers", self.header_timeout)
 
     def on_headers_complete(self) -> None:
+        self._in_headers = False
         self._arm("request body", self.body_timeout)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         self._disarm()
+        self._in_headers, self._header_bytes, self._header_count = True, 0, 0
         super().on_message_complete()
 
 
-def guarded_protocol(header_timeout: float, body_timeout: float) -> type[HttpToolsProtocol]:
+def guarded_protocol(
+    header_timeout: float, body_timeout: float, max_header_bytes: int = 65_536, max_headers: int = 100
+) -> type[HttpToolsProtocol]:
     """The protocol class to give ``uvicorn.run(http=...)``."""
     return type(
         "GuardedHttpToolsProtocol",
         (GuardedHttpToolsProtocol,),
-        {"header_timeout": header_timeout, "body_timeout": body_timeout},
+        {
+            "header_timeout": header_timeout,
+            "body_timeout": body_timeout,
+            "max_header_bytes": max_header_bytes,
+            "max_headers": max_headers,
+        },
     )

@@ -44,6 +44,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     http_header_timeout: float = 10.0
     http_body_timeout: float = 30.0
     http_max_connections: int = 2048
+    http_max_header_bytes: int = 65_536
+    http_max_headers: int = 100
+    http_keepalive_timeout: int = 5
     # Reconcile with Flex's API: every interval seconds (0: never automatically), over the window.
     reconcile_interval: float = 900.0
     reconcile_window: timedelta = timedelta(hours=72)
@@ -171,6 +174,9 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool
         http_header_timeout=_float(env, "LEDGER_HTTP_HEADER_TIMEOUT", 10.0),
         http_body_timeout=_float(env, "LEDGER_HTTP_BODY_TIMEOUT", 30.0),
         http_max_connections=_int(env, "LEDGER_HTTP_MAX_CONNECTIONS", 2048, 1),
+        http_max_header_bytes=_int(env, "LEDGER_HTTP_MAX_HEADER_BYTES", 65_536, 1024),
+        http_max_headers=_int(env, "LEDGER_HTTP_MAX_HEADERS", 100, 10),
+        http_keepalive_timeout=_int(env, "LEDGER_HTTP_KEEPALIVE_TIMEOUT", 5, 1),
         reconcile_interval=_seconds_or_off(env, "LEDGER_RECONCILE_INTERVAL", 900.0),
         reconcile_window=_duration(env, "LEDGER_RECONCILE_WINDOW", timedelta(hours=72)),
     )
