@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 import warnings
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -56,8 +57,12 @@ def _run_with_settings(work: Callable[[Settings], Coroutine[Any, Any, int]]) -> 
         return _fail(exc.message)
     try:
         return asyncio.run(work(settings))
+    except BrokenPipeError:
+        raise  # the reader went away (``ledger status | head -1``): main() ends quietly
     except UNAVAILABLE as exc:
         return _fail(f"cannot reach the database: {exc}")
+    except asyncpg.PostgresError as exc:  # a database that does not exist, a role refused, ...
+        return _fail(f"the database refused: {type(exc).__name__}: {exc}")
     except ConfigError as exc:
         return _fail(exc.message)
 
@@ -639,7 +644,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     args = build_parser().parse_args(argv)
     configure_logging(getattr(args, "log_level", "info"))
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:
+        # The reader of our output went away (``| head``): nothing is wrong with the ledger.
+        # Point stdout at /dev/null so that the interpreter's final flush does not complain.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

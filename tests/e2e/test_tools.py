@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import signal
@@ -229,3 +230,26 @@ def test_metrics_move_for_every_webhook_outcome_and_for_lag(db_dsn: str, tmp_pat
     lag, running = asyncio.run(scenario())
     assert lag == 3
     assert running == 1  # the lock is held (by this test): a stuck runner shows as lag
+
+
+def test_status_on_a_missing_database_says_so_in_one_line(pg_server_dsn: str) -> None:
+    from tests.support import with_database
+
+    env = {**os.environ, "LEDGER_DATABASE_URL": with_database(pg_server_dsn, "no_such_database_here")}
+    result = subprocess.run([ledger_command(), "status"], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "no_such_database_here" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_status_into_a_closed_pipe_is_no_error(db_dsn: str) -> None:
+    env = {**os.environ, "LEDGER_DATABASE_URL": db_dsn}
+    proc = subprocess.Popen([ledger_command(), "status"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader has gone (`ledger status | head -0`) before anything is written
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert b"database" not in err
+    assert b"Broken pipe" not in err
+    assert b"Traceback" not in err
