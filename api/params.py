@@ -13,7 +13,7 @@ from litestar.params import Parameter
 
 from ledger.errors import InvalidRequest
 
-__all__ = ["Cursor", "MinPosition", "OrdersCursor", "Position", "Text", "checked", "strict_query"]
+__all__ = ["Cursor", "MinPosition", "OrdersCursor", "PathId", "Position", "Text", "checked", "strict_query"]
 
 MAX_POSITION = 2**53 - 1  # exact in JSON numbers (the document's limits are floats); far beyond any log
 _NO_CONTROL = r"^[^\u0000-\u001f]+$"
@@ -35,6 +35,8 @@ OrdersCursor = (
     | None
 )
 Text = Annotated[str, Parameter(min_length=1, max_length=255, pattern=_NO_CONTROL)] | None
+# An id in a path (a session, customer or subscription): what the read routes can look up.
+PathId = Annotated[str, Parameter(min_length=1, max_length=255, pattern=_NO_CONTROL)]
 
 
 def checked(name: str, value: int | str | None) -> None:
@@ -51,7 +53,7 @@ def checked(name: str, value: int | str | None) -> None:
 
 # Parameters that are numbers, booleans or a fixed set of words on every route. The framework reads the text "null" as
 # "not given" for an optional one; a client that sends it means something, so it is refused.
-_NOT_TEXT = frozenset({"min_position", "after", "limit", "test_mode", "payment_status"})
+_NOT_TEXT = frozenset({"min_position", "after", "limit", "test_mode", "payment_status", "as_of_position", "as_of"})
 
 
 async def strict_query(request: Request[Any, Any, Any]) -> None:

@@ -14,10 +14,10 @@ from litestar.params import Parameter
 
 from api import schemas
 from api.errors import error_response
-from api.params import Cursor, MinPosition, OrdersCursor, Position, Text, checked
+from api.params import Cursor, MinPosition, OrdersCursor, PathId, Position, Text, checked
 from api.schemas import ok
 from api.state import AppState
-from ledger.errors import InvalidRequest, NotFound
+from ledger.errors import NotFound
 from projections import documents, history
 from projections.registry import PROJECTIONS
 from projections.status import read_status
@@ -55,7 +55,7 @@ PaymentStatus = Literal["unpaid", "partially_paid", "paid", "partially_refunded"
 )
 async def get_order(
     state: AppState,
-    checkout_session_id: str,
+    checkout_session_id: PathId,
     min_position: MinPosition = None,
     as_of_position: Annotated[
         Position,
@@ -70,11 +70,9 @@ async def get_order(
 ) -> Response[Any]:
     checked("as_of_position", as_of_position)
     headers = await _fresh(state, ["orders"], min_position)
-    if as_of_position is not None and as_of is not None:
-        raise InvalidRequest("give as_of_position or as_of, not both")
     if as_of_position is None and as_of is None:
         doc = await documents.get_order(state.pool, checkout_session_id)
-    else:
+    else:  # both given: as of whichever comes first
         if as_of is not None and as_of.tzinfo is None:
             as_of = as_of.replace(tzinfo=UTC)
         doc = await history.order_as_of(state.pool, checkout_session_id, position=as_of_position, moment=as_of)
@@ -90,7 +88,7 @@ async def get_order(
     ),
 )
 async def get_order_events(
-    state: AppState, checkout_session_id: str, min_position: MinPosition = None
+    state: AppState, checkout_session_id: PathId, min_position: MinPosition = None
 ) -> Response[Any]:
     headers = await _fresh(state, ["orders"], min_position)
     events = await history.order_events(state.pool, checkout_session_id)
@@ -133,7 +131,7 @@ async def list_orders(
     tags=["customers"],
     responses=ok(schemas.Customer, "The customer", can_404=True),
 )
-async def get_customer(state: AppState, customer_id: str, min_position: MinPosition = None) -> Response[Any]:
+async def get_customer(state: AppState, customer_id: PathId, min_position: MinPosition = None) -> Response[Any]:
     headers = await _fresh(state, ["customers"], min_position)
     return _found_or_404(await documents.get_customer(state.pool, customer_id), f"no customer {customer_id!r}", headers)
 
@@ -144,7 +142,7 @@ async def get_customer(state: AppState, customer_id: str, min_position: MinPosit
     tags=["subscriptions"],
     responses=ok(schemas.Subscription, "The subscription", can_404=True),
 )
-async def get_subscription(state: AppState, subscription_id: str, min_position: MinPosition = None) -> Response[Any]:
+async def get_subscription(state: AppState, subscription_id: PathId, min_position: MinPosition = None) -> Response[Any]:
     headers = await _fresh(state, ["subscriptions"], min_position)
     return _found_or_404(
         await documents.get_subscription(state.pool, subscription_id), f"no subscription {subscription_id!r}", headers

@@ -9,6 +9,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
 from api import schemas
+from api.params import PathId
 from api.read_routes import FRESHNESS_HEADER
 from api.schemas import ok
 from api.state import AppState
@@ -37,7 +38,7 @@ __all__ = ["RECONCILE_ROUTES"]
         ),
     },
 )
-async def sync_order(state: AppState, checkout_session_id: str) -> Response[Any]:
+async def sync_order(state: AppState, checkout_session_id: PathId) -> Response[Any]:
     outcome = "error"
     try:
         clients = list(state.flex_clients.values())

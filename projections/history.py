@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -77,8 +77,8 @@ async def order_timeline(pool: asyncpg.Pool, checkout_session_id: str) -> list[d
 async def order_as_of(
     pool: asyncpg.Pool, checkout_session_id: str, *, position: int | None = None, moment: datetime | None = None
 ) -> dict[str, Any] | None:
-    """The order exactly as it stood after log ``position`` (or the last position recorded at or
-    before ``moment``), folded from the log with the orders projection's own fold. ``None`` when the
+    """The order exactly as it stood after log ``position`` and/or the last position recorded at or
+    before ``moment`` (the earlier of the two), folded from the log with the orders projection's own fold. ``None`` when the
     order did not exist yet (or does not exist). ``flags`` that compare it with other orders
     (``duplicate_payment``) are as of now."""
     with translate_errors():
@@ -86,7 +86,10 @@ async def order_as_of(
             record = await conn.fetchrow(queries.order_get, checkout_session_id)
             if record is None:
                 return None
-            upto = position if position is not None else await position_at(conn, moment or datetime.now(UTC))
+            upto = min(
+                position if position is not None else _EVERY_POSITION,
+                await position_at(conn, moment) if moment is not None else _EVERY_POSITION,
+            )
             rows, _ = decode_rows(await events_at(conn, await _history(conn, record, upto)))
             deltas = Deltas()
             for row in rows:
