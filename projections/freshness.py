@@ -58,23 +58,32 @@ class CheckpointWatcher:
 
     async def wait(self, names: list[str], position: int, within: float = 5.0) -> bool:
         """True once every named projection has applied ``position``; False when it is beyond the
-        log head (answered at once) or not reached within ``within`` seconds."""
+        log head (answered at once) or not reached within ``within`` seconds: one deadline for the
+        whole wait (a reconnect, the head's refresh and the wait itself), whatever the load."""
         if self.reached(names, position):
             return True
-        if not self.connected.is_set():  # just started, or reconnecting: give it the same time
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.connected.wait(), within)
-            if self.reached(names, position):
-                return True
-        if position > self.head and position > await self._fresh_head():
-            return False
-        waiter = (names, position, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+
+        def left() -> float:
+            return max(0.0, deadline - loop.time())
+
+        try:
+            if not self.connected.is_set():  # just started, or reconnecting: within the same time
+                await asyncio.wait_for(self.connected.wait(), left())
+                if self.reached(names, position):
+                    return True
+            if position > self.head and position > await asyncio.wait_for(self._fresh_head(), left()):
+                return False
+        except TimeoutError:
+            return self.reached(names, position)
+        waiter = (names, position, loop.create_future())
         self._waiting.append(waiter)
         try:
-            await asyncio.wait_for(waiter[2], within)
+            await asyncio.wait_for(waiter[2], left())
             return True
         except TimeoutError:
-            return False
+            return self.reached(names, position)
         finally:
             with contextlib.suppress(ValueError):
                 self._waiting.remove(waiter)
