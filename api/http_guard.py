@@ -15,8 +15,10 @@ requests get a 503), and idle kept-alive connections are closed after ``timeout_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import resource
 import time
 from typing import Any
 
@@ -52,6 +54,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     body_timeout = 30.0
     max_header_bytes = 65_536
     max_headers = 100
+    max_connections = 2048
+    open_connections = 0  # of this process
+    # The connections waiting for a request's headers, oldest first (dict: insertion-ordered set).
+    awaiting_headers: dict[GuardedHttpToolsProtocol, None] = {}  # noqa: RUF012 (one per class made below)
     closed = _Closed()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -108,10 +114,28 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        cls = type(self)
+        cls.open_connections += 1
+        self._counted = True
+        if cls.open_connections > self.max_connections:
+            # Over the cap: the connection that has waited longest for its request's headers (idle
+            # or slow) makes room; only when none is waiting is the new one turned away.
+            oldest = next(iter(cls.awaiting_headers), None)
+            victim = oldest if oldest is not None else self
+            self.closed.add(f"connection (over {self.max_connections} open)", 0)
+            victim.transport.close()
+            cls.awaiting_headers.pop(victim, None)
+            if victim is self:
+                return
+        cls.awaiting_headers[self] = None
         self._arm("request headers", self.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        type(self).awaiting_headers.pop(self, None)
+        if getattr(self, "_counted", False):
+            type(self).open_connections -= 1
+            self._counted = False
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
@@ -121,6 +145,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_headers = False
+        type(self).awaiting_headers.pop(self, None)
         self._arm("request body", self.body_timeout)
         super().on_headers_complete()
 
@@ -129,11 +154,36 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_headers, self._header_bytes, self._header_count = True, 0, 0
         super().on_message_complete()
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and not self.pipeline:  # idle, kept alive
+            type(self).awaiting_headers[self] = None
+
 
 def guarded_protocol(
-    header_timeout: float, body_timeout: float, max_header_bytes: int = 65_536, max_headers: int = 100
+    header_timeout: float,
+    body_timeout: float,
+    max_header_bytes: int = 65_536,
+    max_headers: int = 100,
+    max_connections: int = 2048,
 ) -> type[HttpToolsProtocol]:
-    """The protocol class to give ``uvicorn.run(http=...)``."""
+    """The protocol class to give ``uvicorn.run(http=...)``. Raises the process's open-files limit
+    as far as it may go, and keeps ``max_connections`` below it (room for the database pools and
+    files), so that connections are refused by the cap, logged, before descriptors run out."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 65_536)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and max_connections > soft - 256:
+        _log.warning(
+            "only %d files may be open: serving at most %d connections (not %d)",
+            soft,
+            max(16, soft - 256),
+            max_connections,
+        )
+        max_connections = max(16, soft - 256)
     return type(
         "GuardedHttpToolsProtocol",
         (GuardedHttpToolsProtocol,),
@@ -142,5 +192,8 @@ def guarded_protocol(
             "body_timeout": body_timeout,
             "max_header_bytes": max_header_bytes,
             "max_headers": max_headers,
+            "max_connections": max_connections,
+            "open_connections": 0,
+            "awaiting_headers": {},
         },
     )

@@ -97,8 +97,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             settings.http_body_timeout,
             settings.http_max_header_bytes,
             settings.http_max_headers,
+            settings.http_max_connections,
         ),
-        limit_concurrency=settings.http_max_connections,
+        # The cap itself is the guard's (it makes room by closing the slowest); uvicorn's only
+        # stops a burst of requests beyond it.
+        limit_concurrency=2 * settings.http_max_connections + 16,
         timeout_keep_alive=settings.http_keepalive_timeout,
         log_level=args.log_level,
         log_config=None,

@@ -204,3 +204,19 @@ def test_oversized_or_too_many_headers_get_431_and_webhooks_go_on(db_dsn: str, t
         finally:
             huge.close()
             many.close()
+
+
+def test_over_the_connection_cap_the_slowest_make_room_and_webhooks_go_on(db_dsn: str, tmp_path: Path) -> None:
+    env = {"LEDGER_DATABASE_URL": db_dsn, "LEDGER_HTTP_MAX_CONNECTIONS": "100", "LEDGER_HTTP_HEADER_TIMEOUT": "30"}
+    with run_server(tmp_path, env) as server, httpx.Client(timeout=10) as client:
+        port = int(server.url.rsplit(":", 1)[1])
+        slow = [_slow_client(port) for _ in range(400)]  # four times the cap, each half a request
+        try:
+            statuses = [_webhook(client, server).status_code for _ in range(20)]
+            assert statuses == [200] * 20, statuses
+            # the oldest of them were closed to make room, long before their header timeout
+            assert sum(_closed_by_server(s, within=2) for s in slow[:200]) >= 150
+        finally:
+            for s in slow:
+                s.close()
+        assert "over 100 open" in server.log()
