@@ -8,6 +8,7 @@ token. Nothing here reads the database itself: the pages call the same functions
 from __future__ import annotations
 
 import json
+import time
 from typing import Annotated, Any
 
 from litestar import Request, get, post
@@ -49,7 +50,7 @@ async def sign_in(request: Request[Any, Any, Any], state: AppState, data: Form) 
             context={"path": request.url.path, "error": "That is not one of this service's API tokens."},
             status_code=200,  # the form again, with why (a 4xx page would be a browser console error)
         )
-    request.set_session({"token": fingerprint(token)})
+    request.set_session({"token": fingerprint(token), "at": int(time.time())})
     return Redirect("/console", status_code=303)
 
 

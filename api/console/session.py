@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from typing import Any
 
 from litestar.config.csrf import CSRFConfig
@@ -89,3 +90,7 @@ def require_session(connection: ASGIConnection[Any, Any, Any, Any], _: Any) -> N
     opened_with = session.get("token") if isinstance(session, dict) else None
     if not isinstance(opened_with, str) or opened_with not in {fingerprint(t) for t in tokens}:
         raise SignInRequired("sign in with an API token")
+    # The cookie's own expiry is the browser's word; a copied cookie is refused after it too.
+    signed_in_at = session.get("at")
+    if not isinstance(signed_in_at, int | float) or not 0 <= time.time() - signed_in_at <= SESSION_HOURS * 3600:
+        raise SignInRequired("the session has expired; sign in again")
