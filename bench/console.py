@@ -73,21 +73,26 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--dsn", default=None)
+    parser.add_argument("--reuse", default=None, metavar="DSN", help="a database an earlier run filled")
     args = parser.parse_args()
     server = Server(args.dsn)
     try:
-        dsn = await server.fresh_database()
-        started = time.monotonic()
-        seeds = await fill(dsn, args.events, 0)
-        print(f"filled {args.events:,} events in {time.monotonic() - started:.0f} s", flush=True)
-        started = time.monotonic()
-        env = {**os.environ, "LEDGER_DATABASE_URL": dsn}
-        subprocess.run([str(LEDGER), "rebuild"], env=env, check=True, capture_output=True)
-        await settle(dsn)
-        print(f"rebuilt the projections in {time.monotonic() - started:.0f} s", flush=True)
+        if args.reuse:
+            dsn = args.reuse
+        else:
+            dsn = await server.fresh_database()
+            started = time.monotonic()
+            await fill(dsn, args.events, 0)
+            print(f"filled {args.events:,} events in {time.monotonic() - started:.0f} s", flush=True)
+            started = time.monotonic()
+            env = {**os.environ, "LEDGER_DATABASE_URL": dsn}
+            subprocess.run([str(LEDGER), "rebuild"], env=env, check=True, capture_output=True)
+            await settle(dsn)
+            print(f"rebuilt the projections in {time.monotonic() - started:.0f} s", flush=True)
         conn = await asyncpg.connect(dsn)
         try:
             head = await conn.fetchval("SELECT position FROM ledger_head")
+            seeds = await conn.fetchval("SELECT count(*) FROM orders")  # one order per checkout, seeds 0..n-1
         finally:
             await conn.close()
         rng = random.Random(7)

@@ -341,14 +341,21 @@ async def customers_by_email(pool: asyncpg.Pool, email: str) -> list[str]:
     """The ids of the customers with this email (a search of the console)."""
     with translate_errors():
         async with pool.acquire() as conn:
-            return [r["customer_id"] for r in await conn.fetch(queries.customers_by_email, email)]
+            return sorted(r["customer_id"] for r in await conn.fetch(queries.customers_by_email, email))
 
 
-async def inventory_levels(pool: asyncpg.Pool, *, test_mode: bool = False) -> list[dict[str, Any]]:
-    """One row per (price, product) of the mode asked (live by default)."""
+async def inventory_levels(
+    pool: asyncpg.Pool, *, test_mode: bool = False, after: tuple[str, str] | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """One row per (price, product) of the mode asked (live by default): all of them, or a page of
+    ``limit`` in (price, product) order after ``after``."""
     with translate_errors():
         async with pool.acquire() as conn:
-            rows = await conn.fetch(queries.inventory_levels, test_mode)
+            if limit is None:
+                rows = await conn.fetch(queries.inventory_levels, test_mode)
+            else:
+                price, product = after or ("", "")
+                rows = await conn.fetch(queries.inventory_levels_page, test_mode, price, product, limit)
     return [
         {
             "price_id": r["price_id"],

@@ -210,9 +210,15 @@ async def inventory(
     state: AppState,
     mode: str | None = None,
     after: Annotated[int | None, Parameter(ge=0)] = None,
+    level: Annotated[str | None, Parameter(max_length=600)] = None,
 ) -> Template:
     test_mode = mode == "test"
-    levels = await documents.inventory_levels(state.pool, test_mode=test_mode)
+    level = level if level and "\x00" not in level else None
+    price, _, product = (level or "").partition("\x1f")
+    levels = await documents.inventory_levels(
+        state.pool, test_mode=test_mode, after=(price, product) if level else None, limit=PAGE * 4
+    )
+    next_level = f"{levels[-1]['price_id']}\x1f{levels[-1]['product_id']}" if len(levels) == PAGE * 4 else None
     adjustments, next_cursor = await documents.list_adjustments(
         state.pool, after=after or 0, limit=50, test_mode=test_mode
     )
@@ -220,6 +226,7 @@ async def inventory(
         "inventory.html",
         request,
         levels=levels,
+        next_level=next_level,
         adjustments=adjustments,
         next_after=next_cursor,
         mode="test" if test_mode else "live",

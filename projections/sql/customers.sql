@@ -15,5 +15,6 @@ SET email = EXCLUDED.email, deleted = EXCLUDED.deleted, position = EXCLUDED.posi
 SELECT customer_id, position, state::text AS state FROM customers WHERE customer_id = $1;
 
 -- name: customers_by_email
--- The customers with this email (its index), for the console's order search.
-SELECT customer_id FROM customers WHERE email = $1 ORDER BY customer_id LIMIT 20;
+-- The customers with this email, for the console's order search: through the email index (an
+-- ORDER BY customer_id here would walk the primary key past every customer instead).
+SELECT customer_id FROM customers WHERE email = $1 LIMIT 20;

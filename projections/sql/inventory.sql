@@ -59,3 +59,13 @@ FROM inventory_levels
 WHERE adjustment_count > 0 AND test_mode = $1
 ORDER BY price_id NULLS LAST, product_id NULLS LAST;
 
+
+-- name: inventory_levels_page
+-- A page of inventory_levels in (price, product) order after ($2, $3), for the console: the
+-- unique index gives the order, so a page costs the same with a hundred thousand prices.
+SELECT price_id, product_id, test_mode, quantity_sold, quantity_restocked, quantity_restocked - quantity_sold AS quantity_net,
+       adjustment_count, position
+FROM inventory_levels
+WHERE (price_id, product_id) > ($2::text, $3::text) AND test_mode = $1 AND adjustment_count > 0
+ORDER BY price_id, product_id
+LIMIT $4;
