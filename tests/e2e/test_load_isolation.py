@@ -220,3 +220,56 @@ def test_over_the_connection_cap_the_slowest_make_room_and_webhooks_go_on(db_dsn
             for s in slow:
                 s.close()
         assert "over 100 open" in server.log()
+
+
+async def _raw_get(port: int, path: str) -> tuple[float, bytes]:
+    """One GET over a plain socket (an HTTP client library would spend more than the server)."""
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_TOKEN}\r\nConnection: close\r\n\r\n".encode()
+    )
+    await writer.drain()
+    reply = await reader.read()
+    writer.close()
+    return time.monotonic() - started, reply
+
+
+def test_read_your_writes_waits_keep_their_limit_under_any_concurrency(db_dsn: str, tmp_path: Path) -> None:
+    """600 reads wait at once for a position no projection will reach (no workers), while webhooks
+    arrive: each is answered, not fresh, within the wait's limit and a moment to read."""
+    with (
+        run_server(tmp_path, {"LEDGER_DATABASE_URL": db_dsn}, args=["--no-workers"]) as server,
+        httpx.Client(timeout=30) as client,
+    ):
+        port = int(server.url.rsplit(":", 1)[1])
+        head = max(_webhook(client, server).json()["position"] for _ in range(3))
+
+        async def everything() -> tuple[list[tuple[float, bytes]], list[float]]:
+            # the process's watcher loses its connection as the reads arrive: they wait for it to
+            # reconnect and then for the position, within the one limit
+            conn = await asyncpg.connect(db_dsn)
+            try:
+                await conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND pid <> pg_backend_pid() AND application_name = 'flex-ledger'"
+                    " AND query NOT LIKE 'SELECT pg_advisory_unlock_all()%'"  # not the pools' idle ones
+                )
+            finally:
+                await conn.close()
+            waits = asyncio.gather(*(_raw_get(port, f"/v1/orders/cs_{i}?min_position={head}") for i in range(600)))
+            webhook_seconds = []
+            for _ in range(40):
+                started = time.monotonic()
+                reply = await asyncio.to_thread(_webhook, client, server)
+                assert reply.status_code == 200
+                webhook_seconds.append(time.monotonic() - started)
+                await asyncio.sleep(0.05)
+            return await waits, webhook_seconds
+
+        waited, webhook_seconds = asyncio.run(everything())
+    seconds = sorted(s for s, _ in waited)
+    assert all(r.startswith(b"HTTP/1.1 404") for _, r in waited)
+    assert all(b"ledger-projection-fresh: false" in r for _, r in waited)
+    assert seconds[-1] < WAIT_LIMIT + 1.5, f"the slowest wait took {seconds[-1]:.1f}s (p50 {seconds[300]:.1f}s)"
+    assert max(webhook_seconds) < 1.0, f"a webhook took {max(webhook_seconds):.2f}s while reads waited"
