@@ -32,13 +32,8 @@ import asyncpg
 import httpx
 
 from bench.common import Server
-from bench.scale import LEDGER, Serving, fill, settle
+from bench.scale import LEDGER, Serving, _pct, fill, settle
 from ledger_cli.scenarios import Checkout
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def timed(client: httpx.AsyncClient, paths: list[str], concurrency: int) -> dict[str, float]:

@@ -28,7 +28,6 @@ A plain ASGI app, so tests and the demo run it exactly as the service runs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import re
@@ -37,6 +36,8 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
+
+from projections.fields import epoch_micros
 
 __all__ = ["FlexStandIn", "made_up_line_items"]
 
@@ -95,14 +96,8 @@ _LISTS = {
 
 
 def _micros(value: Any) -> int:
-    if isinstance(value, bool):
-        return 0
-    if isinstance(value, int | float):
-        return int(value * 1_000_000) if value < 100_000_000_000 else int(value * 1000)
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1_000_000)
-    return 0
+    """A time as the projections read it (epoch seconds or milliseconds, or ISO-8601); 0 if none."""
+    return epoch_micros(value) or 0
 
 
 class FlexStandIn:

@@ -29,11 +29,16 @@ __all__ = ["order_as_of", "order_events", "order_timeline"]
 _EVERY_POSITION = 2**63 - 1
 
 
-async def _history(conn: asyncpg.Connection, record: asyncpg.Record, upto: int) -> list[int]:
+async def _history(
+    conn: asyncpg.Connection, record: asyncpg.Record, upto: int, intents: list[str] | None = None
+) -> list[int]:
     """The positions (up to ``upto``) of every event that touched the order: its session's, its
-    payment intents' (their refunds and disputes included), its fulfillment's and adjustments'."""
-    [(_, _, intents)] = await documents.intents_of(conn, [record])
-    entities = [record["checkout_session_id"], *(pi for pi, _, _ in intents)]
+    payment intents' (their refunds and disputes included), its fulfillment's and adjustments'.
+    ``intents``: the order's payment intent ids when the caller has them already."""
+    if intents is None:
+        [(_, _, found)] = await documents.intents_of(conn, [record])
+        intents = [pi for pi, _, _ in found]
+    entities = [record["checkout_session_id"], *intents]
     return [r["position"] for r in await conn.fetch(queries.order_history_positions, entities, upto)]
 
 
@@ -90,7 +95,9 @@ async def order_as_of(
                 position if position is not None else _EVERY_POSITION,
                 await position_at(conn, moment) if moment is not None else _EVERY_POSITION,
             )
-            rows, _ = decode_rows(await events_at(conn, await _history(conn, record, upto)))
+            [current] = await documents.with_intents(conn, [record])  # its intents, and flags as of now
+            now_intents = [p["payment_intent_id"] for p in current["payment_intents"]]
+            rows, _ = decode_rows(await events_at(conn, await _history(conn, record, upto, now_intents)))
             deltas = Deltas()
             for row in rows:
                 with contextlib.suppress(Exception):  # as the projection: an event it cannot fold is skipped
@@ -106,6 +113,5 @@ async def order_as_of(
                 (pi, positions["order_payment_intents"][pi], known[pi]) if pi in known else (pi, 0, None)
                 for pi in sorted(listed | naming)
             ]
-            [current] = await documents.with_intents(conn, [record])
     as_of = {"checkout_session_id": checkout_session_id, "position": positions["orders"][checkout_session_id]}
     return documents.order_document(as_of, state, intents, completed_twice="duplicate_payment" in current["flags"])

@@ -17,6 +17,7 @@ from litestar.params import Body, Parameter
 from litestar.response import Redirect, Template
 
 from api.console.session import SESSION_HOURS, fingerprint, signed_in_token
+from api.params import checked
 from api.state import AppState
 from ledger.errors import InvalidRequest, NotFound
 from projections import documents, history
@@ -108,22 +109,21 @@ async def orders(
     found: list[dict[str, Any]] = []
     next_cursor = None
     searched_by = None
-    if q is not None and any(ord(c) < 0x20 for c in q):
-        searched_by = "nothing: the search holds control characters"
-    elif q is not None and q.startswith("fcs_"):
-        searched_by = "checkout session id"
-        order = await documents.get_order(state.pool, q)
-        found = [order] if order is not None else []
-    elif q is not None and "@" in q:
-        searched_by = "email"
-        for customer_id in await documents.customers_by_email(state.pool, q):
-            found += (await page(customer_id=customer_id))[0]
-    else:
-        searched_by = "your order id (client_reference_id)" if q else None
-        try:
+    try:
+        checked("q", q)  # the read API's one rule for text: no control character, 255 at most
+        if q is not None and q.startswith("fcs_"):
+            searched_by = "checkout session id"
+            order = await documents.get_order(state.pool, q)
+            found = [order] if order is not None else []
+        elif q is not None and "@" in q:
+            searched_by = "email"
+            for customer_id in await documents.customers_by_email(state.pool, q):
+                found += (await page(customer_id=customer_id))[0]
+        else:
+            searched_by = "your order id (client_reference_id)" if q else None
             found, next_cursor = await page(reference=q)
-        except InvalidRequest:  # a cursor this console did not make
-            found, next_cursor = [], None
+    except InvalidRequest as exc:  # a search, or a cursor, this console did not make
+        searched_by = f"nothing: {exc.message}"
     return _page(
         "orders.html",
         request,
@@ -147,8 +147,8 @@ async def order(
     at: Annotated[int | None, Parameter(ge=0, le=2**53)] = None,
     step: Annotated[int | None, Parameter(ge=0, le=100_000)] = None,
 ) -> Template:
-    known = not any(ord(c) < 0x20 for c in checkout_session_id) and len(checkout_session_id) <= 255
-    timeline = await history.order_timeline(state.pool, checkout_session_id) if known else None
+    checked("checkout_session_id", checkout_session_id)
+    timeline = await history.order_timeline(state.pool, checkout_session_id)
     if timeline is None:
         raise NotFound(f"no order for checkout session {checkout_session_id!r}")
     positions = [e["position"] for e in timeline]
