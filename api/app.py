@@ -211,4 +211,6 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
     )
     finish_openapi(app.openapi_schema)
     # Request ids on every request, reads admitted a few at a time, then the framework.
-    return RequestIdMiddleware(ReadAdmission(app, slots=settings.read_pool_size))
+    admission = ReadAdmission(app, slots=settings.read_pool_size)
+    metrics.follow_reads(admission)
+    return RequestIdMiddleware(admission)

@@ -106,9 +106,20 @@ class Metrics:
             "When the last successful reconcile run finished (0: never)",
             registry=r,
         )
+        self.reads_queued = Gauge(
+            "ledger_reads_queued",
+            "Reads under /v1 waiting for a turn (at most LEDGER_READ_POOL_SIZE at once)",
+            registry=r,
+        )
+        self.reads_working = Gauge("ledger_reads_in_progress", "Reads under /v1 being worked on", registry=r)
         self.reconcile_running = Gauge(
             "ledger_reconcile_running", "1 when some process runs the automatic reconcile", registry=r
         )
+
+    def follow_reads(self, admission: Any) -> None:
+        """Reads waiting for a turn and being worked on (``api.admission.ReadAdmission``), as of the scrape."""
+        self.reads_queued.set_function(lambda: admission.queued)
+        self.reads_working.set_function(lambda: admission.working)
 
     def flex_call(self, status: int | None, seconds: float) -> None:
         label = str(status) if status is not None else "error"

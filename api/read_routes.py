@@ -9,10 +9,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from litestar import Response, get
+from litestar import MediaType, Response, get
 from litestar.params import Parameter
 
 from api import schemas
+from api.admission import admit
 from api.errors import error_response
 from api.params import Cursor, MinPosition, OrdersCursor, PathId, Position, Text, checked
 from api.schemas import ok
@@ -35,12 +36,14 @@ def _found_or_404(doc: dict[str, Any] | None, message: str, headers: dict[str, s
 
 
 async def _fresh(state: AppState, names: list[str], min_position: int | None) -> dict[str, str]:
-    checked("min_position", min_position)
     """Waits (no database round trips: the process's checkpoint watcher) until ``names`` have applied
-    ``min_position``; a position beyond the log head is answered at once, as not fresh."""
+    ``min_position``; a position beyond the log head is answered at once, as not fresh. Then the
+    read takes its turn with the other reads (api/admission.py)."""
+    checked("min_position", min_position)
     if min_position is None:
         return {}
     reached = await state.checkpoints.wait(names, min_position)
+    await admit()
     return {FRESHNESS_HEADER: "true" if reached else "false"}
 
 
@@ -173,7 +176,8 @@ async def get_inventory(
     min_position: MinPosition = None,
 ) -> Response[Any]:
     headers = await _fresh(state, ["inventory"], min_position)
-    return Response({"data": await documents.inventory_levels(state.pool, test_mode=test_mode)}, headers=headers)
+    body = await documents.inventory_levels_body(state.pool, test_mode=test_mode)
+    return Response(body, media_type=MediaType.JSON, headers=headers)
 
 
 @get(

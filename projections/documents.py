@@ -26,6 +26,8 @@ __all__ = [
     "get_order",
     "get_subscription",
     "intents_of",
+    "inventory_levels",
+    "inventory_levels_body",
     "list_orders",
     "order_document",
     "settle_every_payment_status",
@@ -342,6 +344,13 @@ async def customers_by_email(pool: asyncpg.Pool, email: str) -> list[str]:
     with translate_errors():
         async with pool.acquire() as conn:
             return sorted(r["customer_id"] for r in await conn.fetch(queries.customers_by_email, email))
+
+
+async def inventory_levels_body(pool: asyncpg.Pool, *, test_mode: bool = False) -> bytes:
+    """``{"data": inventory_levels(...)}`` as JSON, built by PostgreSQL (see the query)."""
+    with translate_errors():
+        body: str = await pool.fetchval(queries.inventory_levels_body, test_mode)
+    return body.encode()
 
 
 async def inventory_levels(

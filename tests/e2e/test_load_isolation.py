@@ -144,22 +144,43 @@ def test_slow_clients_are_cut_off_and_webhooks_go_on(db_dsn: str, tmp_path: Path
         assert "slow connection" in server.log()
 
 
+def _gauge(client: httpx.Client, server: RunningServer, name: str) -> float:
+    text = client.get(server.url + "/metrics").text
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
 def test_many_plain_reads_at_once_are_all_answered_and_webhooks_go_on(db_dsn: str, tmp_path: Path) -> None:
-    """Reads are admitted a few at a time (api/admission.py): every one is still answered."""
+    """Reads are admitted a few at a time (api/admission.py): every one is still answered, and
+    /metrics shows the queue while it lasts."""
     with (
         run_server(tmp_path, {"LEDGER_DATABASE_URL": db_dsn, "LEDGER_READ_POOL_SIZE": "2"}) as server,
         httpx.Client(timeout=30) as client,
     ):
         assert _webhook(client, server).status_code == 200
+        seen: list[tuple[float, float]] = []
 
         async def both() -> tuple[list[httpx.Response], list[int]]:
             reads = asyncio.ensure_future(_concurrent_reads(server.url, [f"/v1/orders/cs_{i}" for i in range(300)]))
-            hooks = [(await asyncio.to_thread(_webhook, client, server)).status_code for _ in range(10)]
+            hooks = []
+            for _ in range(10):
+                hooks.append((await asyncio.to_thread(_webhook, client, server)).status_code)
+                queued, working = await asyncio.to_thread(
+                    lambda: tuple(
+                        _gauge(client, server, g) for g in ("ledger_reads_queued", "ledger_reads_in_progress")
+                    )
+                )
+                seen.append((queued, working))
             return await reads, hooks
 
         reads, hooks = asyncio.run(both())
+        assert (_gauge(client, server, "ledger_reads_queued"), _gauge(client, server, "ledger_reads_in_progress")) == (
+            0,
+            0,
+        )
     assert hooks == [200] * 10
     assert [r.status_code for r in reads] == [404] * 300
+    assert max(q for q, _ in seen) > 0, seen  # the reads queued for their turn, and it showed
+    assert max(w for _, w in seen) <= 2, seen
 
 
 def _answer(sock: socket.socket, within: float = 10) -> bytes:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import asyncpg
+import msgspec
 import pytest
 
 from ledger.log import EventLog
@@ -123,3 +124,17 @@ async def test_test_mode_stock_never_moves_live_and_a_rebuild_reproduces_it(db_d
         await conn.close()
     after = (await documents.inventory_levels(pool), await documents.inventory_levels(pool, test_mode=True))
     assert after == before
+
+
+async def test_the_read_apis_inventory_body_is_the_levels_in_order(pool: asyncpg.Pool) -> None:
+    """GET /v1/inventory's body is built by PostgreSQL: the same rows, fields and order as the levels."""
+    assert msgspec.json.decode(await documents.inventory_levels_body(pool)) == {"data": []}
+    for seed in (21, 22, 23):
+        await _fulfilled(pool, Checkout(seed=seed, items=3))
+    await _fulfilled(pool, Checkout(seed=24, test_mode=True))
+    for test_mode in (False, True):
+        levels = await documents.inventory_levels(pool, test_mode=test_mode)
+        body = msgspec.json.decode(await documents.inventory_levels_body(pool, test_mode=test_mode))
+        assert levels
+        assert body == {"data": levels}
+        assert [list(row) for row in body["data"]] == [list(row) for row in levels]  # the fields' order too
