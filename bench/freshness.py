@@ -36,6 +36,7 @@ import asyncpg
 from bench.common import Server
 from bench.ingest import start_server
 from bench.scale import _pct, fill, settle, signed_requests
+from ledger_cli.processes import raw_get
 
 PORT = 18600
 TOKEN = "bench"  # bench.ingest.start_server's API token
@@ -46,18 +47,6 @@ PATHS = [
     "/v1/projections",
     "/v1/inventory",
 ]
-
-
-async def raw_get(path: str) -> tuple[float, bytes]:
-    started = time.monotonic()
-    reader, writer = await asyncio.open_connection("127.0.0.1", PORT)
-    writer.write(
-        f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n".encode()
-    )
-    await writer.drain()
-    reply = await reader.read()
-    writer.close()
-    return time.monotonic() - started, reply
 
 
 class Webhooks:
@@ -124,7 +113,7 @@ async def measure(dsn: str, reads: int, rate: int, rounds: int) -> dict[str, Any
                 query = f"min_position={position}"
                 batch = [p + ("&" if "?" in p else "?") + query if kind != "plain" else p for p in paths]
                 started = time.monotonic()
-                answers = await asyncio.gather(*(raw_get(p) for p in batch))
+                answers = await asyncio.gather(*(raw_get(PORT, p, TOKEN) for p in batch))
                 windows.append((started, time.monotonic()))
                 took += [s for s, _ in answers]
                 fresh += sum(b"ledger-projection-fresh: true" in r for _, r in answers)

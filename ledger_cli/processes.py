@@ -1,9 +1,10 @@
 """Running the service's own processes: free ports, the installed ``ledger`` script, waiting for a
-process to answer, stopping it, and the Flex stand-in. Shared by the demo, the tests and the
-benchmarks."""
+process to answer, stopping it, the Flex stand-in, and a GET timed over a plain socket. Shared by
+the demo, the tests and the benchmarks."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import socket
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["StandIn", "free_port", "ledger_command", "run_standin", "stop", "wait_until_ok"]
+__all__ = ["StandIn", "free_port", "ledger_command", "raw_get", "run_standin", "stop", "wait_until_ok"]
 
 
 def free_port(preferred: int = 0) -> int:
@@ -28,6 +29,21 @@ def free_port(preferred: int = 0) -> int:
                 continue
             return int(s.getsockname()[1])
     raise OSError("no free port")
+
+
+async def raw_get(port: int, path: str, token: str) -> tuple[float, bytes]:
+    """One GET to the service on ``port`` over a plain socket: the seconds until the whole reply was
+    in, and the reply. Hundreds at once cost the client next to nothing (an HTTP client library on
+    the same cores would spend more than the server it measures)."""
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n".encode()
+    )
+    await writer.drain()
+    reply = await reader.read()
+    writer.close()
+    return time.monotonic() - started, reply
 
 
 def ledger_command() -> str:

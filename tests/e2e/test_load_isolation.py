@@ -19,6 +19,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 
+from ledger_cli.processes import raw_get
 from tests.support import API_TOKEN, RunningServer, flex_event, run_server, signed_headers
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -243,19 +244,6 @@ def test_over_the_connection_cap_the_slowest_make_room_and_webhooks_go_on(db_dsn
         assert "over 100 open" in server.log()
 
 
-async def _raw_get(port: int, path: str) -> tuple[float, bytes]:
-    """One GET over a plain socket (an HTTP client library would spend more than the server)."""
-    started = time.monotonic()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
-        f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_TOKEN}\r\nConnection: close\r\n\r\n".encode()
-    )
-    await writer.drain()
-    reply = await reader.read()
-    writer.close()
-    return time.monotonic() - started, reply
-
-
 def test_read_your_writes_waits_keep_their_limit_under_any_concurrency(db_dsn: str, tmp_path: Path) -> None:
     """600 reads wait at once for a position no projection will reach (no workers), while webhooks
     arrive: each is answered, not fresh, within the wait's limit and a moment to read."""
@@ -278,7 +266,9 @@ def test_read_your_writes_waits_keep_their_limit_under_any_concurrency(db_dsn: s
                 )
             finally:
                 await conn.close()
-            waits = asyncio.gather(*(_raw_get(port, f"/v1/orders/cs_{i}?min_position={head}") for i in range(600)))
+            waits = asyncio.gather(
+                *(raw_get(port, f"/v1/orders/cs_{i}?min_position={head}", API_TOKEN) for i in range(600))
+            )
             webhook_seconds = []
             for _ in range(40):
                 started = time.monotonic()
