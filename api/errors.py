@@ -92,7 +92,11 @@ def _http_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str,
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    """A bug: logged with its traceback, counted (``ledger_internal_errors``), answered 500."""
     _log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.internal_errors.inc()
     return error_response(500, *INTERNAL_ERROR)
 
 

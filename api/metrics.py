@@ -22,9 +22,14 @@ class Metrics:
         r = self.registry
         self.webhooks = Counter(
             "ledger_webhook_requests",
-            "Webhook deliveries by outcome (accepted, duplicate, unauthorized, too_large, unprocessable, unavailable)"
+            "Webhook deliveries by outcome (accepted, duplicate, unauthorized, too_large, unprocessable, unavailable, error)"
             " and, for unauthorized ones, reason",
             ["outcome", "reason"],
+            registry=r,
+        )
+        self.internal_errors = Counter(
+            "ledger_internal_errors",
+            "500s the API answered (each a bug, logged with its traceback; webhooks count theirs as outcome=error)",
             registry=r,
         )
         self.ingest_seconds = Histogram(
