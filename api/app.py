@@ -76,7 +76,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(state: AppState) -> object:
     try:
         async with asyncio.timeout(2):
-            version = await state.events.schema_version()
+            version = await state.ops.schema_version()
     except (TimeoutError, DatabaseUnavailable, asyncpg.PostgresError):
         return error_response(503, "not_ready", "the database is unreachable", {"Retry-After": "5"})
     if version != SCHEMA_VERSION:
@@ -90,8 +90,8 @@ async def prometheus_metrics(state: AppState) -> Response[bytes]:
     reconcile: dict[str, Any] | None
     try:
         async with asyncio.timeout(5):
-            followers = await read_status(state.pool)
-            reconcile, _ = await read_reconcile(state.pool, 1)
+            followers = await read_status(state.ops.pool)
+            reconcile, _ = await read_reconcile(state.ops.pool, 1)
     except (TimeoutError, DatabaseUnavailable, asyncpg.PostgresError):
         followers = reconcile = None  # what this process knows, without the database
     return Response(state.metrics.render(followers, reconcile), media_type=CONTENT_TYPE_LATEST)
@@ -127,6 +127,8 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
         pool = await create_pool(
             dsn, max_size=settings.read_pool_size, timeout=5, command_timeout=15, server_settings=READ_SETTINGS
         )
+        # /readyz and /metrics answer even when every read connection is taken by slow reads.
+        ops_pool = await create_pool(dsn, max_size=2, timeout=5, command_timeout=15, server_settings=READ_SETTINGS)
         checkpoints = CheckpointWatcher(dsn)
         watcher = asyncio.create_task(checkpoints.run(), name="checkpoint-watcher")
         try:
@@ -150,6 +152,7 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
                     stack.push_async_callback(client.aclose)
                 app.state.update(
                     pool=pool,
+                    ops=EventLog(ops_pool),
                     log=log,
                     events=EventLog(pool),
                     committer=committer,
@@ -163,6 +166,7 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
             await pool.close()
+            await ops_pool.close()
             await ingest_pool.close()
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)

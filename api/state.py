@@ -30,6 +30,7 @@ class AppState(State):
     pool: asyncpg.Pool  # reads (planned per call)
     log: EventLog  # appends and quarantine, on the ingest pool
     events: EventLog  # reads of the log, on the read pool
+    ops: EventLog  # /readyz and /metrics, on a pool of their own: never queued behind reads
     committer: GroupCommitter
     checkpoints: CheckpointWatcher
     flex_clients: dict[str, FlexClient]  # by mode (live, test): the keys set; for the success page's sync
