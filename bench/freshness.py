@@ -24,7 +24,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ import asyncpg
 from bench.common import Server
 from bench.ingest import start_server
 from bench.scale import _pct, fill, settle, signed_requests
-from ledger_cli.processes import raw_get
+from ledger_cli.processes import ledger_command, raw_get
 
 PORT = 18600
 TOKEN = "bench"  # bench.ingest.start_server's API token
@@ -149,8 +148,7 @@ async def main() -> None:
     try:
         dsn = await server.fresh_database()
         await fill(dsn, args.events, seed=1)
-        ledger = [sys.executable, "-m", "ledger_cli.main"]
-        subprocess.run([*ledger, "rebuild"], env={**os.environ, "LEDGER_DATABASE_URL": dsn}, check=True)
+        subprocess.run([ledger_command(), "rebuild"], env={**os.environ, "LEDGER_DATABASE_URL": dsn}, check=True)
         await settle(dsn)
         with tempfile.TemporaryDirectory() as tmp:
             proc = start_server(dsn, PORT, Path(tmp))

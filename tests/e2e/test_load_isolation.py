@@ -145,11 +145,6 @@ def test_slow_clients_are_cut_off_and_webhooks_go_on(db_dsn: str, tmp_path: Path
         assert "slow connection" in server.log()
 
 
-def _gauge(client: httpx.Client, server: RunningServer, name: str) -> float:
-    text = client.get(server.url + "/metrics").text
-    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
-
-
 def test_many_plain_reads_at_once_are_all_answered_and_webhooks_go_on(db_dsn: str, tmp_path: Path) -> None:
     """Reads are admitted a few at a time (api/admission.py): every one is still answered."""
     with (
