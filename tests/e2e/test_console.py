@@ -42,7 +42,10 @@ def chromium() -> str:
     ):
         if candidate and Path(candidate).exists():
             return candidate
-    pytest.skip("no Chromium on this machine: install it (Debian: apt-get install chromium) to run the browser tests")
+    missing = "no Chromium on this machine: install it (Debian: apt-get install chromium) to run the browser tests"
+    if os.environ.get("LEDGER_REQUIRE_BROWSER"):  # CI: a browser test that cannot run is a failure
+        pytest.fail(missing)
+    pytest.skip(missing)
 
 
 @pytest.fixture
