@@ -42,25 +42,28 @@ async def _history(
     return [r["position"] for r in await conn.fetch(queries.order_history_positions, entities, upto)]
 
 
-async def order_events(pool: asyncpg.Pool, checkout_session_id: str) -> list[LoggedEvent] | None:
-    """Every log event that touched the order, oldest first; ``None`` when there is no such order."""
+async def _order_records(pool: asyncpg.Pool, checkout_session_id: str) -> list[asyncpg.Record] | None:
+    """The log rows of every event that touched the order, oldest first; ``None``: no such order."""
     with translate_errors():
         async with pool.acquire() as conn:
             record = await conn.fetchrow(queries.order_get, checkout_session_id)
             if record is None:
                 return None
-            return logged(await events_at(conn, await _history(conn, record, _EVERY_POSITION)))
+            return await events_at(conn, await _history(conn, record, _EVERY_POSITION))
+
+
+async def order_events(pool: asyncpg.Pool, checkout_session_id: str) -> list[LoggedEvent] | None:
+    """Every log event that touched the order, oldest first; ``None`` when there is no such order."""
+    records = await _order_records(pool, checkout_session_id)
+    return None if records is None else logged(records)
 
 
 async def order_timeline(pool: asyncpg.Pool, checkout_session_id: str) -> list[dict[str, Any]] | None:
     """The order's events as the console shows them: each with its raw body and the headers it
     came with (signature headers included), its position and its place in the hash chain."""
-    with translate_errors():
-        async with pool.acquire() as conn:
-            record = await conn.fetchrow(queries.order_get, checkout_session_id)
-            if record is None:
-                return None
-            records = await events_at(conn, await _history(conn, record, _EVERY_POSITION))
+    records = await _order_records(pool, checkout_session_id)
+    if records is None:
+        return None
     return [
         {
             "position": r["position"],

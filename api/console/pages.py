@@ -156,11 +156,10 @@ async def order(
         at = positions[min(step, len(positions) - 1)]
     if at is not None:
         shown = await history.order_as_of(state.pool, checkout_session_id, position=at)
+        selected = max([i for i, p in enumerate(positions) if p <= at], default=-1)
     else:
         shown = await documents.get_order(state.pool, checkout_session_id)
-    selected = len(positions) - 1
-    if at is not None:
-        selected = max([i for i, p in enumerate(positions) if p <= at], default=-1)
+        selected = len(positions) - 1
     for event in timeline:
         event["pretty_body"] = _pretty(event["raw_body"])
         event["pretty_headers"] = json.dumps(event["headers"], indent=2, sort_keys=True)
