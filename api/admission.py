@@ -22,7 +22,9 @@ import asyncio
 import contextvars
 from typing import Any
 
-__all__ = ["ReadAdmission", "admit"]
+from litestar import Request
+
+__all__ = ["ReadAdmission", "admit", "admit_unless_waiting"]
 
 
 class _Deferred:
@@ -53,6 +55,13 @@ async def admit() -> None:
     deferred = _deferred.get()
     if deferred is not None:
         await deferred.take()
+
+
+async def admit_unless_waiting(request: Request[Any, Any, Any]) -> None:
+    """A route that takes no ``min_position`` never waits, so a request that gave it one takes its
+    turn now (before the handler), like any read."""
+    if "min_position" not in request.route_handler.parsed_fn_signature.parameters:
+        await admit()
 
 
 class ReadAdmission:

@@ -11,14 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from litestar import Litestar, Response, Router, get
+from litestar import Litestar, Request, Response, Router, get
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from litestar.static_files import create_static_files_router
 
 import ledger
-from api.admission import ReadAdmission
+from api.admission import ReadAdmission, admit_unless_waiting
 from api.auth import require_token
 from api.console import TEMPLATE_CONFIG, console_router
 from api.errors import EXCEPTION_HANDLERS, error_response
@@ -65,6 +65,13 @@ docs_assets = create_static_files_router(
 
 _log = logging.getLogger(__name__)
 SCHEMA_RETRY_SECONDS = 2.0
+
+
+async def before_read(request: Request[Any, Any, Any]) -> None:
+    """Every ``/v1`` request: its path and parameters checked (a 400 before any work), then its
+    turn with the other reads if its route does not wait for a position first."""
+    await strict_query(request)
+    await admit_unless_waiting(request)
 
 
 @get("/healthz", summary="The process is alive", tags=["operations"])
@@ -176,7 +183,7 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
         route_handlers=[list_events, *READ_ROUTES, *RECONCILE_ROUTES],
         guards=[require_token],
         security=[{"bearer": []}],
-        before_request=strict_query,
+        before_request=before_read,
     )
     app = Litestar(
         route_handlers=[

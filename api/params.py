@@ -11,7 +11,6 @@ from typing import Annotated, Any
 from litestar import Request
 from litestar.params import Parameter
 
-from api.admission import admit
 from ledger.errors import InvalidRequest
 
 __all__ = ["Cursor", "MinPosition", "OrdersCursor", "PathId", "Position", "Text", "checked", "strict_query"]
@@ -64,8 +63,6 @@ async def strict_query(request: Request[Any, Any, Any]) -> None:
     for name, value in request.path_params.items():
         if isinstance(value, str):
             checked(name, value)
-    if "min_position" not in request.route_handler.parsed_fn_signature.parameters:
-        await admit()  # ``min_position`` given to a route that does not wait: its turn is now
     seen: set[str] = set()
     for name, value in request.query_params.multi_items():
         if name in seen:

@@ -1,5 +1,6 @@
-"""Read admission (api/admission.py) on a small litestar app with the read API's own hook: a
-read-your-writes read waits without a slot and reads with one, whatever the concurrency."""
+"""Read admission (api/admission.py) on a small litestar app with the read API's own hook
+(api/app.py:before_read): a read-your-writes read waits without a slot and reads with one,
+whatever the concurrency."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import pytest
 from litestar import Litestar, Router, get
 
 from api.admission import ReadAdmission, admit
-from api.params import MinPosition, strict_query
+from api.app import before_read
+from api.params import MinPosition
 
 # The routes below declare ``min_position`` as the read API does (api/params.py explains the
 # style, which keeps its limits in the OpenAPI document; litestar 2.25 calls it deprecated).
@@ -54,7 +56,7 @@ def _app(probe: Probe) -> ReadAdmission:
         await admit()
         raise RuntimeError("a read that fails once admitted")
 
-    v1 = Router("/v1", route_handlers=[waits, plain, fails], before_request=strict_query)
+    v1 = Router("/v1", route_handlers=[waits, plain, fails], before_request=before_read)
     return ReadAdmission(Litestar([v1], logging_config=None), slots=SLOTS)
 
 
