@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -23,6 +24,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "apply_schema",
     "create_pool",
+    "retrying_conflicts",
     "schema_sql",
     "translate_errors",
 ]
@@ -101,16 +103,47 @@ async def create_pool(
     )
 
 
+# What PostgreSQL aborts a transaction for only because another ran at the same moment: running
+# it again is the documented remedy, and it then succeeds or fails on its own merits.
+CONFLICTS: tuple[type[Exception], ...] = (
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.SerializationError,
+)
+_T = TypeVar("_T")
+
+
+async def retrying_conflicts(work: Callable[[], Awaitable[_T]], *, attempts: int = 8) -> _T:
+    """Runs ``work`` (one whole transaction) again, after a short random pause, when PostgreSQL
+    aborted it as a deadlock victim or a serialization failure; the last failure goes up."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return await work()
+        except CONFLICTS:
+            if attempt == attempts:
+                raise
+            await asyncio.sleep(random.uniform(0.01, 0.05 * 2**attempt))
+    raise AssertionError("unreachable")
+
+
+async def _current_version(conn: asyncpg.Connection) -> int | None:
+    try:
+        async with conn.transaction():  # a savepoint when inside one: a new database has no version
+            value = await conn.fetchval(log_queries.schema_version)
+    except asyncpg.exceptions.UndefinedTableError:
+        return None
+    return int(value) if value is not None else None
+
+
 async def apply_schema(conn: asyncpg.Connection) -> None:
-    """Applies ``schema.sql``; harmless to run twice or from two processes at once. Refuses
-    (``SchemaTooNew``) a database a newer release has upgraded."""
+    """Applies ``schema.sql`` unless the database is already at this release's version (then no
+    DDL runs and no lock is taken that an append or a read would wait for); harmless to run twice
+    or from two processes at once. Refuses (``SchemaTooNew``) a database a newer release has
+    upgraded."""
+    if await _current_version(conn) == SCHEMA_VERSION:
+        return
     async with conn.transaction():
         await conn.execute(log_queries.schema_lock, _SCHEMA_LOCK_KEY)
-        try:
-            async with conn.transaction():  # a savepoint: a new database has no version to read
-                version = await conn.fetchval(log_queries.schema_version)
-        except asyncpg.exceptions.UndefinedTableError:
-            version = None
+        version = await _current_version(conn)
         if version is not None and version > SCHEMA_VERSION:
             raise SchemaTooNew(
                 f"the database is at schema version {version}, newer than this release's {SCHEMA_VERSION}: "

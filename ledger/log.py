@@ -230,30 +230,51 @@ async def append_with(conn: asyncpg.Connection, events: Sequence[NewEvent]) -> l
 async def verify_chain(
     conn: asyncpg.Connection, *, segment: int = 20_000, progress: Callable[[int], None] | None = None
 ) -> ChainReport:
-    """Walks the whole log in segments, checking positions, links and hashes, then the head."""
+    """Walks the log up to the head as it stands when the walk starts, in segments, checking
+    positions, links and hashes, and that the last row is the one the head names.
+
+    The head is read first: the log only grows past it, so events appended during the walk are
+    neither walked nor taken for a broken tail (a check that cries wolf on a live log is worse
+    than none). Every row up to that head must be there and must hash to it."""
+    head = await conn.fetchrow(log_queries.head)
+    if head is None:
+        return ChainReport(ok=False, rows=0, head_position=0, bad_position=0, problem="the log's head row is missing")
+    upto, head_hash = int(head["position"]), bytes(head["hash"])
     after, prev_hash, rows = 0, GENESIS_HASH, 0
-    while True:
-        seg = await conn.fetchrow(log_queries.verify_chain, after, prev_hash, segment)
+    while after < upto:
+        seg = await conn.fetchrow(log_queries.verify_chain, after, prev_hash, segment, upto)
         if seg["bad_position"] is not None:
             return ChainReport(
-                ok=False, rows=rows, head_position=after, bad_position=seg["bad_position"], problem=seg["problem"]
+                ok=False, rows=rows, head_position=upto, bad_position=seg["bad_position"], problem=seg["problem"]
             )
         if seg["rows"] == 0:
             break
         rows += seg["rows"]
-        after, prev_hash = seg["last_position"], seg["last_hash"]
+        after, prev_hash = seg["last_position"], bytes(seg["last_hash"])
         if progress is not None:
             progress(rows)
-    head = await conn.fetchrow(log_queries.head)
-    if head["position"] != after or head["hash"] != prev_hash:
-        bad = min(after, head["position"]) + 1 if head["position"] != after else after
+    if after != upto:
         return ChainReport(
             ok=False,
             rows=rows,
-            head_position=after,
-            bad_position=bad,
-            problem=f"the log ends at position {after} but its head says {head['position']}"
-            if head["position"] != after
-            else "the last row's hash does not match the head",
+            head_position=upto,
+            bad_position=after + 1,
+            problem=f"the log ends at position {after} but its head says {upto}",
         )
-    return ChainReport(ok=True, rows=rows, head_position=after)
+    if prev_hash != head_hash:
+        return ChainReport(
+            ok=False, rows=rows, head_position=upto, bad_position=upto, problem="the last row's hash does not match the head"
+        )
+    # A row beyond the head is one no append wrote (an append moves the head in the transaction
+    # that inserts its rows): the last row first, then the head, so a concurrent append is not one.
+    last = await conn.fetchval(log_queries.last_position)
+    head_now = await conn.fetchval(log_queries.head_position_only)
+    if last is not None and last > head_now:
+        return ChainReport(
+            ok=False,
+            rows=rows,
+            head_position=upto,
+            bad_position=int(head_now) + 1,
+            problem=f"the log holds rows up to position {last} but its head says {head_now}",
+        )
+    return ChainReport(ok=True, rows=rows, head_position=upto)

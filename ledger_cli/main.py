@@ -16,7 +16,7 @@ import asyncpg
 
 import ledger
 from api.logs import configure_logging
-from ledger.db import UNAVAILABLE, connect
+from ledger.db import UNAVAILABLE, connect, retrying_conflicts
 from ledger.embedded import EmbeddedPostgres
 from ledger.errors import ConfigError
 from ledger.log import verify_chain
@@ -42,7 +42,7 @@ async def database(settings: Settings) -> AsyncIterator[tuple[asyncpg.Connection
         dsn = await asyncio.to_thread(embedded.start)
     try:
         async with connect(dsn, unlimited=True) as conn:
-            await install(conn)
+            await retrying_conflicts(lambda: install(conn))
             yield conn, dsn
     finally:
         if embedded is not None:
@@ -447,9 +447,10 @@ def cmd_restock(args: argparse.Namespace) -> int:
         from projections.fulfillment.restock import RestockRefused, restock
 
         async with database(settings) as (conn, _):
+            request_id = f"cli-{uuid.uuid4().hex}"  # one request however often it is retried
             try:
-                done = await restock(
-                    conn, args.session_id, wanted or None, request_id=f"cli-{uuid.uuid4().hex}", note=args.reason
+                done = await retrying_conflicts(
+                    lambda: restock(conn, args.session_id, wanted or None, request_id=request_id, note=args.reason)
                 )
             except RestockRefused as exc:
                 print(f"ledger restock: {exc}", file=sys.stderr)

@@ -81,6 +81,10 @@ def order_document(
         flags.append("payment_legs_mismatch")
     if status == "complete" and completed_twice:
         flags.append("duplicate_payment")
+    if money.over_refunded:
+        flags.append("over_refunded")
+    if money.refunded_and_disputed:
+        flags.append("refunded_and_disputed")
     return {
         "checkout_session_id": record["checkout_session_id"],
         "status": status,

@@ -7,6 +7,12 @@ lost; ``amount_net = amount_paid - amount_refunded - amount_disputed``. ``paymen
 open or lost; else ``refunded`` when ``amount_refunded >= amount_paid > 0``; else
 ``partially_refunded`` when it is above 0; else ``paid`` when ``amount_paid >= amount_total``;
 ``partially_paid`` above 0; ``unpaid`` otherwise. Pending and failed refunds are listed, not counted.
+
+Two states Flex should never report are kept visible rather than smoothed over:
+``over_refunded`` (succeeded refunds add up to more than was paid: ``amount_net`` is then negative,
+exactly the sum of what Flex reported) and ``refunded_and_disputed`` (one payment intent has a
+succeeded refund and an open or lost dispute: ``amount_net`` subtracts both, so the same money may
+be counted twice until the dispute closes).
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ class Money(msgspec.Struct, kw_only=True):
     amount_net: int
     payment_status: str
     legs_mismatch: bool
+    over_refunded: bool
+    refunded_and_disputed: bool
 
 
 def _collected(states: Sequence[Mergeable], kind: str) -> list[dict[str, Any]]:
@@ -91,6 +99,8 @@ def order_money(
     else:
         status = "unpaid"
     succeeded_legs = [s for s in statuses if s == "succeeded"]
+    refunded_intents = {r.get("payment_intent_id") for r in refunds if r.get("status") == "succeeded"}
+    disputed_intents = {d.get("payment_intent_id") for d in open_or_lost}
     return Money(
         payment_intents=documents,
         refunds=[{**r, "created_at": iso(r.get("created_at"))} for r in refunds],
@@ -101,4 +111,6 @@ def order_money(
         amount_net=paid - refunded - disputed,
         payment_status=status,
         legs_mismatch=bool(succeeded_legs) and amount_total is not None and paid != amount_total,
+        over_refunded=refunded > paid,
+        refunded_and_disputed=bool(refunded_intents & disputed_intents),
     )

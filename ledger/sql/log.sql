@@ -14,6 +14,13 @@ RETURNING id;
 -- name: head
 SELECT position, hash FROM ledger_head WHERE id = 1;
 
+-- name: head_position_only
+SELECT position FROM ledger_head WHERE id = 1;
+
+-- name: last_position
+-- The last row's position (one probe of the primary key, from its end).
+SELECT max(position) FROM events;
+
 -- name: schema_version
 SELECT version FROM ledger_schema WHERE id = 1;
 
@@ -53,11 +60,12 @@ ORDER BY position
 LIMIT $2;
 
 -- name: verify_chain
--- Checks the next $3 rows after position $1 ($2 is the hash of row $1): contiguous positions,
--- each row linked to the previous row's hash, each hash matching the row's content, and each
--- payload equal to its raw body parsed.
+-- Checks the next $3 rows after position $1 and up to position $4 ($2 is the hash of row $1):
+-- contiguous positions, each row linked to the previous row's hash, each hash matching the row's
+-- content, and each payload equal to its raw body parsed. $4 is the head read before the walk,
+-- so rows appended meanwhile are not part of it.
 WITH segment AS (
-    SELECT * FROM events WHERE position > $1 ORDER BY position LIMIT $3
+    SELECT * FROM events WHERE position > $1 AND position <= $4 ORDER BY position LIMIT $3
 ), checked AS (
     SELECT s.position,
            s.hash,

@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import asyncpg
 import httpx
 import psutil
 import pytest
@@ -253,3 +254,60 @@ def test_status_into_a_closed_pipe_is_no_error(db_dsn: str) -> None:
     assert b"database" not in err
     assert b"Broken pipe" not in err
     assert b"Traceback" not in err
+
+
+def test_concurrent_restocks_never_fail_on_a_deadlock(db_dsn: str) -> None:
+    """4 `ledger restock` at once, 5 rounds, against one order: each exits 0 (restocked) or 1
+    (refused, nothing left), never 2 on a lock it could have waited for or retried; what they
+    say they restocked is what the log holds."""
+    import asyncio
+
+    from ledger.db import create_pool
+    from ledger_cli.scenarios import Checkout
+    from tests.integration.test_restock import _fulfilled
+
+    checkout = Checkout(seed=7, items=4)
+
+    async def prepare() -> None:
+        pool = await create_pool(db_dsn, max_size=2)
+        try:
+            await _fulfilled(pool, checkout)
+        finally:
+            await pool.close()
+
+    asyncio.run(prepare())
+    items = checkout.line_items()
+    env = {**os.environ, "LEDGER_DATABASE_URL": db_dsn}
+    said = 0
+    for round_ in range(5):
+        procs = [
+            subprocess.Popen(
+                [ledger_command(), "restock", checkout.session_id, f"{items[(round_ + n) % 4]['line_item_id']}:1"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for n in range(4)
+        ]
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode in (0, 1), (proc.returncode, err)
+            assert "Deadlock" not in err
+            said += out.count(": +1 ")
+
+    async def restocked() -> int:
+        conn = await asyncpg.connect(db_dsn)
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM events WHERE event_type = 'ledger.inventory.adjusted'"
+                    " AND payload->'object'->'adjustment'->>'reason' = 'restock'"
+                )
+            )
+        finally:
+            await conn.close()
+
+    logged = asyncio.run(restocked())
+    assert said == logged
+    assert logged == sum(min(5, i["quantity"]) for i in items)  # each line item was asked 5 times

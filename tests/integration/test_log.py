@@ -104,6 +104,65 @@ async def test_verify_catches_a_rehashed_row_at_the_next_link(pool: asyncpg.Pool
     assert "link" in (report.problem or "")
 
 
+async def test_verify_never_reports_appends_made_during_its_walk(pool: asyncpg.Pool) -> None:
+    """25 walks while three clients append: each walk checks the log up to the head it read first;
+    appends that land meanwhile are neither walked nor taken for a broken tail."""
+    log = EventLog(pool)
+    await log.append([ev(f"seed-{i}") for i in range(200)])
+    stop = asyncio.Event()
+
+    async def client(n: int) -> int:
+        sent = 0
+        while not stop.is_set():
+            await log.append([ev(f"c{n}-{sent}-{j}") for j in range(3)])
+            sent += 1
+        return sent
+
+    clients = [asyncio.create_task(client(n)) for n in range(3)]
+    reports = []
+    try:
+        async with pool.acquire() as conn:
+            for _ in range(25):
+                # small segments: many round trips per walk, so appends land in the middle of it
+                reports.append(await verify_chain(conn, segment=16))
+    finally:
+        stop.set()
+        sent = await asyncio.gather(*clients)
+    assert sum(sent) > 25, "the clients appended while the walks ran"
+    assert [r.problem for r in reports if not r.ok] == []
+    assert reports[-1].head_position > 200
+    async with pool.acquire() as conn:
+        final = await verify_chain(conn)
+    assert final.ok
+    assert final.head_position == await log.head()
+
+
+async def test_verify_finds_a_missing_head_a_missing_tail_and_a_row_beyond_the_head(pool: asyncpg.Pool) -> None:
+    log = EventLog(pool)
+    await log.append([ev(f"e{i}") for i in range(1, 7)])
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            await conn.execute("DELETE FROM events WHERE position = 6")
+        report = await verify_chain(conn, segment=4)
+        assert (report.ok, report.bad_position) == (False, 6)
+        assert "ends at position 5 but its head says 6" in (report.problem or "")
+
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            await conn.execute("UPDATE ledger_head SET position = 4, hash = (SELECT hash FROM events WHERE position = 4)")
+        report = await verify_chain(conn)
+        assert (report.ok, report.bad_position) == (False, 5)
+        assert "rows up to position 5 but its head says 4" in (report.problem or "")
+
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            await conn.execute("DELETE FROM ledger_head")
+        report = await verify_chain(conn)
+        assert not report.ok
+        assert "head" in (report.problem or "")
+
+
 async def test_rolled_back_append_leaves_no_hole(pool: asyncpg.Pool) -> None:
     log = EventLog(pool)
     await log.append([ev("a")])

@@ -117,3 +117,29 @@ def test_legs_that_do_not_add_up_are_flagged() -> None:
     money = _money(c, events)
     assert money.payment_status == "partially_paid"
     assert money.legs_mismatch
+
+
+def test_refunds_above_what_was_paid_are_flagged_not_smoothed() -> None:
+    c = Checkout(seed=31)
+    part = c.total // 2 + 100  # two succeeded refunds that together exceed the payment
+    money = _money(c, checkout_events(c) + refund_events(c, part) + refund_events(c, part, at=150))
+    assert money.amount_refunded == 2 * part
+    assert money.amount_net == c.total - 2 * part < 0
+    assert money.over_refunded
+    assert not money.refunded_and_disputed
+    exact = _money(c, checkout_events(c) + refund_events(c, c.total))
+    assert not exact.over_refunded
+
+
+def test_an_intent_refunded_and_disputed_is_flagged_in_any_order() -> None:
+    c = Checkout(seed=32)
+    events = checkout_events(c) + refund_events(c, c.amounts[0]) + dispute_events(c, outcome="lost")
+    for seed in range(5):
+        shuffled = events[:]
+        random.Random(seed).shuffle(shuffled)
+        money = _money(c, shuffled)
+        assert money.refunded_and_disputed
+        assert money.amount_net == c.total - 2 * c.amounts[0]  # both subtracted: the flag says so
+    won = _money(c, checkout_events(c) + refund_events(c, c.amounts[0]) + dispute_events(c, outcome="won"))
+    assert not won.refunded_and_disputed  # a dispute won counts nothing
+    assert not _money(c, checkout_events(c) + dispute_events(c, outcome="lost")).refunded_and_disputed
