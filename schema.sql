@@ -196,6 +196,30 @@ ALTER TABLE projection_state ADD COLUMN IF NOT EXISTS worker_failures bigint NOT
 ALTER TABLE projection_state ADD COLUMN IF NOT EXISTS worker_error text;
 ALTER TABLE projection_state ADD COLUMN IF NOT EXISTS worker_error_at timestamptz;
 
+-- Events a follower could not apply (poison: data no table can hold, or a fold that fails on it),
+-- one row per (follower, position), recorded when live mode skips them (schema version 8).
+-- `ledger rebuild` skips the same positions again and lists them, instead of stopping on them.
+CREATE TABLE IF NOT EXISTS projection_failures (
+    name         text NOT NULL,
+    position     bigint NOT NULL,
+    reason       text NOT NULL,
+    recorded_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT projection_failures_pkey PRIMARY KEY (name, position)
+);
+-- Before version 8 only the last failure of each follower was kept: that one is known.
+INSERT INTO projection_failures (name, position, reason, recorded_at)
+SELECT name, last_error_position, coalesce(last_error, 'failed'), coalesce(last_error_at, now())
+FROM projection_state
+WHERE last_error_position IS NOT NULL AND NOT EXISTS (SELECT 1 FROM ledger_schema WHERE version >= 8)
+ON CONFLICT ON CONSTRAINT projection_failures_pkey DO NOTHING;
+
+-- Console sessions signed out before they expired (ledger/console_sessions.py; version 8).
+CREATE TABLE IF NOT EXISTS console_revocations (
+    session_id   text NOT NULL,
+    expires_at   timestamptz NOT NULL,
+    CONSTRAINT console_revocations_pkey PRIMARY KEY (session_id)
+);
+
 -- The fulfillment reactor's queue: one row per completed session.
 CREATE TABLE IF NOT EXISTS fulfillment_queue (
     checkout_session_id  text PRIMARY KEY,
@@ -416,7 +440,7 @@ $$;
 
 -- Version 5: the rebuild functions above; checkpoints seeded by the service. Version 6: money
 -- after the sale on orders, test and live apart, projection shapes (see above). Version 7:
--- reconcile runs.
-INSERT INTO ledger_schema (id, version) VALUES (1, 7)
+-- reconcile runs. Version 8: events a follower skipped, by position (projection_failures); console sign-outs.
+INSERT INTO ledger_schema (id, version) VALUES (1, 8)
 ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
 WHERE ledger_schema.version < EXCLUDED.version;

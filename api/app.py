@@ -30,6 +30,7 @@ from api.params import strict_query
 from api.read_routes import READ_ROUTES
 from api.reconcile_routes import RECONCILE_ROUTES
 from api.state import AppState
+from api.throttle import FailureLimiter
 from api.webhooks import flex_webhook
 from ledger.db import READ_SETTINGS, SCHEMA_VERSION, UNAVAILABLE, create_pool
 from ledger.embedded import EmbeddedPostgres
@@ -193,11 +194,18 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
             prometheus_metrics,
             v1,
             docs_assets,
-            console_router(api_tokens),
+            console_router(api_tokens, secure_cookie=settings.console_secure_cookie),
         ],
         template_config=TEMPLATE_CONFIG,
         lifespan=[lifespan],
-        state=AppState({"settings": settings, "api_tokens": api_tokens, "metrics": metrics}),
+        state=AppState(
+            {
+                "settings": settings,
+                "api_tokens": api_tokens,
+                "metrics": metrics,
+                "auth_failures": FailureLimiter(settings.auth_max_failures, settings.auth_failure_window),
+            }
+        ),
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         request_max_body_size=settings.webhook_max_bytes + 1,
         openapi_config=OpenAPIConfig(

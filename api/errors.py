@@ -17,6 +17,7 @@ from ledger.errors import (
     NotFound,
     PayloadTooLarge,
     SignatureError,
+    TooManyFailures,
     UnusableEvent,
 )
 
@@ -31,6 +32,7 @@ STATUS: dict[type[LedgerError], int] = {
     InvalidRequest: 400,
     PayloadTooLarge: 413,
     UnusableEvent: 422,
+    TooManyFailures: 429,
     DatabaseUnavailable: 503,
     FlexUnavailable: 503,
 }
@@ -66,7 +68,7 @@ def describe(exc: LedgerError) -> tuple[int, dict[str, Any], dict[str, str]]:
     """A ledger error as an HTTP status, error body and headers (also used outside litestar)."""
     status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
     headers: dict[str, str] = {}
-    if isinstance(exc, DatabaseUnavailable | FlexUnavailable):
+    if isinstance(exc, DatabaseUnavailable | FlexUnavailable | TooManyFailures):
         headers["Retry-After"] = str(exc.retry_after)
     elif isinstance(exc, NotAuthenticated):
         headers["WWW-Authenticate"] = 'Bearer realm="flex-ledger"'

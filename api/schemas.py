@@ -180,6 +180,7 @@ class FollowerStatus(msgspec.Struct):
     worker_failures: int  # times the runner itself failed (its connection, a bug) and restarted
     worker_error: str | None
     worker_error_at: str | None
+    skipped_positions: list[int] = msgspec.field(default_factory=list)  # latest 20 events skipped
     pending_sessions: int | None = None
     failed_sessions: int | None = None
     fulfilled_sessions: int | None = None

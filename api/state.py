@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from api.metrics import Metrics
+    from api.throttle import FailureLimiter
     from ledger.group_commit import GroupCommitter
     from ledger.log import EventLog
     from ledger.settings import Settings
@@ -26,6 +27,7 @@ class AppState(State):
     settings: Settings
     api_tokens: tuple[str, ...]
     metrics: Metrics
+    auth_failures: FailureLimiter  # wrong bearer tokens and failed console sign-ins, per address
     # Set by the lifespan, once the database is reachable:
     pool: asyncpg.Pool  # reads (planned per call)
     log: EventLog  # appends and quarantine, on the ingest pool

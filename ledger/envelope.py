@@ -7,6 +7,7 @@ received; here we only check that it is a JSON object with non-empty string ``ev
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +15,7 @@ import msgspec
 
 from ledger.errors import UnusableEvent
 
-__all__ = ["Envelope", "event_time", "parse_envelope"]
+__all__ = ["MAX_KEY_BYTES", "Envelope", "event_time", "oversized_key", "parse_envelope"]
 
 _decoder = msgspec.json.Decoder()
 
@@ -23,6 +24,36 @@ _MILLISECONDS_FROM = 100_000_000_000
 # Both are indexed; a btree entry holds at most about 2,700 bytes, so longer ones could never be
 # stored and would fail every retry (and the batch they were committed with).
 _MAX_ID_BYTES = 1024
+# Every id that becomes a key somewhere (a session, payment intent, customer, subscription,
+# invoice, refund, dispute, line item, price or product id; an email; the merchant's
+# client_reference_id) is at most this many bytes (UTF-8): far beyond any id Flex issues, and
+# small enough that every index holding one, or two of them together, or an event id derived from
+# them, can take it. Flex's own ids are ~30 characters.
+MAX_KEY_BYTES = 255
+# Fields that hold such an id (or, for references, an id or the expanded object, which is walked).
+_KEY_FIELDS = frozenset(
+    {
+        "id",
+        "email",
+        "customer",
+        "subscription",
+        "payment_intent",
+        "payment_intents",
+        "checkout_session",
+        "price",
+        "product",
+        "invoice",
+        "charge",
+        "refund",
+        "dispute",
+        "line_item",
+    }
+)
+# The merchant's own key/value pairs: never a key of ours, whatever they are called.
+_FREE_FIELDS = frozenset({"metadata"})
+# A JSON string of more than MAX_KEY_BYTES raw units: none means none decodes longer (escapes only
+# shrink), so the walk below is skipped for almost every body.
+_LONG_STRING = re.compile(rb'"(?:[^"\\]|\\.){%d,}' % (MAX_KEY_BYTES + 1))
 
 
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,6 +94,34 @@ def _has_nul(value: Any) -> bool:
     return False
 
 
+def _too_long(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value.encode()) > MAX_KEY_BYTES
+    if isinstance(value, list):
+        return any(isinstance(v, str) and len(v.encode()) > MAX_KEY_BYTES for v in value)
+    return False
+
+
+def oversized_key(data: Any) -> str | None:
+    """The path of the first id field (``…_id``, ``id``, an email, a reference to another object)
+    longer than ``MAX_KEY_BYTES`` in UTF-8, anywhere in the event but its own ``event_id`` and the
+    merchant's ``metadata``; ``None`` when every one fits. Iterative: no depth exhausts the stack."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        path, item = stack.pop()
+        children = item.items() if isinstance(item, dict) else enumerate(item) if isinstance(item, list) else ()
+        for key, value in children:
+            where = f"{path}.{key}" if path else str(key)
+            if isinstance(key, str):
+                if key in _FREE_FIELDS or (not path and key in ("event_id", "event_type")):
+                    continue
+                if (key.endswith("_id") or key.endswith("_email") or key in _KEY_FIELDS) and _too_long(value):
+                    return where
+            if isinstance(value, dict | list):
+                stack.append((where, value))
+    return None
+
+
 def parse_envelope(body: bytes) -> Envelope:
     """Checks a verified body. Raises ``UnusableEvent`` saying what is wrong with it."""
     if not body.strip():
@@ -86,6 +145,8 @@ def parse_envelope(body: bytes) -> Envelope:
     # PostgreSQL's jsonb and text cannot hold U+0000; only an escaped one can reach here.
     if b"\\u0000" in body and _has_nul(data):
         raise UnusableEvent("body holds a \\u0000 character, which cannot be stored")
+    if _LONG_STRING.search(body) and (where := oversized_key(data)) is not None:
+        raise UnusableEvent(f"{where} is longer than {MAX_KEY_BYTES} bytes (UTF-8): no id can be that long")
     event_dt, occurred_at = event_time(data.get("event_dt"))
     assert isinstance(event_id, str)
     assert isinstance(event_type, str)

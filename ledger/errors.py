@@ -7,6 +7,7 @@
     ├── UnusableEvent            verified, but not an event we can log        -> 422
     ├── DatabaseUnavailable      the database is down, too slow or overloaded -> 503
     ├── NotAuthenticated         a read-API call without a valid token        -> 401
+    ├── TooManyFailures          too many failed credentials from one address -> 429
     ├── NotFound                 no such resource                             -> 404
     └── InvalidRequest           bad query parameters                         -> 400
 
@@ -25,6 +26,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "SignatureError",
+    "TooManyFailures",
     "UnusableEvent",
 ]
 
@@ -89,6 +91,16 @@ class FlexUnavailable(LedgerError):
 
 class NotAuthenticated(LedgerError):
     code = "unauthorized"
+
+
+class TooManyFailures(LedgerError):
+    """An address sent too many wrong credentials: refused, unchecked, for ``retry_after`` seconds."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class NotFound(LedgerError):

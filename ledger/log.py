@@ -263,7 +263,11 @@ async def verify_chain(
         )
     if prev_hash != head_hash:
         return ChainReport(
-            ok=False, rows=rows, head_position=upto, bad_position=upto, problem="the last row's hash does not match the head"
+            ok=False,
+            rows=rows,
+            head_position=upto,
+            bad_position=upto,
+            problem="the last row's hash does not match the head",
         )
     # A row beyond the head is one no append wrote (an append moves the head in the transaction
     # that inserts its rows): the last row first, then the head, so a concurrent append is not one.

@@ -50,6 +50,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Reconcile with Flex's API: every interval seconds (0: never automatically), over the window.
     reconcile_interval: float = 900.0
     reconcile_window: timedelta = timedelta(hours=72)
+    # Every Flex read: an overall deadline (retries and Retry-After waits included) and a size cap.
+    flex_api_deadline: float = 30.0
+    flex_api_max_bytes: int = 8 * 1024 * 1024
+    # Failed credentials (wrong bearer tokens, failed console sign-ins) per client address.
+    auth_max_failures: int = 20
+    auth_failure_window: float = 300.0
+    console_secure_cookie: bool = False
 
 
 def decode_secret(secret: str) -> bytes:
@@ -179,4 +186,11 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool
         http_keepalive_timeout=_int(env, "LEDGER_HTTP_KEEPALIVE_TIMEOUT", 5, 1),
         reconcile_interval=_seconds_or_off(env, "LEDGER_RECONCILE_INTERVAL", 900.0),
         reconcile_window=_duration(env, "LEDGER_RECONCILE_WINDOW", timedelta(hours=72)),
+        flex_api_deadline=_float(env, "FLEX_API_DEADLINE", 30.0),
+        flex_api_max_bytes=_int(env, "FLEX_API_MAX_BYTES", 8 * 1024 * 1024, 1024),
+        auth_max_failures=_int(env, "LEDGER_AUTH_MAX_FAILURES", 20, 0),
+        auth_failure_window=_float(env, "LEDGER_AUTH_FAILURE_WINDOW", 300.0),
+        console_secure_cookie=_choice(
+            env, "LEDGER_CONSOLE_SECURE_COOKIE", {"false": False, "true": True, "0": False, "1": True}, "false"
+        ),
     )

@@ -175,6 +175,14 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
                 f"ledger rebuild: {', '.join(names)}: rebuilt from {done.position} events "
                 f"({done.events_per_second:,.0f} events/s) and switched in"
             )
+            for name, positions in done.skipped.items():
+                shown = ", ".join(map(str, positions[:20])) + (
+                    f" and {len(positions) - 20} more" if len(positions) > 20 else ""
+                )
+                print(
+                    f"ledger rebuild: {name}: skipped {len(positions)} event(s) that can never be applied, "
+                    f"as live mode does (ledger status lists them): positions {shown}"
+                )
         return 0
 
     return _run_with_settings(run)
@@ -270,6 +278,13 @@ def cmd_status(args: argparse.Namespace) -> int:
             for r in rows
         ]
         _print_table(table)
+        for r in rows:
+            if r["skipped_positions"]:
+                print(
+                    f"{r['name']}: skipped events that can never be applied, at positions "
+                    f"{', '.join(map(str, r['skipped_positions']))}"
+                    + (" (the latest 20)" if r["failed_events"] > 20 else "")
+                )
         return 0
 
     return _run_with_settings(run)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 
 import asyncpg
 import msgspec
@@ -14,7 +14,7 @@ from projections.mergeable import Mergeable
 from projections.observations import as_snapshot
 from projections.sql import projection_queries as sql
 
-__all__ = ["BatchResult", "ProjectionFailed", "apply_batch", "apply_isolating", "decode_rows"]
+__all__ = ["BatchResult", "ProjectionFailed", "apply_batch", "apply_isolating", "decode_rows", "isolating"]
 
 _log = logging.getLogger(__name__)
 
@@ -55,12 +55,19 @@ def decode_rows(records: Sequence[asyncpg.Record]) -> tuple[list[LogRow], int]:
 
 
 async def apply_batch(
-    conn: asyncpg.Connection, projection: Projection, rows: Sequence[LogRow], *, strict: bool, bulk: bool = False
+    conn: asyncpg.Connection,
+    projection: Projection,
+    rows: Sequence[LogRow],
+    *,
+    strict: bool,
+    bulk: bool = False,
+    known: Collection[int] = (),
 ) -> BatchResult:
     """Folds ``rows`` into deltas, merges them with the stored states and writes them back.
 
     ``strict`` (rebuild mode) raises ``ProjectionFailed`` on the first event that cannot be
-    applied; otherwise that event is skipped and reported in the result. ``bulk`` (a rebuild's
+    applied, unless its position is in ``known`` (live mode skipped it before: the same decision
+    again); otherwise that event is skipped and reported in the result. ``bulk`` (a rebuild's
     bulk load) leaves ``after_write`` to the projection's ``after_bulk_load``.
     """
     result = BatchResult()
@@ -73,7 +80,7 @@ async def apply_batch(
                 result.ignored += 1
         except Exception as exc:  # a projection bug or an input it cannot handle
             failure = ProjectionFailed(projection.name, row.position, f"{type(exc).__name__}: {exc}")
-            if strict:
+            if strict and row.position not in known:
                 raise failure from exc
             _log.warning("%s", failure)
             result.failures.append(failure)
@@ -112,24 +119,50 @@ async def apply_batch(
 
 
 async def apply_isolating(
-    conn: asyncpg.Connection, projection: Projection, rows: Sequence[LogRow], *, strict: bool, bulk: bool = False
+    conn: asyncpg.Connection,
+    projection: Projection,
+    rows: Sequence[LogRow],
+    *,
+    strict: bool,
+    bulk: bool = False,
+    known: Collection[int] = (),
 ) -> BatchResult:
-    """``apply_batch`` in one go; if the database refuses some event's data (``ledger.db.DATA_REFUSED``), event by
-    event, each in a savepoint, so that only that event fails: recorded in the result (live mode)
-    or raised as ``ProjectionFailed`` naming its position (``strict``, a rebuild)."""
+    """``apply_batch``, isolating any event whose data the database refuses (``isolating``)."""
+
+    async def apply(batch: Sequence[LogRow]) -> BatchResult:
+        return await apply_batch(conn, projection, batch, strict=strict, bulk=bulk, known=known)
+
+    return await isolating(conn, projection.name, rows, apply, strict=strict, known=known)
+
+
+async def isolating(
+    conn: asyncpg.Connection,
+    name: str,
+    rows: Sequence[LogRow],
+    apply: Callable[[Sequence[LogRow]], Awaitable[BatchResult]],
+    *,
+    strict: bool = False,
+    known: Collection[int] = (),
+) -> BatchResult:
+    """Runs a follower's ``apply`` on the batch in one go; if the database refuses some event's data
+    (``ledger.db.DATA_REFUSED``: an id no index can hold, a value no column takes), event by event,
+    each in a savepoint, so that only that event fails: recorded in the result (live mode, or a
+    rebuild meeting a position in ``known``) or raised as ``ProjectionFailed`` naming its position
+    (``strict``, a rebuild). Every follower of the log goes through here: one poison event never
+    stops the rest."""
     try:
         async with conn.transaction():  # a savepoint
-            return await apply_batch(conn, projection, rows, strict=strict, bulk=bulk)
+            return await apply(rows)
     except DATA_REFUSED:
         pass
     result = BatchResult()
     for row in rows:
         try:
             async with conn.transaction():
-                one = await apply_batch(conn, projection, [row], strict=strict, bulk=bulk)
+                one = await apply([row])
         except DATA_REFUSED as exc:
-            failure = ProjectionFailed(projection.name, row.position, f"{type(exc).__name__}: {exc}")
-            if strict:
+            failure = ProjectionFailed(name, row.position, f"{type(exc).__name__}: {exc}")
+            if strict and row.position not in known:
                 raise failure from exc
             _log.warning("%s", failure)
             result.failures.append(failure)

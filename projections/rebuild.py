@@ -4,8 +4,10 @@
    blocks in ``schema.sql``; the live tables keep serving and the live runners keep going.
 2. The log is read once, in batches (the next batch is fetched while the current one is
    applied), and every event is folded into each projection that reads its type, in rebuild
-   mode: the first event that cannot be applied stops the rebuild. The same SQL runs with the
-   build schema first on the search path.
+   mode: the first event that cannot be applied stops the rebuild, unless live mode skipped it
+   too (``projection_failures``) or it is one the webhook door now refuses (logged by an earlier
+   release): those are skipped again and listed, so a rebuild reproduces live state instead of
+   stopping on them for ever. The same SQL runs with the build schema first on the search path.
 3. Once nearly caught up, one transaction locks the live tables (reads wait a moment; nothing
    fails), applies the last events, swaps the build tables in, and sets each checkpoint and a
    new generation, so the live runners' next compare-and-set fails and they reload.
@@ -26,8 +28,9 @@ import asyncpg
 import msgspec
 
 from ledger.db import SERVER_SETTINGS, schema_sql
+from ledger.envelope import oversized_key
 from ledger.log import head_position, read_batch
-from projections.apply import apply_isolating, decode_rows
+from projections.apply import ProjectionFailed, apply_isolating, decode_rows
 from projections.base import LogRow, Projection, like_patterns
 from projections.coordination import REBUILD_LOCK_OFFSET, LocksBusy, release, take_all
 from projections.registry import lock_id
@@ -46,11 +49,16 @@ class Progress(msgspec.Struct, kw_only=True):
     head: int
     events_per_second: float
     done: bool = False
+    # per projection, the positions skipped as live mode skipped them (events that can never apply)
+    skipped: dict[str, list[int]] = msgspec.field(default_factory=dict)
 
 
 class _Counts(msgspec.Struct):
     applied: int = 0
     ignored: int = 0
+    known: set[int] = msgspec.field(default_factory=set)  # positions live mode skipped
+    skipped: list[int] = msgspec.field(default_factory=list)  # of those, the ones skipped again
+    reasons: list[str] = msgspec.field(default_factory=list)
 
 
 def tables_ddl(name: str) -> str:
@@ -84,10 +92,23 @@ async def _apply(
     rows, _ = decode_rows(records)
     for projection in projections:
         mine: list[LogRow] = [r for r in rows if projection.matches(r.event_type)]
-        result = await apply_isolating(conn, projection, mine, strict=True, bulk=bulk)
         c = counts[projection.name]
+        while True:
+            try:
+                async with conn.transaction():  # a savepoint: a batch tried again starts clean
+                    result = await apply_isolating(conn, projection, mine, strict=True, bulk=bulk, known=c.known)
+                break
+            except ProjectionFailed as failure:
+                # Live mode's decision for this event, or an event the door now refuses (it was
+                # logged by an earlier release): skipped again, listed; anything else stops here.
+                row = next((r for r in mine if r.position == failure.position), None)
+                if row is None or oversized_key(row.payload) is None:
+                    raise
+                c.known.add(failure.position)
         c.applied += result.applied
         c.ignored += (end - start) - len(mine) + result.ignored
+        c.skipped += [f.position for f in result.failures]
+        c.reasons += [f.reason for f in result.failures]
 
 
 async def rebuild(
@@ -111,7 +132,7 @@ async def rebuild(
         raise RebuildBusy("another ledger rebuild is running") from None
     patterns = like_patterns(p for projection in projections for p in projection.prefixes)
     reader = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS) if dsn else conn
-    counts = {n: _Counts() for n in names}
+    counts = {n: _Counts(known={r["position"] for r in await conn.fetch(sql.failures_of, n)}) for n in names}
     pending: asyncio.Task[list[asyncpg.Record]] | None = None
     try:
         await conn.execute(sql.no_statement_timeout)
@@ -132,7 +153,12 @@ async def rebuild(
         def report(head: int, done: bool = False) -> Progress:
             elapsed = max(time.monotonic() - started, 1e-9)
             progress = Progress(
-                projections=names, position=position, head=head, events_per_second=position / elapsed, done=done
+                projections=names,
+                position=position,
+                head=head,
+                events_per_second=position / elapsed,
+                done=done,
+                skipped={n: c.skipped for n, c in counts.items() if c.skipped},
             )
             if on_progress is not None:
                 on_progress(progress)
@@ -184,7 +210,10 @@ async def rebuild(
                     counts[projection.name].applied,
                     counts[projection.name].ignored,
                     projection.shape,
+                    len(counts[projection.name].skipped),
                 )
+                c = counts[projection.name]
+                await conn.execute(sql.failures_keep, projection.name, c.skipped, c.reasons)
         await conn.execute(sql.build_end)
         return report(head, done=True)
     finally:

@@ -19,6 +19,9 @@ async def projection_status(conn: asyncpg.Connection) -> list[dict[str, Any]]:
     """Every follower's checkpoint, lag and health; ``state`` says whether a runner holds it."""
     held = await held_locks(conn)
     counts = await queue_counts(conn)
+    skipped: dict[str, list[int]] = {}
+    for f in await conn.fetch(sql.failures_listed, 20):
+        skipped.setdefault(f["name"], []).append(f["position"])
     out = []
     for r in await conn.fetch(sql.state_all):
         name = r["name"]
@@ -45,6 +48,8 @@ async def projection_status(conn: asyncpg.Connection) -> list[dict[str, Any]]:
                 "last_error": r["last_error"],
                 "last_error_position": r["last_error_position"],
                 "last_error_at": r["last_error_at"].isoformat() if r["last_error_at"] else None,
+                # the latest 20 events skipped (live mode's decisions, which a rebuild takes again)
+                "skipped_positions": skipped.get(name, []),
                 "rebuild_position": r["rebuild_position"],
                 "rebuilt_at": r["rebuilt_at"].isoformat() if r["rebuilt_at"] else None,
                 "updated_at": r["updated_at"].isoformat(),

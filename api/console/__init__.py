@@ -45,9 +45,9 @@ def _filters(engine: JinjaTemplateEngine) -> None:
 TEMPLATE_CONFIG = TemplateConfig(directory=_HERE / "templates", engine=JinjaTemplateEngine, engine_callback=_filters)
 
 
-def _guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+async def _guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     if not handler.opt.get("public"):
-        require_session(connection, handler)
+        await require_session(connection, handler)
 
 
 def _sign_in_first(request: Request[Any, Any, Any], _: Exception) -> Response[Any]:
@@ -65,7 +65,7 @@ def _error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
     )
 
 
-def console_router(api_tokens: tuple[str, ...]) -> Router:
+def console_router(api_tokens: tuple[str, ...], *, secure_cookie: bool = False) -> Router:
     static = create_static_files_router(
         path="/static",
         directories=[_HERE / "static"],
@@ -77,7 +77,7 @@ def console_router(api_tokens: tuple[str, ...]) -> Router:
         "/console",
         route_handlers=[*CONSOLE_PAGES, static],
         guards=[_guard],
-        middleware=console_middleware(api_tokens),
+        middleware=console_middleware(api_tokens, secure_cookie=secure_cookie),
         exception_handlers={SignInRequired: _sign_in_first, LedgerError: _error_page},
         include_in_schema=False,
     )

@@ -8,7 +8,6 @@ token. Nothing here reads the database itself: the pages call the same functions
 from __future__ import annotations
 
 import json
-import time
 from typing import Annotated, Any
 
 from litestar import Request, get, post
@@ -16,9 +15,11 @@ from litestar.enums import RequestEncodingType
 from litestar.params import Body, Parameter
 from litestar.response import Redirect, Template
 
-from api.console.session import SESSION_HOURS, fingerprint, signed_in_token
+from api.auth import client_address
+from api.console.session import SESSION_HOURS, new_session, session_expiry, signed_in_token
 from api.params import checked
 from api.state import AppState
+from ledger.console_sessions import revoke
 from ledger.errors import InvalidRequest, NotFound
 from projections import documents, history
 from projections.fulfillment.reactor import failed_sessions, retry_failed
@@ -44,19 +45,27 @@ async def login_form(request: Request[Any, Any, Any], error: str | None = None) 
 
 @post("/login", opt={"public": True}, status_code=303)
 async def sign_in(request: Request[Any, Any, Any], state: AppState, data: Form) -> Redirect | Template:
+    address = client_address(request)
+    state.auth_failures.check(address)  # too many failures from here: 429, this token unchecked
     token = signed_in_token(state.api_tokens, data.get("token", "").strip())
     if token is None:
+        state.auth_failures.failed(address)
         return Template(
             template_name="login.html",
             context={"path": request.url.path, "error": "That is not one of this service's API tokens."},
             status_code=200,  # the form again, with why (a 4xx page would be a browser console error)
         )
-    request.set_session({"token": fingerprint(token), "at": int(time.time())})
+    request.set_session(new_session(token))
     return Redirect("/console", status_code=303)
 
 
 @post("/logout", status_code=303)
-async def sign_out(request: Request[Any, Any, Any]) -> Redirect:
+async def sign_out(request: Request[Any, Any, Any], state: AppState) -> Redirect:
+    """Clears the cookie and revokes the session on the server: a copy of the cookie taken
+    before stops working at once."""
+    session = request.session
+    if isinstance(session.get("sid"), str):
+        await revoke(state.pool, session["sid"], session_expiry(session))
     request.clear_session()
     return Redirect("/console/login", status_code=303)
 
@@ -191,6 +200,7 @@ async def retry(state: AppState, data: Form) -> Redirect:
     session_id = data.get("session_id", "").strip()
     if not session_id:
         raise InvalidRequest("name the session to retry")
+    checked("session_id", session_id)  # as the read API checks ids: a 400 page, never the database's error
     done = await retry_failed(state.pool, [session_id])
     return Redirect(f"/console/fulfillment?retried={session_id if done else ''}", status_code=303)
 
@@ -199,7 +209,7 @@ async def retry(state: AppState, data: Form) -> Redirect:
 async def quarantine(
     request: Request[Any, Any, Any], state: AppState, before: Annotated[int | None, Parameter(ge=1)] = None
 ) -> Template:
-    rows = await state.log.quarantined(before=before, limit=PAGE)
+    rows = await state.events.quarantined(before=before, limit=PAGE)  # the read pool: never ingest's
     return _page("quarantine.html", request, rows=rows, next_before=rows[-1]["id"] if len(rows) == PAGE else None)
 
 

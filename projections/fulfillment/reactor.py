@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +33,7 @@ import msgspec
 
 from ledger.db import UNAVAILABLE, translate_errors
 from ledger.log import append_with
-from projections.apply import BatchResult
+from projections.apply import BatchResult, isolating
 from projections.base import LogRow, like_patterns
 from projections.coordination import run_exclusively
 from projections.fields import as_bool, as_str, resource
@@ -74,6 +75,11 @@ class _Intake:
         self.patterns = like_patterns([_COMPLETED, OBSERVED, *(REFUND_EVENTS if restock_on_refund else ())])
 
     async def apply(self, conn: asyncpg.Connection, rows: list[LogRow]) -> BatchResult:
+        """The batch in one go; a session the queue cannot hold (an id written by an earlier
+        release that no index takes) fails alone, recorded, and the rest are queued."""
+        return await isolating(conn, self.name, rows, lambda batch: self._queue(conn, batch))
+
+    async def _queue(self, conn: asyncpg.Connection, rows: Sequence[LogRow]) -> BatchResult:
         sessions: dict[str, tuple[int, bool]] = {}
         refunded: dict[str, int] = {}
         for row in rows:

@@ -37,9 +37,28 @@ WITH moved AS (
 SELECT pg_notify('ledger_checkpoints', name || ':' || position) FROM moved;
 
 -- name: record_failure
+-- An event follower $1 skipped: counted, and kept by position so a rebuild takes the same decision.
+WITH kept AS (
+    INSERT INTO public.projection_failures (name, position, reason)
+    VALUES ($1, $3, $2)
+    ON CONFLICT ON CONSTRAINT projection_failures_pkey DO NOTHING
+)
 UPDATE public.projection_state
 SET failed_events = failed_events + 1, last_error = $2, last_error_position = $3, last_error_at = now()
 WHERE name = $1;
+
+-- name: failures_of
+-- The positions follower $1 skipped (live mode's decisions), in log order.
+SELECT position FROM public.projection_failures WHERE name = $1 ORDER BY position;
+
+-- name: failures_listed
+-- The events followers skipped, the latest $1 of each, for `ledger status` and the console.
+SELECT f.name, f.position, f.reason, f.recorded_at
+FROM public.projection_state s
+CROSS JOIN LATERAL (
+    SELECT * FROM public.projection_failures f WHERE f.name = s.name ORDER BY f.position DESC LIMIT $1
+) f
+ORDER BY f.name, f.position;
 
 -- name: record_worker_failure
 -- A runner failed and will restart ($2: what it failed of). No row for runners without a checkpoint.

@@ -34,9 +34,21 @@ SELECT 1 FROM public.projection_state WHERE name = ANY ($1) FOR UPDATE;
 
 -- name: rebuild_switched
 -- The new tables are in: the checkpoint jumps to where the rebuild got, in a new generation, and
--- the tables have the shape this release writes ($5).
+-- the tables have the shape this release writes ($5); $6 events were skipped as live mode had.
 UPDATE public.projection_state
 SET position = $2, generation = generation + 1, applied_events = $3, ignored_events = $4, shape = $5,
-    failed_events = 0, last_error = NULL, last_error_position = NULL, last_error_at = NULL,
+    failed_events = $6::bigint,
+    last_error = CASE WHEN $6::bigint > 0 THEN last_error END,
+    last_error_position = CASE WHEN $6::bigint > 0 THEN last_error_position END,
+    last_error_at = CASE WHEN $6::bigint > 0 THEN last_error_at END,
     rebuild_position = NULL, rebuilt_at = now(), updated_at = now()
 WHERE name = $1;
+
+-- name: failures_keep
+-- After a switch, the skipped events of projection $1 are the ones this rebuild skipped ($2, why: $3).
+WITH gone AS (
+    DELETE FROM public.projection_failures WHERE name = $1 AND NOT (position = ANY ($2::bigint[]))
+)
+INSERT INTO public.projection_failures (name, position, reason)
+SELECT $1, f.position, f.reason FROM unnest($2::bigint[], $3::text[]) AS f(position, reason)
+ON CONFLICT ON CONSTRAINT projection_failures_pkey DO NOTHING;

@@ -150,7 +150,9 @@ async def test_verify_finds_a_missing_head_a_missing_tail_and_a_row_beyond_the_h
 
         async with conn.transaction():
             await conn.execute("SET LOCAL session_replication_role = replica")
-            await conn.execute("UPDATE ledger_head SET position = 4, hash = (SELECT hash FROM events WHERE position = 4)")
+            await conn.execute(
+                "UPDATE ledger_head SET position = 4, hash = (SELECT hash FROM events WHERE position = 4)"
+            )
         report = await verify_chain(conn)
         assert (report.ok, report.bad_position) == (False, 5)
         assert "rows up to position 5 but its head says 4" in (report.problem or "")

@@ -175,6 +175,19 @@ async def test_live_mode_records_a_failure_and_goes_on_rebuild_fails_fast(db_dsn
     assert row["last_error_position"] == 2
     assert "poisoned" in row["last_error"]
     assert await pool.fetchval("SELECT count(*) FROM orders") == 2
+    assert [r["position"] for r in await pool.fetch("SELECT position FROM projection_failures")] == [2]
+    before = await snapshot(pool, drop_positions=False)
+    # A rebuild takes live mode's decision again: the recorded event is skipped and listed.
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        done = await rebuild(conn, [fragile], batch_size=5)  # type: ignore[arg-type]
+    finally:
+        await conn.close()
+    assert done.skipped == {"orders": [2]}
+    assert len((await snapshot(pool))["orders"]) == 2  # as live mode has it
+    assert await pool.fetchval("SELECT failed_events FROM projection_state WHERE name = 'orders'") == 1
+    # A failure live mode never recorded fails fast, live state untouched.
+    await pool.execute("DELETE FROM projection_failures")
     before = await snapshot(pool, drop_positions=False)
     conn = await asyncpg.connect(db_dsn)
     try:
