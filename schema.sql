@@ -407,6 +407,9 @@ CREATE TABLE IF NOT EXISTS reconcile_runs (
     first_position bigint,                      -- the observations it recorded, when any
     last_position  bigint
 );
+-- Resources Flex listed that could not be recorded (no id, an id no index holds, \u0000): skipped
+-- and reported, never blocking the run (schema version 8).
+ALTER TABLE reconcile_runs ADD COLUMN IF NOT EXISTS skipped int NOT NULL DEFAULT 0;
 
 -- `ledger rebuild` builds projections' tables in this schema, from their blocks above, and swaps
 -- them in (projections/rebuild.py). The table names come from the service's projection registry.

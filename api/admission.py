@@ -8,7 +8,8 @@ with reads admitted a few at a time; bench/scale.py). So reads under ``/v1`` wai
 The database pool behind the reads is no larger than the number admitted, so an admitted read
 never queues for a connection either.
 
-A read-your-writes read (``?min_position=N``) first waits for the projections on the checkpoint
+The success page's sync (``POST /v1/orders/{id}/sync``) waits on Flex first, holding no slot either,
+and takes its turn for the database work that follows. A read-your-writes read (``?min_position=N``) first waits for the projections on the checkpoint
 watcher, which costs nothing and must not hold a slot (hundreds may wait at once); it takes its
 slot when that wait is over (``admit``), like any read, and holds it until its reply is sent.
 Let through without one, 200 such reads at once on a 300,000-event log under 200 webhooks/s took
@@ -58,9 +59,11 @@ async def admit() -> None:
 
 
 async def admit_unless_waiting(request: Request[Any, Any, Any]) -> None:
-    """A route that takes no ``min_position`` never waits, so a request that gave it one takes its
-    turn now (before the handler), like any read."""
-    if "min_position" not in request.route_handler.parsed_fn_signature.parameters:
+    """A deferred request to a route that neither takes ``min_position`` nor waits on something
+    else first (``opt={"admits_itself": True}``: the success page's sync, which waits on Flex)
+    takes its turn now (before the handler), like any read."""
+    handler = request.route_handler
+    if "min_position" not in handler.parsed_fn_signature.parameters and not handler.opt.get("admits_itself"):
         await admit()
 
 
@@ -90,7 +93,9 @@ class ReadAdmission:
         if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
             await self.app(scope, receive, send)
             return
-        if b"min_position" not in scope.get("query_string", b""):
+        # Reads take their turn here; a read-your-writes read, or any request that is not a GET
+        # (the sync, which waits on Flex first), takes it later (``admit``) or before its handler.
+        if b"min_position" not in scope.get("query_string", b"") and scope.get("method") in ("GET", "HEAD"):
             await self.take_turn()
             try:
                 await self.app(scope, receive, send)

@@ -154,8 +154,11 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
                         running_workers(dsn, settings, watcher=checkpoints, on_flex_call=metrics.flex_call)
                     )
                 committer = await stack.enter_async_context(GroupCommitter(log, on_batch=metrics.batch_size.observe))
-                # The success page's sync waits for Flex: fewer, shorter tries than the workers'.
-                flex_clients = clients_for(settings, concurrency=8, attempts=2)
+                # The success page's sync waits for Flex: fewer, shorter tries than the workers', and
+                # 10 s at most in all (a Retry-After beyond it is a 503 at once).
+                flex_clients = clients_for(
+                    settings, concurrency=8, attempts=2, deadline=min(10.0, settings.flex_api_deadline)
+                )
                 for client in flex_clients.values():
                     stack.push_async_callback(client.aclose)
                 app.state.update(

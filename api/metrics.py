@@ -106,6 +106,12 @@ class Metrics:
             "a succeeded payment or refund",
             registry=r,
         )
+        self.reconcile_skipped = Gauge(
+            "ledger_reconcile_skipped_resources",
+            "Resources Flex's API listed that reconcile runs could not record (no id, an id no index holds, "
+            "\\u0000): skipped and reported, never blocking a run",
+            registry=r,
+        )
         self.reconcile_last_success = Gauge(
             "ledger_reconcile_last_success_timestamp_seconds",
             "When the last successful reconcile run finished (0: never)",
@@ -140,6 +146,7 @@ class Metrics:
             self.reconcile_runs.labels("failed").set(reconcile["failures"])
             self.reconcile_recorded.set(reconcile["recorded"])
             self.reconcile_missed.set(reconcile["missed"])
+            self.reconcile_skipped.set(reconcile["skipped"])
             last = reconcile["last_success_at"]
             self.reconcile_last_success.set(datetime.fromisoformat(last).timestamp() if last else 0)
             self.reconcile_running.set(1 if reconcile["runner"] == "running" else 0)

@@ -9,13 +9,14 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
 
 from api import schemas
+from api.admission import admit
 from api.params import PathId
 from api.read_routes import FRESHNESS_HEADER
 from api.schemas import ok
 from api.state import AppState
 from ledger.errors import DatabaseUnavailable, FlexUnavailable, NotFound
 from projections import documents
-from projections.reconcile import observe_session, read_reconcile
+from projections.reconcile import fetch_session, read_reconcile, unrecorded
 
 __all__ = ["RECONCILE_ROUTES"]
 
@@ -29,6 +30,7 @@ __all__ = ["RECONCILE_ROUTES"]
     "fulfilled like any other), and answers the order as it then stands. 404 when Flex does not know the "
     "session; 503 with Retry-After when Flex cannot be reached.",
     tags=["orders"],
+    opt={"admits_itself": True},
     responses={
         **ok(schemas.Order, "The order, with what Flex said applied", can_404=True),
         503: ResponseSpec(
@@ -44,7 +46,10 @@ async def sync_order(state: AppState, checkout_session_id: PathId) -> Response[A
         clients = list(state.flex_clients.values())
         if not clients:
             raise FlexUnavailable("FLEX_API_KEY is not set: this service cannot ask Flex", retry_after=60)
-        observations = await observe_session(state.pool, clients, checkout_session_id)
+        # Waiting on Flex holds no read slot (api/admission.py); the database work after it takes one.
+        resources = await fetch_session(clients, checkout_session_id)
+        await admit()
+        observations = await unrecorded(state.pool, resources)
         headers: dict[str, str] = {}
         if observations:
             results = await state.log.append(observations)

@@ -199,6 +199,7 @@ class KindCounts(msgspec.Struct):
     known: int
     recorded: int
     missed: int
+    skipped: int = 0  # listed by Flex but unusable (no id, an id no index holds, \u0000): never recorded
 
 
 class ReconcileRun(msgspec.Struct):
@@ -216,6 +217,7 @@ class ReconcileRun(msgspec.Struct):
     kinds: dict[str, KindCounts]
     first_position: int | None
     last_position: int | None
+    skipped: int = 0
 
 
 class ReconcileStatus(msgspec.Struct):
@@ -226,6 +228,7 @@ class ReconcileStatus(msgspec.Struct):
     missed: int
     last_success_at: str | None
     data: list[ReconcileRun]
+    skipped: int = 0
 
 
 def _error(description: str) -> ResponseSpec:

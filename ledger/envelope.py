@@ -15,7 +15,7 @@ import msgspec
 
 from ledger.errors import UnusableEvent
 
-__all__ = ["MAX_KEY_BYTES", "Envelope", "event_time", "oversized_key", "parse_envelope"]
+__all__ = ["MAX_KEY_BYTES", "Envelope", "event_time", "has_nul", "oversized_key", "parse_envelope"]
 
 _decoder = msgspec.json.Decoder()
 
@@ -77,7 +77,7 @@ def event_time(event_dt: object) -> tuple[int | None, datetime | None]:
         return value, None
 
 
-def _has_nul(value: Any) -> bool:
+def has_nul(value: Any) -> bool:
     """Whether any string in the document (keys included) holds U+0000: iteratively, so no depth
     of nesting can exhaust the stack."""
     stack = [value]
@@ -143,7 +143,7 @@ def parse_envelope(body: bytes) -> Envelope:
         if len(value.encode()) > _MAX_ID_BYTES:
             raise UnusableEvent(f"{name} is longer than {_MAX_ID_BYTES} bytes (UTF-8)")
     # PostgreSQL's jsonb and text cannot hold U+0000; only an escaped one can reach here.
-    if b"\\u0000" in body and _has_nul(data):
+    if b"\\u0000" in body and has_nul(data):
         raise UnusableEvent("body holds a \\u0000 character, which cannot be stored")
     if _LONG_STRING.search(body) and (where := oversized_key(data)) is not None:
         raise UnusableEvent(f"{where} is longer than {MAX_KEY_BYTES} bytes (UTF-8): no id can be that long")

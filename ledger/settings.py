@@ -50,6 +50,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Reconcile with Flex's API: every interval seconds (0: never automatically), over the window.
     reconcile_interval: float = 900.0
     reconcile_window: timedelta = timedelta(hours=72)
+    reconcile_max_pages: int = 300  # per kind and key in one run: the window holds no more than this
     # Every Flex read: an overall deadline (retries and Retry-After waits included) and a size cap.
     flex_api_deadline: float = 30.0
     flex_api_max_bytes: int = 8 * 1024 * 1024
@@ -186,6 +187,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool
         http_keepalive_timeout=_int(env, "LEDGER_HTTP_KEEPALIVE_TIMEOUT", 5, 1),
         reconcile_interval=_seconds_or_off(env, "LEDGER_RECONCILE_INTERVAL", 900.0),
         reconcile_window=_duration(env, "LEDGER_RECONCILE_WINDOW", timedelta(hours=72)),
+        reconcile_max_pages=_int(env, "LEDGER_RECONCILE_MAX_PAGES", 300, 1),
         flex_api_deadline=_float(env, "FLEX_API_DEADLINE", 30.0),
         flex_api_max_bytes=_int(env, "FLEX_API_MAX_BYTES", 8 * 1024 * 1024, 1024),
         auth_max_failures=_int(env, "LEDGER_AUTH_MAX_FAILURES", 20, 0),

@@ -17,7 +17,10 @@ Run it with ``ledger flex-standin --port 8100`` and point ``FLEX_API_BASE_URL`` 
 * faults scripted with ``POST /_standin/faults`` and body
   ``{"session_id": TARGET, "script": [{"status": 429, "retry_after": "1"}, {"delay": 3}, ...]}``
   (consumed one per call, then normal answers) or ``{"session_id": TARGET, "always": {"status": 404}}``
-  (until ``DELETE /_standin/faults``); a step may also be ``{"drop": true}`` (close the connection).
+  (until ``DELETE /_standin/faults``); a step may also be ``{"drop": true}`` (close the connection),
+  ``{"body": {...}}`` (answer that document instead), ``{"drip": S}`` (send the answer one byte
+  every S seconds), ``{"huge": N}`` (a JSON answer of N bytes, streamed without a length) or, on a
+  list route, ``{"endless": true}`` (a full page of new resources, created now, every time);
   TARGET is a session id or ``*`` (the per-session routes), or a route: ``line_items``,
   ``checkout_session``, ``checkout_sessions``, ``payment_intents``, ``refunds``;
 * every call is recorded: ``GET /_standin/calls`` gives ``{"count": N, "calls": [...]}``.
@@ -112,6 +115,7 @@ class FlexStandIn:
         self.scripts: dict[str, deque[dict[str, Any]]] = {}
         self.always: dict[str, dict[str, Any]] = {}
         self.calls: list[dict[str, Any]] = []
+        self._made = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -231,13 +235,28 @@ class FlexStandIn:
             record["status"] = 401
             return await _json(send, 401, {"detail": "invalid_api_key"})
         status = int(step.get("status", 200))
-        if status == 200:
+        if "body" in step:
+            doc = step["body"]
+        elif step.get("endless"):
+            doc = {route: [self._made_up(route) for _ in range(100)]}
+        elif status == 200:
             status, doc = answer()
         else:
             doc = {"detail": step.get("detail", f"status_{status}")}
         record["status"] = status
+        if "huge" in step:
+            return await _huge(send, route, int(step["huge"]))
         extra = {"retry-after": str(step["retry_after"])} if "retry_after" in step and status != 200 else {}
+        if "drip" in step:
+            return await _drip(send, status, doc, float(step["drip"]))
         return await _json(send, status, doc, extra)
+
+    def _made_up(self, route: str) -> dict[str, Any]:
+        """A new resource of a list route, created now (``endless`` pages)."""
+        kind = next(k for k, (_, key) in _RESOURCES.items() if key == route)
+        self._made += 1
+        rid = f"{kind[:3]}_endless_{self._made:012d}"
+        return {_RESOURCES[kind][0]: rid, "status": "open", "created_at": datetime.now(UTC).isoformat()}
 
     def _line_items(self, session_id: str) -> tuple[int, Any]:
         items = self.sessions.get(session_id) or made_up_line_items(session_id)
@@ -298,3 +317,26 @@ async def _json(send: Send, status: int, doc: Any, extra: dict[str, str] | None 
     headers += [(k.encode(), v.encode()) for k, v in (extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+async def _drip(send: Send, status: int, doc: Any, every: float) -> None:
+    """The answer one byte at a time, ``every`` seconds apart (a reply that never quite stalls)."""
+    payload = json.dumps(doc).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    for i in range(len(payload)):
+        await send({"type": "http.response.body", "body": payload[i : i + 1], "more_body": True})
+        await asyncio.sleep(every)
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _huge(send: Send, key: str, size: int) -> None:
+    """A valid JSON answer of about ``size`` bytes, streamed in 1 MiB chunks with no length given."""
+    head, tail = f'{{"{key}": [], "padding": "'.encode(), b'"}'
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": head, "more_body": True})
+    left, chunk = max(0, size - len(head) - len(tail)), b"x" * (1 << 20)
+    while left > 0:
+        await send({"type": "http.response.body", "body": chunk[: min(left, len(chunk))], "more_body": True})
+        left -= len(chunk)
+    await send({"type": "http.response.body", "body": tail})

@@ -300,7 +300,7 @@ def _reconcile_line(status: dict[str, Any]) -> str:
     return (
         f"reconcile: {run}; last success {status['last_success_at'] or 'never'}; {status['runs']} runs, "
         f"{status['failures']} failed, {status['recorded']} observations recorded in all, "
-        f"{status['missed']} of them money "
+        f"{status['missed']} of them money, {status['skipped']} unusable resources skipped "
         f"(automatic runner {status['runner']})"
     )
 
@@ -349,7 +349,12 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
         try:
             async with database(settings) as (conn, _):
                 report = await reconcile(
-                    conn, list(clients.values()), since=since, dry_run=args.dry_run, on_progress=show
+                    conn,
+                    list(clients.values()),
+                    since=since,
+                    dry_run=args.dry_run,
+                    max_pages=settings.reconcile_max_pages,
+                    on_progress=show,
                 )
         except ReconcileFailed as exc:
             show.close()
@@ -365,15 +370,20 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             print(json.dumps(msgspec.to_builtins(report)))
             return 0
         recorded = "would record" if args.dry_run else "recorded"
-        table: list[tuple[str, ...]] = [("kind", "examined", "already known", recorded, "of which money")]
-        for kind, counts in report.kinds.items():
-            table.append((kind, str(counts.examined), str(counts.known), str(counts.recorded), str(counts.missed)))
-        table.append(("total", *(str(report.total(what)) for what in ("examined", "known", "recorded", "missed"))))
+        table: list[tuple[str, ...]] = [("kind", "examined", "already known", recorded, "of which money", "skipped")]
+        for kind, c in report.kinds.items():
+            table.append((kind, str(c.examined), str(c.known), str(c.recorded), str(c.missed), str(c.skipped)))
+        whats = ("examined", "known", "recorded", "missed", "skipped")
+        table.append(("total", *(str(report.total(what)) for what in whats)))
         print(f"ledger reconcile: Flex's API since {since.isoformat(timespec='seconds')}")
         _print_table(table)
         for seen in report.observations:
             at = f" at position {seen.position}" if seen.position is not None else ""
             print(f"  {recorded} {seen.kind} {seen.id} ({seen.status or 'no status'}){at}")
+        if report.total("skipped"):
+            print(f"ledger reconcile: skipped {report.total('skipped')} resource(s) Flex listed that cannot be recorded:")
+            for skipped in report.skipped:
+                print(f"  skipped {skipped.kind} {skipped.id!r}: {skipped.reason}")
         if args.dry_run:
             print("ledger reconcile: dry run; nothing recorded")
         return 0

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ledger.envelope import MAX_KEY_BYTES, has_nul, oversized_key
 from ledger.log import NewEvent
 from projections.base import LogRow
 from projections.fields import as_str
 
-__all__ = ["KINDS", "OBSERVED", "SOURCE", "Kind", "as_snapshot", "observed_event", "resource_id"]
+__all__ = ["KINDS", "OBSERVED", "SOURCE", "Kind", "as_snapshot", "observed_event", "resource_id", "unusable"]
 
 OBSERVED = "ledger.flex.observed"
 SOURCE = "flex-api"
@@ -65,6 +66,25 @@ KINDS: dict[str, Kind] = {
 
 def resource_id(kind: Kind, resource: dict[str, Any]) -> str | None:
     return as_str(resource.get(kind.id_field)) or as_str(resource.get("id"))
+
+
+def unusable(kind: Kind, resource: Any) -> str | None:
+    """Why a resource Flex's API returned cannot be recorded as an observation (``None`` when it
+    can): not an object, no id, an id or reference no index can hold, or a ``\\u0000`` the log
+    cannot store. Such a resource is skipped and reported, never recorded."""
+    if not isinstance(resource, dict):
+        return "not a JSON object"
+    rid = resource_id(kind, resource)
+    if rid is None:
+        return f"no {kind.id_field}"
+    if len(rid.encode()) > MAX_KEY_BYTES:
+        return f"its {kind.id_field} is longer than {MAX_KEY_BYTES} bytes"
+    where = oversized_key(resource)
+    if where is not None:
+        return f"{where} is longer than {MAX_KEY_BYTES} bytes"
+    if has_nul(resource):
+        return "it holds a \\u0000 character, which the log cannot store"
+    return None
 
 
 def _iso(moment: datetime) -> str:

@@ -10,7 +10,8 @@ resource whose observation would change nothing there is *known*; the others are
 so a run that cannot read Flex to the end records nothing. Their ids are derived from their
 content, so a second run, or two at once, record each state once.
 
-``observe_session`` does the same for one session and its payments (the success page's call);
+``fetch_session`` and ``unrecorded`` do the same for one session and its payments (the success
+page's call);
 ``AutomaticReconcile`` runs reconcile every interval in one process across all of them.
 """
 
@@ -28,7 +29,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from ledger.db import UNAVAILABLE, translate_errors
+from ledger.db import DATA_REFUSED, UNAVAILABLE, translate_errors
 from ledger.errors import FlexUnavailable, NotFound
 from ledger.log import NewEvent, append_with, read_batch
 from projections.apply import decode_rows
@@ -37,7 +38,7 @@ from projections.coordination import held_locks, run_exclusively
 from projections.fields import epoch_micros
 from projections.fulfillment.flex_client import FlexApiError, FlexClient
 from projections.mergeable import Mergeable
-from projections.observations import KINDS, Kind, as_snapshot, observed_event, resource_id
+from projections.observations import KINDS, Kind, as_snapshot, observed_event, resource_id, unusable
 from projections.orders import ORDERS
 from projections.registry import RECONCILE, lock_id
 from projections.sql import projection_queries as sql
@@ -48,14 +49,15 @@ __all__ = [
     "ReconcileFailed",
     "ReconcileReport",
     "SessionUnknown",
+    "fetch_session",
     "last_started",
     "missed_money",
-    "observe_session",
     "read_reconcile",
     "recent_runs",
     "reconcile",
     "reconcile_status",
     "reconcile_summary",
+    "unrecorded",
 ]
 
 _log = logging.getLogger(__name__)
@@ -84,6 +86,18 @@ class KindCount(msgspec.Struct, kw_only=True):
     known: int = 0
     recorded: int = 0
     missed: int = 0  # of those recorded: money a webhook should have told of (``missed_money``)
+    skipped: int = 0  # listed but unusable (``observations.unusable``): reported, never recorded
+
+
+class Skipped(msgspec.Struct, kw_only=True, frozen=True):
+    """A resource Flex listed that could not be recorded, and why."""
+
+    kind: str
+    id: str | None  # its id as Flex gave it, cut to 80 characters (it may be the problem)
+    reason: str
+
+
+_SKIPPED_LISTED = 100  # a run lists this many skipped resources; the counts cover them all
 
 
 # What a lost webhook costs: a completed checkout, a payment taken or a refund made. Recorded
@@ -116,6 +130,7 @@ class ReconcileReport(msgspec.Struct, kw_only=True):
     error: str | None = None
     kinds: dict[str, KindCount] = msgspec.field(default_factory=lambda: {k: KindCount() for k in KINDS})
     observations: list[Observed] = msgspec.field(default_factory=list)
+    skipped: list[Skipped] = msgspec.field(default_factory=list)
 
     def total(self, what: str) -> int:
         return sum(getattr(c, what) for c in self.kinds.values())
@@ -132,6 +147,15 @@ class _Candidate:
     event: NewEvent
     row: LogRow
     resource: dict[str, Any]
+
+
+@dataclass
+class _Chosen:
+    """An observation a run will record: only what it needs, so a long run holds little."""
+
+    kind: Kind
+    event: NewEvent
+    observed: Observed
 
 
 @dataclass
@@ -197,9 +221,7 @@ def _facts(state: Mergeable) -> tuple[Any, ...]:
     return (doc["v"], doc["s"], doc["m"])
 
 
-def _candidate(kind: Kind, resource: dict[str, Any], observed_at: datetime) -> _Candidate | None:
-    if resource_id(kind, resource) is None:
-        return None
+def _candidate(kind: Kind, resource: dict[str, Any], observed_at: datetime) -> _Candidate:
     event = observed_event(kind, resource, observed_at)
     row = as_snapshot(LogRow(position=0, event_type=event.event_type, payload=_decode.decode(event.raw_body)))
     return _Candidate(kind, event, row, resource)
@@ -217,21 +239,27 @@ def _observed(candidate: _Candidate, position: int | None = None) -> Observed:
 
 
 async def _pages(
-    client: FlexClient, kind: Kind, since_micros: int, page_size: int
+    client: FlexClient, kind: Kind, since_micros: int, page_size: int, max_pages: int
 ) -> AsyncIterator[list[dict[str, Any]]]:
-    """The kind's resources created in the window, a page at a time, newest first."""
+    """The kind's resources created in the window, a page at a time, newest first; at most
+    ``max_pages`` pages (Flex paging on past them is refused: the window cannot hold that many)."""
     after: str | None = None
     cursors: set[str] = set()
-    while True:
+    for _ in range(max_pages):
         page = await client.list_page(kind.list_path, kind.list_key, limit=page_size, starting_after=after)
         in_window = [r for r in page if (t := epoch_micros(r.get("created_at"))) is None or t >= since_micros]
         yield in_window
         if len(page) < page_size or len(in_window) < len(page):
             return
         after = resource_id(kind, page[-1])
-        if after is None or after in cursors:
-            raise ReconcileFailed(f"Flex API paged {kind.list_path} in a loop (cursor {after!r} again)")
+        if after is None or after in cursors or unusable(kind, page[-1]) is not None:
+            shown = after[:80] if after else after
+            raise ReconcileFailed(f"Flex API paged {kind.list_path} with no usable cursor (last id {shown!r})")
         cursors.add(after)
+    raise ReconcileFailed(
+        f"Flex API kept paging {kind.list_path} past {max_pages} pages of {page_size} within the window "
+        "(LEDGER_RECONCILE_MAX_PAGES)"
+    )
 
 
 async def reconcile(
@@ -242,6 +270,7 @@ async def reconcile(
     dry_run: bool = False,
     trigger: str = "command",
     page_size: int = PAGE_SIZE,
+    max_pages: int = 300,
     on_progress: Callable[[ReconcileReport], None] | None = None,
 ) -> ReconcileReport:
     """One run over every client (one per API key: live, test). Raises ``ReconcileFailed`` when
@@ -249,24 +278,33 @@ async def reconcile(
     report = ReconcileReport(trigger=trigger, started_at=datetime.now(UTC), since=since, dry_run=dry_run)
     try:
         baseline = await _Baseline.read(conn)
-        chosen: dict[str, _Candidate] = {}
+        chosen: dict[str, _Chosen] = {}
         db = asyncio.Lock()  # the kinds page concurrently; the connection answers one query at a time
         since_micros = int(since.timestamp() * 1_000_000)
 
         async def walk(client: FlexClient, kind: Kind) -> None:
-            async for page in _pages(client, kind, since_micros, page_size):
+            async for page in _pages(client, kind, since_micros, page_size, max_pages):
                 observed_at = datetime.now(UTC)
-                candidates = [c for r in page if (c := _candidate(kind, r, observed_at)) is not None]
-                async with db:
-                    unknown = await baseline.unknown(conn, candidates)
                 counts = report.kinds[kind.name]
                 counts.examined += len(page)
+                candidates = []
+                for resource in page:
+                    reason = unusable(kind, resource)
+                    if reason is None:
+                        candidates.append(_candidate(kind, resource, observed_at))
+                        continue
+                    counts.skipped += 1
+                    rid = resource_id(kind, resource) if isinstance(resource, dict) else None
+                    _log.warning("reconcile: skipped a %s from Flex (%s): %s", kind.name, (rid or "?")[:80], reason)
+                    if len(report.skipped) < _SKIPPED_LISTED:
+                        report.skipped.append(Skipped(kind=kind.name, id=rid[:80] if rid else None, reason=reason))
+                async with db:
+                    unknown = await baseline.unknown(conn, candidates)
                 for candidate, new in zip(candidates, unknown, strict=True):
                     if new and candidate.event.event_id not in chosen:
-                        chosen[candidate.event.event_id] = candidate
+                        chosen[candidate.event.event_id] = _Chosen(candidate.kind, candidate.event, _observed(candidate))
                     else:
                         counts.known += 1
-                counts.known += len(page) - len(candidates)  # without an id: nothing to record
                 if on_progress is not None:
                     on_progress(report)
 
@@ -279,7 +317,7 @@ async def reconcile(
             raise _first_cause(failed) from None
         candidates = list(chosen.values())
         if dry_run:
-            report.observations = [_observed(c) for c in candidates]
+            report.observations = [c.observed for c in candidates]
             for seen in report.observations:
                 _count_recorded(report, seen)
             report.finished_at = datetime.now(UTC)
@@ -290,18 +328,33 @@ async def reconcile(
                 if result.duplicate:  # another run (or a sync) recorded this very state meanwhile
                     report.kinds[c.kind.name].known += 1
                 else:
-                    report.observations.append(_observed(c, result.position))
+                    report.observations.append(msgspec.structs.replace(c.observed, position=result.position))
                     _count_recorded(report, report.observations[-1])
             report.finished_at = datetime.now(UTC)
             await _record(conn, report)
         return report
     except ReconcileFailed as exc:
-        report.outcome, report.error, report.finished_at = "failed", exc.message, datetime.now(UTC)
-        exc.report = report
-        if not dry_run:
-            with contextlib.suppress(*UNAVAILABLE, asyncpg.PostgresError):
-                await _record(conn, report)
+        await _failed(conn, report, exc, dry_run)
         raise
+    except DATA_REFUSED as exc:  # something Flex said that the checks did not foresee: this run fails
+        failure = ReconcileFailed(f"an observation could not be recorded ({type(exc).__name__}: {exc})")
+        await _failed(conn, report, failure, dry_run)
+        raise failure from exc
+    except (*UNAVAILABLE, asyncpg.PostgresError):
+        raise  # the database: the caller reconnects (nothing could be recorded anyway)
+    except Exception as exc:  # a bug or an answer nothing expected: a failed run, on record
+        _log.exception("reconcile: run failed unexpectedly, nothing recorded")
+        failure = ReconcileFailed(f"unexpected error: {type(exc).__name__}: {exc}")
+        await _failed(conn, report, failure, dry_run)
+        raise failure from exc
+
+
+async def _failed(conn: asyncpg.Connection, report: ReconcileReport, exc: ReconcileFailed, dry_run: bool) -> None:
+    report.outcome, report.error, report.finished_at = "failed", exc.message[:2000], datetime.now(UTC)
+    exc.report = report
+    if not dry_run:
+        with contextlib.suppress(*UNAVAILABLE, asyncpg.PostgresError):
+            await _record(conn, report)
 
 
 def _count_recorded(report: ReconcileReport, seen: Observed) -> None:
@@ -346,14 +399,17 @@ async def _record(conn: asyncpg.Connection, report: ReconcileReport) -> None:
         json.dumps({k: msgspec.to_builtins(c) for k, c in report.kinds.items()}),
         first,
         last,
+        report.total("skipped"),
     )
 
 
-async def observe_session(pool: asyncpg.Pool, clients: Sequence[FlexClient], session_id: str) -> list[NewEvent]:
+async def fetch_session(clients: Sequence[FlexClient], session_id: str) -> list[tuple[Kind, dict[str, Any]]]:
     """Fetches one session, its payment intents and its refunds from Flex now (the success page's
-    sync) and returns the observations of what the log does not show yet, for the caller to append.
-    Raises ``SessionUnknown`` when no client's mode knows the session, ``FlexUnavailable`` when
-    Flex cannot be read, ``DatabaseUnavailable`` when the log cannot."""
+    sync), each checked before use. Raises ``SessionUnknown`` when no client's mode knows the
+    session, ``FlexUnavailable`` when Flex cannot be read or answers with a session that is not
+    the one asked for (or one that cannot be recorded). Payment intents and refunds that cannot be
+    recorded are skipped (logged). No database work: the caller holds nothing while Flex answers."""
+    session_kind = KINDS["checkout_session"]
     try:
         for client in clients:
             session = await client.checkout_session(session_id)
@@ -361,16 +417,38 @@ async def observe_session(pool: asyncpg.Pool, clients: Sequence[FlexClient], ses
                 break
         else:
             raise SessionUnknown(f"Flex knows no checkout session {session_id!r}")
-        observed_at = datetime.now(UTC)
-        resources: list[tuple[Kind, dict[str, Any]]] = [(KINDS["checkout_session"], session)]
+        answered = resource_id(session_kind, session) if isinstance(session, dict) else None
+        if answered != session_id:
+            shown = answered[:80] if answered else answered
+            _log.warning("sync: asked Flex for %s, it answered with session %r: refused", session_id, shown)
+            raise FlexUnavailable(
+                f"Flex answered with checkout session {shown!r}, not {session_id!r}; nothing recorded", retry_after=30
+            )
+        reason = unusable(session_kind, session)
+        if reason is not None:
+            _log.warning("sync: Flex's session %s cannot be recorded: %s", session_id, reason)
+            raise FlexUnavailable(f"Flex's answer for this session cannot be recorded: {reason}", retry_after=60)
+        resources: list[tuple[Kind, dict[str, Any]]] = [(session_kind, session)]
         for name in ("payment_intent", "refund"):
             kind = KINDS[name]
             page = await client.list_page(kind.list_path, kind.list_key, checkout_session=session_id, limit=PAGE_SIZE)
-            resources += [(kind, r) for r in page]
+            for resource in page:
+                reason = unusable(kind, resource)
+                if reason is None:
+                    resources.append((kind, resource))
+                else:
+                    _log.warning("sync: skipped a %s of %s from Flex: %s", name, session_id, reason)
     except FlexApiError as exc:
         wait = max(1, min(60, round(exc.retry_after or 5)))
         raise FlexUnavailable(f"cannot read the session from Flex now: {exc.message}", retry_after=wait) from None
-    candidates = [c for kind, r in resources if (c := _candidate(kind, r, observed_at)) is not None]
+    return resources
+
+
+async def unrecorded(pool: asyncpg.Pool, resources: Sequence[tuple[Kind, dict[str, Any]]]) -> list[NewEvent]:
+    """The observations of ``resources`` (from ``fetch_session``) that the log does not show yet,
+    for the caller to append. Raises ``DatabaseUnavailable`` when the log cannot be read."""
+    observed_at = datetime.now(UTC)
+    candidates = [_candidate(kind, r, observed_at) for kind, r in resources]
     with translate_errors():
         async with pool.acquire() as conn:
             baseline = await _Baseline.read(conn, max_tail=_TAIL_BATCH)
@@ -392,6 +470,7 @@ async def reconcile_summary(conn: asyncpg.Connection) -> dict[str, Any]:
         "failures": row["failures"],
         "recorded": row["recorded"],
         "missed": row["missed"],
+        "skipped": row["skipped"],
         "last_success_at": row["last_success_at"].isoformat() if row["last_success_at"] else None,
         "last_run": last,
     }
@@ -437,8 +516,10 @@ class AutomaticReconcile:
         window: timedelta,
         standby_interval: float = 5.0,
         retry_after_failure: float = 60.0,
+        max_pages: int = 300,
     ) -> None:
         self.dsn = dsn
+        self.max_pages = max_pages
         self.clients = list(clients)
         self.interval = interval
         self.window = window
@@ -461,7 +542,9 @@ class AutomaticReconcile:
                 await asyncio.sleep(min((due - now).total_seconds(), self.interval))
                 continue
             try:
-                report = await reconcile(conn, self.clients, since=now - self.window, trigger="automatic")
+                report = await reconcile(
+                    conn, self.clients, since=now - self.window, trigger="automatic", max_pages=self.max_pages
+                )
             except ReconcileFailed as exc:
                 _log.warning("reconcile: run failed, nothing recorded: %s", exc.message)
                 await asyncio.sleep(self.retry_after_failure)

@@ -62,7 +62,11 @@ async def running_workers(
     tasks.append(asyncio.create_task(reactor.run(), name="fulfillment"))
     if settings.reconcile_interval > 0:
         reconciler = AutomaticReconcile(
-            dsn, list(clients.values()), interval=settings.reconcile_interval, window=settings.reconcile_window
+            dsn,
+            list(clients.values()),
+            interval=settings.reconcile_interval,
+            window=settings.reconcile_window,
+            max_pages=settings.reconcile_max_pages,
         )
         tasks.append(asyncio.create_task(reconciler.run(), name="reconcile"))
     try:

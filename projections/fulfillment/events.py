@@ -132,7 +132,13 @@ def failed_event(checkout_session_id: str, generation: int, error: str, status: 
         f"{FAILED}:{checkout_session_id}:{generation}",
         FAILED,
         now,
-        {"checkout_session_id": checkout_session_id, "generation": generation, "error": error, "status": status},
+        # the reason may quote Flex's reply: never a character the log cannot store, never a novel
+        {
+            "checkout_session_id": checkout_session_id,
+            "generation": generation,
+            "error": error.replace("\x00", "\ufffd")[:2000],
+            "status": status,
+        },
     )
 
 

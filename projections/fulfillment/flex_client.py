@@ -1,15 +1,20 @@
-"""The Flex API client: line items, sessions and list pages, with timeouts, retries and a limit.
+"""The Flex API client: line items, sessions and list pages, with timeouts, retries and limits.
 
 One ``httpx.AsyncClient`` per process. Transport errors, timeouts, 429 and 5xx are retried
 with exponential backoff and full jitter, honouring ``Retry-After`` (seconds or an HTTP date);
-400, 401, 403, 404 and 422 are not. Line items are read by ``line_items.parse_line_items``; an
-answer the caller cannot use is a permanent failure.
+400, 401, 403, 404 and 422 are not. Every read is bounded whatever Flex does: one overall
+``deadline`` for the call, retries and waits included (a reply dripping a byte at a time, or a
+``Retry-After`` longer than what is left of it, ends it at once as a transient failure), and
+``max_bytes`` of body (streamed and counted, never buffered beyond it: a larger reply is a
+permanent failure). Line items are read by ``line_items.parse_line_items`` and checked by
+``line_items.check_line_items``; an answer the caller cannot use is a permanent failure.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +24,7 @@ from urllib.parse import quote
 import httpx
 
 from ledger.settings import Settings
-from projections.fulfillment.line_items import LineItem, UnusableLineItems, parse_line_items
+from projections.fulfillment.line_items import LineItem, UnusableLineItems, check_line_items, parse_line_items
 
 __all__ = [
     "FlexApiError",
@@ -76,6 +81,8 @@ class FlexClient:
         backoff_base: float = 0.25,
         backoff_cap: float = 10.0,
         max_retry_after: float = 60.0,
+        deadline: float = 30.0,
+        max_bytes: int = 8 * 1024 * 1024,
         concurrency: int = 32,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         on_call: Callable[[int | None, float], None] | None = None,
@@ -91,6 +98,8 @@ class FlexClient:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.max_retry_after = max_retry_after
+        self.deadline = deadline
+        self.max_bytes = max_bytes
         self._limit = asyncio.Semaphore(concurrency)
         self._sleep = sleep
         self._on_call = on_call
@@ -105,7 +114,9 @@ class FlexClient:
         """``GET /checkout/sessions/{id}/line_items``, retried; raises a ``FlexApiError`` subclass."""
         body = await self.get(f"/checkout/sessions/{quote(checkout_session_id, safe='')}/line_items")
         try:
-            return parse_line_items(body)
+            raw, items = parse_line_items(body)
+            check_line_items(raw, items)
+            return raw, items
         except UnusableLineItems as exc:
             raise PermanentFlexError(str(exc), status=200) from None
 
@@ -131,18 +142,36 @@ class FlexClient:
         return [item for item in items if isinstance(item, dict)]
 
     async def get(self, path: str, params: dict[str, str | int] | None = None) -> Any:
-        """``GET path``, retried on transient failures; the JSON body. Raises ``FlexApiError``."""
+        """``GET path``, retried on transient failures within the deadline; the JSON body. Raises
+        ``FlexApiError``."""
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + self.deadline
         last: FlexApiError | None = None
-        for attempt in range(self.attempts):
-            if attempt:
-                wait = self._backoff(attempt)
-                if last is not None and last.retry_after is not None:
-                    wait = min(max(wait, last.retry_after), self.max_retry_after)
-                await self._sleep(wait)
-            try:
-                return await self._once(path, params)
-            except TransientFlexError as exc:
-                last = exc
+        try:
+            async with asyncio.timeout(self.deadline):
+                for attempt in range(self.attempts):
+                    if attempt:
+                        assert last is not None
+                        wait = self._backoff(attempt)
+                        if last.retry_after is not None:
+                            if last.retry_after > min(ends - loop.time(), self.max_retry_after):
+                                raise TransientFlexError(
+                                    f"{last.message}; it asks to wait {last.retry_after:g} s, more than this "
+                                    f"call may ({self.deadline:g} s in all)",
+                                    status=last.status,
+                                    retry_after=last.retry_after,
+                                )
+                            wait = max(wait, last.retry_after)
+                        await self._sleep(wait)
+                    try:
+                        return await self._once(path, params)
+                    except TransientFlexError as exc:
+                        last = exc
+        except TimeoutError:
+            raise TransientFlexError(
+                f"Flex API gave no complete answer within {self.deadline:g} s"
+                + (f" (last: {last.message})" if last is not None else "")
+            ) from None
         assert last is not None
         raise last
 
@@ -152,25 +181,49 @@ class FlexClient:
         try:
             async with self._limit:
                 try:
-                    response = await self._client.get(path, params=params)
+                    async with self._client.stream("GET", path, params=params) as response:
+                        status = response.status_code
+                        if status == 429 or status >= 500:
+                            raise _transient(
+                                f"Flex API answered {status}",
+                                status,
+                                retry_after_seconds(response.headers.get("retry-after")),
+                            )
+                        if status in PERMANENT_STATUSES or not 200 <= status < 300:
+                            head = await _read_bounded(response, 200, truncate=True)
+                            text = head.decode("utf-8", "replace")
+                            raise PermanentFlexError(f"Flex API answered {status}: {text}", status=status)
+                        body = await _read_bounded(response, self.max_bytes)
                 except httpx.TimeoutException as exc:
                     raise _transient(f"Flex API timed out ({type(exc).__name__})", None, None) from exc
                 except httpx.TransportError as exc:
                     raise _transient(f"Flex API unreachable ({type(exc).__name__}: {exc})", None, None) from exc
-            status = response.status_code
-            if status == 429 or status >= 500:
-                raise _transient(
-                    f"Flex API answered {status}", status, retry_after_seconds(response.headers.get("retry-after"))
-                )
-            if status in PERMANENT_STATUSES or not 200 <= status < 300:
-                raise PermanentFlexError(f"Flex API answered {status}: {response.text[:200]}", status=status)
             try:
-                return response.json()
+                return json.loads(body)
             except ValueError:
                 raise _transient("Flex API answered with a body that is not JSON", status, None) from None
         finally:
             if self._on_call is not None:
                 self._on_call(status, time.perf_counter() - started)
+
+
+async def _read_bounded(response: httpx.Response, limit: int, *, truncate: bool = False) -> bytes:
+    """The body, at most ``limit`` bytes: beyond it the rest is cut (``truncate``) or the reply is
+    refused, without reading more of it."""
+    declared = response.headers.get("content-length", "")
+    if not truncate and declared.isdigit() and int(declared) > limit:
+        raise PermanentFlexError(f"Flex API answered {declared} bytes, more than the {limit} allowed", status=200)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            if truncate:
+                chunks.append(chunk[: limit - (size - len(chunk))])
+                break
+            raise PermanentFlexError(f"Flex API answered more than the {limit} bytes allowed", status=200)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def clients_for(
@@ -179,6 +232,7 @@ def clients_for(
     concurrency: int | None = None,
     on_call: Callable[[int | None, float], None] | None = None,
     attempts: int = 4,
+    deadline: float | None = None,
 ) -> dict[str, FlexClient]:
     """One client per configured key: ``live`` (``FLEX_API_KEY``) and ``test`` (``FLEX_TEST_API_KEY``)."""
     clients = {}
@@ -191,6 +245,8 @@ def clients_for(
                 concurrency=concurrency or settings.fulfillment_concurrency,
                 on_call=on_call,
                 attempts=attempts,
+                deadline=deadline if deadline is not None else settings.flex_api_deadline,
+                max_bytes=settings.flex_api_max_bytes,
             )
     return clients
 

@@ -11,7 +11,12 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["LineItem", "UnusableLineItems", "parse_line_items"]
+from ledger.envelope import MAX_KEY_BYTES, has_nul, oversized_key
+
+__all__ = ["MAX_QUANTITY", "LineItem", "UnusableLineItems", "check_line_items", "parse_line_items"]
+
+# More of one line item than any order holds: a quantity beyond it is a reply nothing can trust.
+MAX_QUANTITY = 1_000_000
 
 
 class UnusableLineItems(ValueError):
@@ -82,3 +87,24 @@ def parse_line_items(body: Any) -> tuple[list[dict[str, Any]], list[LineItem]]:
             )
         )
     return raw, parsed
+
+
+def check_line_items(raw: list[dict[str, Any]], items: list[LineItem]) -> None:
+    """What fulfillment may act on, checked before anything is recorded: raises
+    ``UnusableLineItems`` saying what is wrong. Each quantity a whole number from 1 to
+    ``MAX_QUANTITY``; each line item id once; every id one an index can hold; no ``\\u0000``
+    (the log cannot store it)."""
+    seen: set[str] = set()
+    for item, parsed in zip(raw, items, strict=True):
+        if not 1 <= parsed.quantity <= MAX_QUANTITY:
+            raise UnusableLineItems(
+                f"line item {parsed.line_item_id[:80]!r} has quantity {parsed.quantity}, "
+                f"not a whole number from 1 to {MAX_QUANTITY}"
+            )
+        if parsed.line_item_id in seen:
+            raise UnusableLineItems(f"line item {parsed.line_item_id[:80]!r} is listed twice")
+        seen.add(parsed.line_item_id)
+        if len(parsed.line_item_id.encode()) > MAX_KEY_BYTES or oversized_key(item) is not None:
+            raise UnusableLineItems(f"a line item holds an id longer than {MAX_KEY_BYTES} bytes")
+        if has_nul(item):
+            raise UnusableLineItems(f"line item {parsed.line_item_id[:80]!r} holds a \\u0000 character")

@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from ledger.db import UNAVAILABLE, translate_errors
+from ledger.db import DATA_REFUSED, UNAVAILABLE, translate_errors
 from ledger.log import append_with
 from projections.apply import BatchResult, isolating
 from projections.base import LogRow, like_patterns
@@ -268,17 +268,26 @@ class FulfillmentReactor:
                 await self._record_failure(session_id, exc)
                 return
             now = datetime.now(UTC)
-            async with self.pool.acquire() as conn, conn.transaction():
-                row = await conn.fetchrow(sql.queue_lock, session_id)
-                if row is None or row["status"] != "pending":
-                    return  # fulfilled or parked meanwhile: nothing to record
-                await append_with(conn, fetched_events(session_id, raw, items, now, test_mode=test_mode))
-                await conn.execute(sql.queue_fulfilled, session_id)
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    row = await conn.fetchrow(sql.queue_lock, session_id)
+                    if row is None or row["status"] != "pending":
+                        return  # fulfilled or parked meanwhile: nothing to record
+                    await append_with(conn, fetched_events(session_id, raw, items, now, test_mode=test_mode))
+                    await conn.execute(sql.queue_fulfilled, session_id)
+            except DATA_REFUSED as exc:  # the reply cannot be stored: fetching it again will not help
+                reason = f"Flex's line items cannot be recorded ({type(exc).__name__}: {exc})"
+                await self._record_failure(session_id, PermanentFlexError(reason, status=200))
+                return
             _log.info("fulfillment: %s fulfilled with %d line items", session_id, len(items))
         except asyncio.CancelledError:
             raise
         except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+            # counted as an attempt and retried later, never at once: no loop against Flex
             _log.warning("fulfillment: %s: could not record the outcome (%s); will retry", session_id, exc)
+            with contextlib.suppress(Exception):
+                async with self.pool.acquire() as conn:
+                    await conn.execute(sql.queue_retry_later, session_id, f"could not record: {exc}"[:500], 30.0)
         except Exception:
             _log.exception("fulfillment: %s: unexpected failure; will retry", session_id)
             with contextlib.suppress(Exception):
@@ -299,7 +308,7 @@ class FulfillmentReactor:
                     exc.message
                     if isinstance(exc, PermanentFlexError)
                     else f"gave up after {attempts} attempts: {exc.message}"
-                )
+                ).replace("\x00", "\ufffd")[:2000]
                 await append_with(
                     conn, [failed_event(session_id, row["generation"], reason, exc.status, datetime.now(UTC))]
                 )
@@ -307,5 +316,5 @@ class FulfillmentReactor:
                 _log.warning("fulfillment: %s failed: %s", session_id, reason)
             else:
                 delay = max(self._backoff(attempts), exc.retry_after or 0.0)
-                await conn.execute(sql.queue_retry_later, session_id, exc.message, delay)
+                await conn.execute(sql.queue_retry_later, session_id, exc.message.replace("\x00", "\ufffd"), delay)
                 _log.info("fulfillment: %s: %s; retrying in %.1fs", session_id, exc.message, delay)

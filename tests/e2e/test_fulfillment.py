@@ -233,7 +233,9 @@ def test_sigkill_after_the_call_returned_before_commit(db_dsn: str, tmp_path: Pa
 
 
 def test_rebuild_never_calls_flex_and_keeps_inventory(db_dsn: str, tmp_path: Path, standin: StandIn) -> None:
-    with run_server(tmp_path, {"LEDGER_DATABASE_URL": db_dsn, **fulfillment_env(standin.api_base)}) as server:
+    # no automatic reconcile: its first run may start late on a busy machine and call Flex meanwhile
+    env = {"LEDGER_DATABASE_URL": db_dsn, **fulfillment_env(standin.api_base), "LEDGER_RECONCILE_INTERVAL": "0"}
+    with run_server(tmp_path, env) as server:
         sessions = [complete(server, seed=20 + i, split=i % 2 == 0)[0].session_id for i in range(5)]
         for s in sessions:
             assert_fulfilled_once(server, s)
