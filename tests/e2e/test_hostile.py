@@ -67,7 +67,7 @@ def test_a_nul_nested_a_thousand_levels_deep_is_quarantined_not_a_500(server: Ru
     assert count(db_dsn, "events") == 0
 
 
-def test_an_event_a_projection_cannot_store_fails_alone_and_rebuild_names_it(
+def test_an_event_a_projection_cannot_store_fails_alone_and_rebuild_skips_it_again(
     server: RunningServer, db_dsn: str
 ) -> None:
     poison = Checkout(seed=950)
@@ -87,6 +87,7 @@ def test_an_event_a_projection_cannot_store_fails_alone_and_rebuild_names_it(
     assert orders["last_error_position"] == poisoned_at
     assert orders["state"] == "degraded"
 
+    before_poison = server.get(f"/v1/orders/{poison.session_id}").text
     result = subprocess.run(
         [ledger_command(), "rebuild", "orders"],
         env={**os.environ, "LEDGER_DATABASE_URL": db_dsn},
@@ -94,10 +95,18 @@ def test_an_event_a_projection_cannot_store_fails_alone_and_rebuild_names_it(
         text=True,
         timeout=120,
     )
-    assert result.returncode == 1
-    assert f"position {poisoned_at}" in result.stderr
+    # live mode's decision, taken again: skipped and named, and the rebuilt orders are the live ones
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"orders: skipped 1 event(s) that can never be applied, as live mode does (ledger status lists them): positions {poisoned_at}"
+        in result.stdout
+    )
     assert "Traceback" not in result.stderr
-    assert "the live state is unchanged" in result.stderr
+    assert server.get(f"/v1/orders/{later.session_id}").json()["status"] == order.json()["status"]
+    assert server.get(f"/v1/orders/{poison.session_id}").text == before_poison  # as live mode left it
+    orders = next(f for f in server.get("/v1/projections").json()["data"] if f["name"] == "orders")
+    assert orders["skipped_positions"] == [poisoned_at]
+    assert orders["failed_events"] == 1
 
 
 _ID_ROUTES = ["/v1/orders/{}", "/v1/orders/{}/events", "/v1/customers/{}", "/v1/subscriptions/{}", "/v1/orders/{}/sync"]
