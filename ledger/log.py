@@ -270,15 +270,14 @@ async def verify_chain(
             problem="the last row's hash does not match the head",
         )
     # A row beyond the head is one no append wrote (an append moves the head in the transaction
-    # that inserts its rows): the last row first, then the head, so a concurrent append is not one.
-    last = await conn.fetchval(log_queries.last_position)
-    head_now = await conn.fetchval(log_queries.head_position_only)
-    if last is not None and last > head_now:
+    # that inserts its rows); head and rows are read in one snapshot, so an append is never one.
+    now = await conn.fetchrow(log_queries.rows_beyond_head)
+    if now is not None and now["beyond"]:
         return ChainReport(
             ok=False,
             rows=rows,
             head_position=upto,
-            bad_position=int(head_now) + 1,
-            problem=f"the log holds rows up to position {last} but its head says {head_now}",
+            bad_position=int(now["head"]) + 1,
+            problem=f"the log holds rows beyond position {now['head']}, where its head says it ends",
         )
     return ChainReport(ok=True, rows=rows, head_position=upto)

@@ -14,12 +14,14 @@ RETURNING id;
 -- name: head
 SELECT position, hash FROM ledger_head WHERE id = 1;
 
--- name: head_position_only
-SELECT position FROM ledger_head WHERE id = 1;
-
--- name: last_position
--- The last row's position (one probe of the primary key, from its end).
-SELECT max(position) FROM events;
+-- name: rows_beyond_head
+-- The head, and whether a row already holds the position the next append would take: one
+-- statement, so one snapshot (an append moves the head in the transaction that inserts its rows,
+-- so no append can make this true). One probe of the primary key.
+SELECT h.position AS head,
+       EXISTS (SELECT 1 FROM events e WHERE e.position = h.position + 1) AS beyond
+FROM ledger_head h
+WHERE h.id = 1;
 
 -- name: schema_version
 SELECT version FROM ledger_schema WHERE id = 1;

@@ -155,7 +155,7 @@ async def test_verify_finds_a_missing_head_a_missing_tail_and_a_row_beyond_the_h
             )
         report = await verify_chain(conn)
         assert (report.ok, report.bad_position) == (False, 5)
-        assert "rows up to position 5 but its head says 4" in (report.problem or "")
+        assert "rows beyond position 4, where its head says it ends" in (report.problem or "")
 
         async with conn.transaction():
             await conn.execute("SET LOCAL session_replication_role = replica")
