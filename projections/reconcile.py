@@ -30,7 +30,7 @@ import asyncpg
 import msgspec
 
 from ledger.db import DATA_REFUSED, UNAVAILABLE, translate_errors
-from ledger.errors import FlexUnavailable, NotFound
+from ledger.errors import FlexUnavailable, LedgerError, NotFound
 from ledger.log import NewEvent, append_with, read_batch
 from projections.apply import decode_rows
 from projections.base import Deltas, LogRow, merge
@@ -340,7 +340,7 @@ async def reconcile(
         failure = ReconcileFailed(f"an observation could not be recorded ({type(exc).__name__}: {exc})")
         await _failed(conn, report, failure, dry_run)
         raise failure from exc
-    except (*UNAVAILABLE, asyncpg.PostgresError):
+    except (*UNAVAILABLE, asyncpg.PostgresError, LedgerError):
         raise  # the database: the caller reconnects (nothing could be recorded anyway)
     except Exception as exc:  # a bug or an answer nothing expected: a failed run, on record
         _log.exception("reconcile: run failed unexpectedly, nothing recorded")

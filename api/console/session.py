@@ -2,7 +2,9 @@
 ``SameSite=Strict`` session cookie (litestar's cookie sessions), and a CSRF token on every form
 (litestar's CSRF middleware, double-submit). Both keys are derived from the API tokens, so every
 process serving the same tokens accepts the same sessions, and removing a token from
-``LEDGER_API_TOKENS`` signs out everyone who signed in with it."""
+``LEDGER_API_TOKENS`` signs out everyone who signed in with it. Signing out revokes the session's
+own id in the database (``ledger.console_sessions``), so a copied cookie stops at once too. Every
+response under ``/console`` carries ``SECURITY_HEADERS``."""
 
 from __future__ import annotations
 
