@@ -315,6 +315,7 @@ class FulfillmentReactor:
                 await conn.execute(sql.queue_failed, session_id, reason)
                 _log.warning("fulfillment: %s failed: %s", session_id, reason)
             else:
-                delay = max(self._backoff(attempts), exc.retry_after or 0.0)
+                # Retry-After is honoured up to the backoff cap: an absurd one never parks a session for years
+                delay = min(max(self._backoff(attempts), exc.retry_after or 0.0), self.backoff_cap)
                 await conn.execute(sql.queue_retry_later, session_id, exc.message.replace("\x00", "\ufffd"), delay)
                 _log.info("fulfillment: %s: %s; retrying in %.1fs", session_id, exc.message, delay)
