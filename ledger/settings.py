@@ -80,6 +80,28 @@ def decode_secret(secret: str) -> bytes:
     return key
 
 
+# An HMAC-SHA256 key shorter than this is guessable; Svix's and Flex's secrets decode to 24-32 bytes.
+MIN_KEY_BYTES = 16
+
+
+def _webhook_keys(entries: list[str]) -> tuple[bytes, ...]:
+    """Each entry of ``LEDGER_WEBHOOK_SECRETS`` as its key; an entry that is no key is named by its
+    position (never printed)."""
+    keys = []
+    for number, entry in enumerate(entries, start=1):
+        try:
+            key = decode_secret(entry)
+        except ConfigError as exc:
+            raise ConfigError(f"LEDGER_WEBHOOK_SECRETS entry {number} of {len(entries)}: {exc.message}") from None
+        if len(key) < MIN_KEY_BYTES:
+            raise ConfigError(
+                f"LEDGER_WEBHOOK_SECRETS entry {number} of {len(entries)} decodes to {len(key)} bytes, fewer than "
+                f"{MIN_KEY_BYTES}: it is not a signing secret (copy it from the Flex endpoint, whsec_…)"
+            )
+        keys.append(key)
+    return tuple(keys)
+
+
 def _masked(secret: str) -> str:
     prefix = secret.split("_", 1)[0] + "_" if "_" in secret else ""
     return f"'{prefix}…'"
@@ -157,7 +179,7 @@ def _choice(env: Mapping[str, str], name: str, choices: dict[str, bool], default
 def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool = False) -> Settings:
     """Reads and validates every setting. Raises ``ConfigError`` with a one-line reason."""
     env = os.environ if env is None else env
-    secrets = tuple(decode_secret(s) for s in _split(env.get("LEDGER_WEBHOOK_SECRETS", "")))
+    secrets = _webhook_keys(_split(env.get("LEDGER_WEBHOOK_SECRETS", "")))
     if require_secrets and not secrets:
         raise ConfigError("LEDGER_WEBHOOK_SECRETS is not set: give the endpoint's signing secret (whsec_… or fwhsec_…)")
     return Settings(

@@ -26,7 +26,12 @@ def run_ledger(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
     [
         ({"LEDGER_WEBHOOK_SECRETS": ""}, "LEDGER_WEBHOOK_SECRETS is not set"),
         ({"LEDGER_WEBHOOK_SECRETS": "whsec_not*base64"}, "not valid base64"),
-        ({"LEDGER_WEBHOOK_SECRETS": "whsec_YWJj", "LEDGER_WEBHOOK_MAX_BYTES": "big"}, "LEDGER_WEBHOOK_MAX_BYTES"),
+        (
+            {"LEDGER_WEBHOOK_SECRETS": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "LEDGER_WEBHOOK_MAX_BYTES": "big"},
+            "LEDGER_WEBHOOK_MAX_BYTES",
+        ),
+        ({"LEDGER_WEBHOOK_SECRETS": "nonsense"}, "entry 1 of 1 decodes to 6 bytes, fewer than 16"),
+        ({"LEDGER_WEBHOOK_SECRETS": "whsec_c2hvcnQ="}, "entry 1 of 1 decodes to 5 bytes, fewer than 16"),
     ],
 )
 def test_serve_refuses_bad_settings_with_one_line(env: dict[str, str], reason: str) -> None:
