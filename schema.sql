@@ -1,10 +1,22 @@
--- flex-ledger schema. Applied at every start; every statement is idempotent.
+-- flex-ledger schema: the whole current schema, what a fresh database gets (ledger/migrate.py);
+-- older databases get the numbered steps in ledger/migrations instead. Every statement is idempotent.
 -- PostgreSQL 15 or newer.
 
 CREATE TABLE IF NOT EXISTS ledger_schema (
     id          int PRIMARY KEY CONSTRAINT ledger_schema_single_row CHECK (id = 1),
     version     int NOT NULL,
     applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- The migration steps this database has (ledger/migrations/NNNN_name.sql; ledger/migrate.py): a
+-- fresh database gets this file and every step recorded as 'schema'; an older one gets the steps
+-- it lacks, each recorded as 'applied' (or 'baseline' when its version already had it).
+CREATE TABLE IF NOT EXISTS ledger_migrations (
+    number      int PRIMARY KEY,
+    name        text NOT NULL,
+    checksum    text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now(),
+    how         text NOT NULL CONSTRAINT ledger_migrations_how CHECK (how IN ('applied', 'baseline', 'schema'))
 );
 
 -- The serialisation point of the log: one row holding the last position and its hash.

@@ -34,7 +34,7 @@ from api.throttle import FailureLimiter
 from api.webhooks import flex_webhook
 from ledger.db import READ_SETTINGS, SCHEMA_VERSION, UNAVAILABLE, create_pool
 from ledger.embedded import EmbeddedPostgres
-from ledger.errors import DatabaseUnavailable, SchemaTooNew
+from ledger.errors import ConfigError, DatabaseUnavailable
 from ledger.group_commit import GroupCommitter
 from ledger.log import EventLog
 from ledger.settings import Settings
@@ -105,12 +105,14 @@ async def prometheus_metrics(state: AppState) -> Response[bytes]:
     return Response(state.metrics.render(followers, reconcile), media_type=CONTENT_TYPE_LATEST)
 
 
-async def _apply_schema_until_done(pool: asyncpg.Pool) -> None:
-    """Applies the schema, retrying while the database is unreachable."""
+async def _apply_schema_until_done(pool: asyncpg.Pool, auto_migrate: bool) -> None:
+    """Readies the database (pending migration steps, per ``LEDGER_AUTO_MIGRATE``), retrying while
+    it is unreachable."""
     while True:
         try:
             async with pool.acquire() as conn:
-                await install(conn)
+                for line in await install(conn, auto_migrate=auto_migrate):
+                    _log.warning("migrate: %s", line)
             return
         except UNAVAILABLE as exc:
             _log.warning("database not reachable yet (%s); retrying in %.0fs", type(exc).__name__, SCHEMA_RETRY_SECONDS)
@@ -140,11 +142,11 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
         checkpoints = CheckpointWatcher(dsn)
         watcher = asyncio.create_task(checkpoints.run(), name="checkpoint-watcher")
         try:
-            schema_task = asyncio.create_task(_apply_schema_until_done(ingest_pool))
+            schema_task = asyncio.create_task(_apply_schema_until_done(ingest_pool, settings.auto_migrate))
             # Up to 10 s for the schema; a database not reachable yet is waited for by the task.
             await asyncio.wait({schema_task}, timeout=10)
             if schema_task.done() and (failure := schema_task.exception()) is not None:
-                if isinstance(failure, SchemaTooNew):
+                if isinstance(failure, ConfigError):  # a newer database, or steps pending and not applied
                     _log.critical("%s", failure.message)
                 raise failure
             log = EventLog(ingest_pool)

@@ -1,4 +1,4 @@
-"""The database: connecting, applying ``schema.sql``, and error translation.
+"""The database: connecting, ``schema.sql``, and error translation (migrations: ``ledger.migrate``).
 
 Driver and network exceptions become ``DatabaseUnavailable`` here and nowhere else.
 """
@@ -15,14 +15,12 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from ledger.errors import DatabaseUnavailable, SchemaTooNew
-from ledger.sql import log_queries
+from ledger.errors import DatabaseUnavailable
 
 __all__ = [
     "DATA_REFUSED",
     "READ_SETTINGS",
     "SCHEMA_VERSION",
-    "apply_schema",
     "create_pool",
     "retrying_conflicts",
     "schema_sql",
@@ -50,7 +48,6 @@ SERVER_SETTINGS = {
 # the planner reads at every planning, statistics or not): a list page's plan depends on the page
 # size asked, and a plan cached while a table was small must not outlive that.
 READ_SETTINGS = {**SERVER_SETTINGS, "plan_cache_mode": "force_custom_plan"}
-_SCHEMA_LOCK_KEY = 0x1ED6E4  # advisory lock taken while schema.sql is applied
 
 
 def schema_sql() -> str:
@@ -123,34 +120,6 @@ async def retrying_conflicts(work: Callable[[], Awaitable[_T]], *, attempts: int
                 raise
             await asyncio.sleep(random.uniform(0.01, 0.05 * 2**attempt))
     raise AssertionError("unreachable")
-
-
-async def _current_version(conn: asyncpg.Connection) -> int | None:
-    try:
-        async with conn.transaction():  # a savepoint when inside one: a new database has no version
-            value = await conn.fetchval(log_queries.schema_version)
-    except asyncpg.exceptions.UndefinedTableError:
-        return None
-    return int(value) if value is not None else None
-
-
-async def apply_schema(conn: asyncpg.Connection) -> None:
-    """Applies ``schema.sql`` unless the database is already at this release's version (then no
-    DDL runs and no lock is taken that an append or a read would wait for); harmless to run twice
-    or from two processes at once. Refuses (``SchemaTooNew``) a database a newer release has
-    upgraded."""
-    if await _current_version(conn) == SCHEMA_VERSION:
-        return
-    async with conn.transaction():
-        await conn.execute(log_queries.schema_lock, _SCHEMA_LOCK_KEY)
-        version = await _current_version(conn)
-        if version is not None and version > SCHEMA_VERSION:
-            raise SchemaTooNew(
-                f"the database is at schema version {version}, newer than this release's {SCHEMA_VERSION}: "
-                "it was upgraded by a newer flex-ledger; run that release (nothing was changed)"
-            )
-        await conn.execute(log_queries.schema_timeout)
-        await conn.execute(schema_sql())
 
 
 @contextlib.asynccontextmanager

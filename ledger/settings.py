@@ -58,6 +58,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     auth_max_failures: int = 20
     auth_failure_window: float = 300.0
     console_secure_cookie: bool = False
+    # serve/work (and commands that write) apply pending migration steps at start.
+    auto_migrate: bool = True
 
 
 def decode_secret(secret: str) -> bytes:
@@ -169,6 +171,9 @@ def _split(raw: str) -> list[str]:
     return [part for part in re.split(r"[,\s]+", raw.strip()) if part]
 
 
+_BOOLEAN = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False, "on": True, "off": False}
+
+
 def _choice(env: Mapping[str, str], name: str, choices: dict[str, bool], default: str) -> bool:
     raw = env.get(name, "").strip().lower() or default
     if raw not in choices:
@@ -214,7 +219,6 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool
         flex_api_max_bytes=_int(env, "FLEX_API_MAX_BYTES", 8 * 1024 * 1024, 1024),
         auth_max_failures=_int(env, "LEDGER_AUTH_MAX_FAILURES", 20, 0),
         auth_failure_window=_float(env, "LEDGER_AUTH_FAILURE_WINDOW", 300.0),
-        console_secure_cookie=_choice(
-            env, "LEDGER_CONSOLE_SECURE_COOKIE", {"false": False, "true": True, "0": False, "1": True}, "false"
-        ),
+        auto_migrate=_choice(env, "LEDGER_AUTO_MIGRATE", _BOOLEAN, "true"),
+        console_secure_cookie=_choice(env, "LEDGER_CONSOLE_SECURE_COOKIE", _BOOLEAN, "false"),
     )

@@ -16,10 +16,11 @@ import asyncpg
 
 import ledger
 from api.logs import configure_logging
-from ledger.db import UNAVAILABLE, connect, retrying_conflicts
+from ledger.db import SCHEMA_VERSION, UNAVAILABLE, connect, retrying_conflicts
 from ledger.embedded import EmbeddedPostgres
 from ledger.errors import ConfigError
 from ledger.log import verify_chain
+from ledger.migrate import history, plan
 from ledger.settings import Settings, load_settings
 from ledger_cli.send import SCENARIOS
 from projections.registry import PROJECTIONS, install
@@ -33,8 +34,16 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 @contextlib.asynccontextmanager
-async def database(settings: Settings) -> AsyncIterator[tuple[asyncpg.Connection, str]]:
-    """A connection to the configured database (starting the embedded one if needed), schema applied."""
+async def database(
+    settings: Settings, *, reads_only: bool = False, as_is: bool = False
+) -> AsyncIterator[tuple[asyncpg.Connection, str]]:
+    """A connection to the configured database (starting the embedded one if needed).
+
+    A command that writes readies it as ``serve`` does (pending migration steps applied when
+    ``LEDGER_AUTO_MIGRATE`` is on, else refused). A command that only reads (``reads_only``)
+    never changes the schema nor takes a lock an append would wait for: it says when steps are
+    pending and goes on, and refuses only a database that has no ledger schema at all. ``as_is``:
+    nothing is checked (``ledger migrate``)."""
     embedded = None
     dsn = settings.database_url
     if dsn is None:
@@ -42,11 +51,38 @@ async def database(settings: Settings) -> AsyncIterator[tuple[asyncpg.Connection
         dsn = await asyncio.to_thread(embedded.start)
     try:
         async with connect(dsn, unlimited=True) as conn:
-            await retrying_conflicts(lambda: install(conn))
+            if as_is:
+                pass
+            elif reads_only:
+                await _schema_readable(conn, dsn)
+            else:
+                for line in await retrying_conflicts(lambda: install(conn, auto_migrate=settings.auto_migrate)):
+                    print(f"ledger migrate: {line}", file=sys.stderr)
             yield conn, dsn
     finally:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
+
+
+async def _schema_readable(conn: asyncpg.Connection, dsn: str) -> None:
+    pending = await plan(conn)
+    if pending.fresh:
+        raise ConfigError(f"{_where(dsn)} has no ledger schema yet: run `ledger migrate` (or start `ledger serve`)")
+    if pending.pending:
+        print(
+            f"ledger: the schema is behind this release ({'; '.join(pending.describe())}); run `ledger migrate`",
+            file=sys.stderr,
+        )
+
+
+def _where(dsn: str) -> str:
+    """Which database a DSN names, without its password."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(dsn)
+    return (
+        f"the database {parts.path.lstrip('/') or '(default)'} on {parts.hostname or 'localhost'}:{parts.port or 5432}"
+    )
 
 
 def _run_with_settings(work: Callable[[Settings], Coroutine[Any, Any, int]]) -> int:
@@ -132,7 +168,7 @@ def cmd_work(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     async def run(settings: Settings) -> int:
-        async with database(settings) as (conn, _):
+        async with database(settings, reads_only=True) as (conn, _):
 
             def progress(rows: int) -> None:
                 if sys.stderr.isatty():
@@ -146,6 +182,35 @@ def cmd_verify(args: argparse.Namespace) -> int:
             return 0
         print(f"ledger verify: BROKEN at position {report.bad_position}: {report.problem}")
         return 1
+
+    return _run_with_settings(run)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """``ledger migrate [--dry-run] [--check]``."""
+
+    async def run(settings: Settings) -> int:
+        async with database(settings, as_is=True) as (conn, dsn):
+            pending = await plan(conn)
+            where = _where(dsn)
+            if args.check or args.dry_run:
+                if not pending.pending:
+                    print(f"ledger migrate: {where} is up to date (schema version {SCHEMA_VERSION})")
+                    return 0
+                for line in pending.describe():
+                    print(f"ledger migrate: pending: {line}")
+                return 1 if args.check else 0
+            done = await retrying_conflicts(lambda: install(conn))
+            steps_had = await history(conn)
+        if not done:
+            print(f"ledger migrate: {where} is up to date (schema version {SCHEMA_VERSION}); nothing to do")
+        for line in done:
+            print(f"ledger migrate: {line}")
+        for row in steps_had:
+            print(
+                f"  {row['number']:04d}_{row['name']}  {row['how']:8}  {row['applied_at'].isoformat(timespec='seconds')}"
+            )
+        return 0
 
     return _run_with_settings(run)
 
@@ -241,7 +306,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         from projections.reconcile import reconcile_status
         from projections.status import projection_status
 
-        async with database(settings) as (conn, _):
+        async with database(settings, reads_only=True) as (conn, _):
             rows = await projection_status(conn)
             log = await summary(conn)
             reconcile = await reconcile_status(conn)
@@ -347,7 +412,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             raise ConfigError("FLEX_API_KEY (or FLEX_TEST_API_KEY) is not set: reconcile reads Flex's API with it")
         show = _ReconcileProgress(enabled=sys.stderr.isatty() and not args.json)
         try:
-            async with database(settings) as (conn, _):
+            async with database(settings, reads_only=args.dry_run) as (conn, _):
                 report = await reconcile(
                     conn,
                     list(clients.values()),
@@ -381,7 +446,9 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
             at = f" at position {seen.position}" if seen.position is not None else ""
             print(f"  {recorded} {seen.kind} {seen.id} ({seen.status or 'no status'}){at}")
         if report.total("skipped"):
-            print(f"ledger reconcile: skipped {report.total('skipped')} resource(s) Flex listed that cannot be recorded:")
+            print(
+                f"ledger reconcile: skipped {report.total('skipped')} resource(s) Flex listed that cannot be recorded:"
+            )
             for skipped in report.skipped:
                 print(f"  skipped {skipped.kind} {skipped.id!r}: {skipped.reason}")
         if args.dry_run:
@@ -574,6 +641,18 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--all", action="store_true", help="rebuild every projection")
     rebuild.set_defaults(func=cmd_rebuild)
 
+    migrate_cmd = sub.add_parser(
+        "migrate",
+        help="bring the database's schema to this release (numbered steps, each applied once and recorded)",
+        description="Applies the pending migration steps (a new database gets schema.sql), each in its own "
+        "transaction with a short lock timeout, retried rather than queued behind a long reader; prints what it "
+        "did and the steps the database has. A database a newer release wrote is refused, unchanged.",
+    )
+    migrate_cmd.add_argument("--dry-run", action="store_true", help="print the pending steps; change nothing")
+    migrate_cmd.add_argument(
+        "--check", action="store_true", help="exit 0 when nothing is pending, 1 when something is (deploy pipelines)"
+    )
+    migrate_cmd.set_defaults(func=cmd_migrate)
     status = sub.add_parser("status", help="positions, lag and state of every projection; log size")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from ledger.db import apply_schema
+from ledger.errors import ConfigError
+from ledger.migrate import migrate, plan
 from projections.base import Projection
 from projections.customers import CUSTOMERS
 from projections.follower import seed_checkpoints
@@ -50,8 +51,20 @@ def get(name: str) -> Projection:
         raise KeyError(f"no projection named {name!r} (known: {', '.join(PROJECTIONS)})") from None
 
 
-async def install(conn: asyncpg.Connection) -> None:
-    """Applies ``schema.sql`` and gives every follower its checkpoint; harmless to run twice."""
-    async with conn.transaction():  # no follower ever sees the schema without its checkpoint
-        await apply_schema(conn)
-        await seed_checkpoints(conn, SHAPES)
+async def install(conn: asyncpg.Connection, *, auto_migrate: bool = True) -> list[str]:
+    """Readies a database for the service: applies the pending migration steps
+    (``ledger.migrate``; none pending: no DDL) and gives every follower its checkpoint; harmless
+    to run twice. Returns what the migration did. With ``auto_migrate`` off, a pending step is a
+    ``ConfigError`` naming it, and nothing is changed."""
+    if auto_migrate:
+        done = await migrate(conn)
+    else:
+        pending = await plan(conn)
+        if pending.pending:
+            raise ConfigError(
+                f"the database's schema is behind this release ({'; '.join(pending.describe())}) and "
+                "LEDGER_AUTO_MIGRATE is false: run `ledger migrate` first"
+            )
+        done = []
+    await seed_checkpoints(conn, SHAPES)
+    return done

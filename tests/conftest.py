@@ -97,9 +97,11 @@ class DatabaseFactory:
         self.template = template
 
     @contextlib.asynccontextmanager
-    async def fresh(self) -> AsyncIterator[str]:
+    async def fresh(self, *, template: str | None = None) -> AsyncIterator[str]:
+        """A new database cloned from the schema's template (or ``template``: ``template0`` for an
+        empty one)."""
         name = unique_name("ledger_test")
-        await _run(self.server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+        await _run(self.server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template or self.template}"')
         try:
             yield with_database(self.server_dsn, name)
         finally:

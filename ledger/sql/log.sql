@@ -105,14 +105,6 @@ ORDER BY position;
 SELECT h.position AS head, (SELECT count(*) FROM public.quarantine) AS quarantined
 FROM public.ledger_head h;
 
--- name: schema_lock
--- Taken while schema.sql is applied, so that two processes starting at once apply it in turn.
-SELECT pg_advisory_xact_lock($1);
-
--- name: schema_timeout
--- Applying the schema may rewrite large tables (upgrades): no statement limit for it.
-SELECT set_config('statement_timeout', '0', true);
-
 -- name: event_body
 -- One event's raw body, by its id (the unique index).
 SELECT raw_body FROM events WHERE event_id = $1;
@@ -124,3 +116,37 @@ FROM public.quarantine
 WHERE id < $1
 ORDER BY id DESC
 LIMIT $2;
+
+-- name: migrations_exist
+-- Which of the schema's bookkeeping tables exist (a new database has neither).
+SELECT to_regclass('public.ledger_schema') IS NOT NULL AS has_schema,
+       to_regclass('public.ledger_migrations') IS NOT NULL AS has_migrations;
+
+-- name: migrations_applied
+SELECT number, name, checksum, applied_at, how FROM public.ledger_migrations ORDER BY number;
+
+-- name: migrations_table
+-- The record of steps, for a database an earlier release made (before it had one).
+CREATE TABLE IF NOT EXISTS public.ledger_migrations (
+    number      int PRIMARY KEY,
+    name        text NOT NULL,
+    checksum    text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now(),
+    how         text NOT NULL CONSTRAINT ledger_migrations_how CHECK (how IN ('applied', 'baseline', 'schema'))
+);
+
+-- name: migration_record
+INSERT INTO public.ledger_migrations (number, name, checksum, how)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (number) DO NOTHING;
+
+-- name: migration_lock_timeout
+-- A step waits this long for a lock, then gives up and is tried again: never queued behind a long
+-- reader, where it would make every append queue behind it.
+SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', '0', true);
+
+-- name: migration_try_lock
+SELECT pg_try_advisory_lock($1);
+
+-- name: migration_unlock
+SELECT pg_advisory_unlock($1);

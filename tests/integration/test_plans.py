@@ -61,6 +61,7 @@ PLANNED_PER_CALL = {
 WHOLE_TABLE_BY_DESIGN = {
     "log_summary": "`ledger status` counts the quarantine (operator command, and the quarantine stays small)",
     "held_locks": "reads pg_locks",
+    "migrations_table": "DDL, run by `ledger migrate` on a database an earlier release made (no plan to check)",
     "queue_requeue": "`ledger fulfill retry` with no session named re-queues every failed session",
     "queue_counts": "counts pending and failed sessions from their partial indexes, fulfilled ones from a counter; "
     "when the queue is small the planner may rightly prefer reading the heap",
