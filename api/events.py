@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from litestar import get
+from litestar import Response, get
 from litestar.params import Parameter
 
-from api.params import Cursor, Position, Text, checked
+from api.params import Cursor, MinPosition, Position, Text, checked
+from api.read_routes import fresh_headers
 from api.schemas import ERRORS
 from api.state import AppState
 from ledger.errors import InvalidRequest
@@ -38,9 +39,11 @@ async def list_events(
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     event_type: Text = None,
     cursor: Cursor = None,
-) -> EventPage:
+    min_position: MinPosition = None,
+) -> Response[EventPage]:
     checked("after", after)
     checked("event_type", event_type)
+    headers = await fresh_headers(state, [], min_position)  # the log itself: its head
     rows = await state.events.list(after=parse_cursor(cursor, after), limit=limit, event_type=event_type)
     next_cursor = str(rows[-1].position) if len(rows) == limit else None
-    return EventPage(data=rows, next_cursor=next_cursor)
+    return Response(EventPage(data=rows, next_cursor=next_cursor), headers=headers)

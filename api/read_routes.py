@@ -1,7 +1,8 @@
 """Read routes under ``/v1``: orders, customers, subscriptions and projection status.
 
-Every route accepts ``?min_position=N`` (the position a webhook reply returned) and waits, up
-to a few seconds, until the projections it reads from have applied it.
+Every route accepts ``?min_position=N`` (the position a webhook reply returned, or another reply's
+``Ledger-Position``) and waits, up to a few seconds, until the projections it reads from have
+applied it; every reply carries ``Ledger-Position``.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from projections import documents, history
 from projections.registry import PROJECTIONS
 from projections.status import read_status
 
-__all__ = ["READ_ROUTES"]
+__all__ = ["FRESHNESS_HEADER", "POSITION_HEADER", "READ_ROUTES", "fresh_headers"]
 
 FRESHNESS_HEADER = "Ledger-Projection-Fresh"
+POSITION_HEADER = "Ledger-Position"
 
 
 def _found_or_404(doc: dict[str, Any] | None, message: str, headers: dict[str, str]) -> Response[Any]:
@@ -35,16 +37,22 @@ def _found_or_404(doc: dict[str, Any] | None, message: str, headers: dict[str, s
     return Response(doc, headers=headers)
 
 
-async def _fresh(state: AppState, names: list[str], min_position: int | None) -> dict[str, str]:
-    """Waits (no database round trips: the process's checkpoint watcher) until ``names`` have applied
-    ``min_position``; a position beyond the log head is answered at once, as not fresh. Then the
-    read takes its turn with the other reads (api/admission.py)."""
+async def fresh_headers(state: AppState, names: list[str], min_position: int | None) -> dict[str, str]:
+    """Waits (no database round trips: the process's checkpoint watcher) until ``names`` (none: the
+    log itself) have applied ``min_position``; a position beyond the log head is answered at once,
+    as not fresh. Then the read takes its turn with the other reads (api/admission.py).
+
+    Called before the route reads anything, it also gives ``Ledger-Position``: a position every
+    projection in ``names`` had applied before the read began, so the reply is at least that
+    fresh; passed as ``min_position`` to any other route, it gets a reply at least as fresh."""
     checked("min_position", min_position)
-    if min_position is None:
-        return {}
-    reached = await state.checkpoints.wait(names, min_position)
-    await admit()
-    return {FRESHNESS_HEADER: "true" if reached else "false"}
+    headers: dict[str, str] = {}
+    if min_position is not None:
+        reached = await state.checkpoints.wait(names, min_position)
+        await admit()
+        headers[FRESHNESS_HEADER] = "true" if reached else "false"
+    headers[POSITION_HEADER] = str(state.checkpoints.applied(names))
+    return headers
 
 
 PaymentStatus = Literal["unpaid", "partially_paid", "paid", "partially_refunded", "refunded", "disputed", "canceled"]
@@ -72,7 +80,7 @@ async def get_order(
     ] = None,
 ) -> Response[Any]:
     checked("as_of_position", as_of_position)
-    headers = await _fresh(state, ["orders"], min_position)
+    headers = await fresh_headers(state, ["orders"], min_position)
     if as_of_position is None and as_of is None:
         doc = await documents.get_order(state.pool, checkout_session_id)
     else:  # both given: as of whichever comes first
@@ -93,7 +101,7 @@ async def get_order(
 async def get_order_events(
     state: AppState, checkout_session_id: PathId, min_position: MinPosition = None
 ) -> Response[Any]:
-    headers = await _fresh(state, ["orders"], min_position)
+    headers = await fresh_headers(state, ["orders"], min_position)
     events = await history.order_events(state.pool, checkout_session_id)
     if events is None:
         return error_response(404, NotFound.code, f"no order for checkout session {checkout_session_id!r}", headers)
@@ -114,7 +122,7 @@ async def list_orders(
 ) -> Response[Any]:
     for name, value in (("customer_id", customer_id), ("status", status), ("client_reference_id", client_reference_id)):
         checked(name, value)
-    headers = await _fresh(state, ["orders"], min_position)
+    headers = await fresh_headers(state, ["orders"], min_position)
     data, next_cursor = await documents.list_orders(
         state.pool,
         customer_id=customer_id,
@@ -135,7 +143,7 @@ async def list_orders(
     responses=ok(schemas.Customer, "The customer", can_404=True),
 )
 async def get_customer(state: AppState, customer_id: PathId, min_position: MinPosition = None) -> Response[Any]:
-    headers = await _fresh(state, ["customers"], min_position)
+    headers = await fresh_headers(state, ["customers"], min_position)
     return _found_or_404(await documents.get_customer(state.pool, customer_id), f"no customer {customer_id!r}", headers)
 
 
@@ -146,7 +154,7 @@ async def get_customer(state: AppState, customer_id: PathId, min_position: MinPo
     responses=ok(schemas.Subscription, "The subscription", can_404=True),
 )
 async def get_subscription(state: AppState, subscription_id: PathId, min_position: MinPosition = None) -> Response[Any]:
-    headers = await _fresh(state, ["subscriptions"], min_position)
+    headers = await fresh_headers(state, ["subscriptions"], min_position)
     return _found_or_404(
         await documents.get_subscription(state.pool, subscription_id), f"no subscription {subscription_id!r}", headers
     )
@@ -159,7 +167,7 @@ async def get_subscription(state: AppState, subscription_id: PathId, min_positio
     responses=ok(schemas.FollowerStatuses, "Every projection and the fulfillment reactor"),
 )
 async def list_projections(state: AppState, min_position: MinPosition = None) -> Response[Any]:
-    headers = await _fresh(state, list(PROJECTIONS), min_position)
+    headers = await fresh_headers(state, list(PROJECTIONS), min_position)
     data = await read_status(state.pool)
     return Response({"data": data}, headers=headers)
 
@@ -175,7 +183,7 @@ async def get_inventory(
     test_mode: Annotated[bool, Parameter(description="test-mode stock instead of live")] = False,
     min_position: MinPosition = None,
 ) -> Response[Any]:
-    headers = await _fresh(state, ["inventory"], min_position)
+    headers = await fresh_headers(state, ["inventory"], min_position)
     body = await documents.inventory_levels_body(state.pool, test_mode=test_mode)
     return Response(body, media_type=MediaType.JSON, headers=headers)
 
@@ -199,7 +207,7 @@ async def list_adjustments(
     from api.events import parse_cursor
 
     checked("after", after)
-    headers = await _fresh(state, ["inventory"], min_position)
+    headers = await fresh_headers(state, ["inventory"], min_position)
     data, next_cursor = await documents.list_adjustments(
         state.pool, after=parse_cursor(cursor, after), limit=limit, test_mode=test_mode
     )

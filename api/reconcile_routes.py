@@ -10,8 +10,8 @@ from litestar.params import Parameter
 
 from api import schemas
 from api.admission import admit
-from api.params import PathId
-from api.read_routes import FRESHNESS_HEADER
+from api.params import MinPosition, PathId
+from api.read_routes import FRESHNESS_HEADER, POSITION_HEADER, fresh_headers
 from api.schemas import ok
 from api.state import AppState
 from ledger.errors import DatabaseUnavailable, FlexUnavailable, NotFound
@@ -55,6 +55,7 @@ async def sync_order(state: AppState, checkout_session_id: PathId) -> Response[A
             results = await state.log.append(observations)
             reached = await state.checkpoints.wait(["orders"], max(r.position for r in results))
             headers[FRESHNESS_HEADER] = "true" if reached else "false"
+        headers[POSITION_HEADER] = str(state.checkpoints.applied(["orders"]))
         outcome = "recorded" if observations else "known"
         order = await documents.get_order(state.pool, checkout_session_id)
         if order is None:  # recorded, but the orders projection has not applied it within the wait
@@ -79,9 +80,12 @@ async def sync_order(state: AppState, checkout_session_id: PathId) -> Response[A
     tags=["operations"],
     responses=ok(schemas.ReconcileStatus, "The runner's state, totals, and the latest runs, newest first"),
 )
-async def get_reconcile(state: AppState, limit: Annotated[int, Parameter(ge=1, le=100)] = 20) -> dict[str, Any]:
+async def get_reconcile(
+    state: AppState, limit: Annotated[int, Parameter(ge=1, le=100)] = 20, min_position: MinPosition = None
+) -> Response[Any]:
+    headers = await fresh_headers(state, [], min_position)  # the runs' observations are in the log
     status, runs = await read_reconcile(state.pool, limit)
-    return {**{k: v for k, v in status.items() if k != "last_run"}, "data": runs}
+    return Response({**{k: v for k, v in status.items() if k != "last_run"}, "data": runs}, headers=headers)
 
 
 RECONCILE_ROUTES = [sync_order, get_reconcile]

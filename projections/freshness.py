@@ -54,7 +54,15 @@ class CheckpointWatcher:
             event.set()
 
     def reached(self, names: list[str], position: int) -> bool:
-        return all(self.positions.get(name, 0) >= position for name in names)
+        """Whether every named projection (none: the log itself) has applied ``position``."""
+        return self.applied(names) >= position
+
+    def applied(self, names: list[str]) -> int:
+        """The position every named projection has applied, as this watcher last heard (never ahead
+        of the database); with no names, the log head."""
+        if not names:
+            return self.head
+        return min(self.positions.get(name, 0) for name in names)
 
     async def wait(self, names: list[str], position: int, within: float = 5.0) -> bool:
         """True once every named projection has applied ``position``; False when it is beyond the
