@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from litestar import Litestar, Request, Response, Router, get
+from litestar import Litestar, Request, Router
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -21,28 +21,27 @@ import ledger
 from api.admission import ReadAdmission, admit_unless_waiting
 from api.auth import require_token
 from api.console import TEMPLATE_CONFIG, console_router
-from api.errors import EXCEPTION_HANDLERS, error_response
+from api.errors import EXCEPTION_HANDLERS
 from api.events import list_events
 from api.logs import RequestIdMiddleware
-from api.metrics import CONTENT_TYPE_LATEST, Metrics
+from api.metrics import Metrics
 from api.openapi import finish as finish_openapi
+from api.ops import OPS_ROUTES, ops_pool
 from api.params import strict_query
 from api.read_routes import READ_ROUTES
 from api.reconcile_routes import RECONCILE_ROUTES
 from api.state import AppState
 from api.throttle import FailureLimiter
 from api.webhooks import flex_webhook
-from ledger.db import READ_SETTINGS, SCHEMA_VERSION, UNAVAILABLE, create_pool
+from ledger.db import READ_SETTINGS, UNAVAILABLE, create_pool
 from ledger.embedded import EmbeddedPostgres
-from ledger.errors import ConfigError, DatabaseUnavailable
+from ledger.errors import ConfigError
 from ledger.group_commit import GroupCommitter
 from ledger.log import EventLog
 from ledger.settings import Settings
 from projections.freshness import CheckpointWatcher
 from projections.fulfillment.flex_client import clients_for
-from projections.reconcile import read_reconcile
 from projections.registry import install
-from projections.status import read_status
 from projections.workers import running_workers
 
 __all__ = ["create_app"]
@@ -73,36 +72,6 @@ async def before_read(request: Request[Any, Any, Any]) -> None:
     turn with the other reads if its route does not wait for a position first."""
     await strict_query(request)
     await admit_unless_waiting(request)
-
-
-@get("/healthz", summary="The process is alive", tags=["operations"])
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
-
-
-@get("/readyz", summary="Database reachable and schema current", tags=["operations"])
-async def readyz(state: AppState) -> object:
-    try:
-        async with asyncio.timeout(2):
-            version = await state.ops.schema_version()
-    except (TimeoutError, DatabaseUnavailable, asyncpg.PostgresError):
-        return error_response(503, "not_ready", "the database is unreachable", {"Retry-After": "5"})
-    if version != SCHEMA_VERSION:
-        return error_response(503, "not_ready", f"schema version is {version}, expected {SCHEMA_VERSION}")
-    return {"status": "ready", "schema_version": version}
-
-
-@get("/metrics", summary="Prometheus metrics", tags=["operations"], media_type=CONTENT_TYPE_LATEST)
-async def prometheus_metrics(state: AppState) -> Response[bytes]:
-    followers: list[dict[str, Any]] | None
-    reconcile: dict[str, Any] | None
-    try:
-        async with asyncio.timeout(5):
-            followers = await read_status(state.ops.pool)
-            reconcile, _ = await read_reconcile(state.ops.pool, 1)
-    except (TimeoutError, DatabaseUnavailable, asyncpg.PostgresError):
-        followers = reconcile = None  # what this process knows, without the database
-    return Response(state.metrics.render(followers, reconcile), media_type=CONTENT_TYPE_LATEST)
 
 
 async def _apply_schema_until_done(pool: asyncpg.Pool, auto_migrate: bool) -> None:
@@ -138,11 +107,18 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
             dsn, max_size=settings.read_pool_size, timeout=5, command_timeout=15, server_settings=READ_SETTINGS
         )
         # /readyz and /metrics answer even when every read connection is taken by slow reads.
-        ops_pool = await create_pool(dsn, max_size=2, timeout=5, command_timeout=15, server_settings=READ_SETTINGS)
+        ops = await ops_pool(dsn)
         checkpoints = CheckpointWatcher(dsn)
-        watcher = asyncio.create_task(checkpoints.run(), name="checkpoint-watcher")
+        schema_task = asyncio.create_task(_apply_schema_until_done(ingest_pool, settings.auto_migrate))
+
+        async def watch_once_ready() -> None:
+            """The watcher reads the checkpoints' table: it starts once the schema is there."""
+            with contextlib.suppress(Exception):
+                await asyncio.shield(schema_task)
+            await checkpoints.run()
+
+        watcher = asyncio.create_task(watch_once_ready(), name="checkpoint-watcher")
         try:
-            schema_task = asyncio.create_task(_apply_schema_until_done(ingest_pool, settings.auto_migrate))
             # Up to 10 s for the schema; a database not reachable yet is waited for by the task.
             await asyncio.wait({schema_task}, timeout=10)
             if schema_task.done() and (failure := schema_task.exception()) is not None:
@@ -165,7 +141,7 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
                     stack.push_async_callback(client.aclose)
                 app.state.update(
                     pool=pool,
-                    ops=EventLog(ops_pool),
+                    ops=EventLog(ops),
                     log=log,
                     events=EventLog(pool),
                     committer=committer,
@@ -179,7 +155,7 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
             await pool.close()
-            await ops_pool.close()
+            await ops.close()
             await ingest_pool.close()
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
@@ -194,9 +170,7 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
     app = Litestar(
         route_handlers=[
             flex_webhook,
-            healthz,
-            readyz,
-            prometheus_metrics,
+            *OPS_ROUTES,
             v1,
             docs_assets,
             console_router(api_tokens, secure_cookie=settings.console_secure_cookie),

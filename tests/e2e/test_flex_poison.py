@@ -75,7 +75,7 @@ def test_a_poison_resource_is_skipped_and_the_lost_checkout_beside_it_recovered(
         assert table.returncode == 0
         assert "skipped 2 resource(s) Flex listed that cannot be recorded" in table.stdout
         metrics = httpx.get(server.url + "/metrics", timeout=10).text
-        assert "ledger_reconcile_skipped_resources 4.0" in metrics  # two runs, two each
+        assert "ledger_reconcile_skipped_resources_total 4.0" in metrics  # two runs, two each
         # sync of the poison session: a clear 503, never a 500, nothing recorded
         for session_id in ("fcs_nul", LONG_ID[:200]):
             reply = _sync(server, session_id)

@@ -162,9 +162,9 @@ def test_flex_failing_mid_run_records_nothing_and_a_dry_run_records_nothing(
         assert reconcile(db_dsn, standin).returncode == 0
         wait_fulfilled(server, c.session_id)
         metrics = httpx.get(server.url + "/metrics").text
-        assert 'ledger_reconcile_runs{outcome="failed"} 1.0' in metrics
-        assert "ledger_reconcile_observations_recorded 2.0" in metrics
-        assert "ledger_reconcile_missed_money 2.0" in metrics
+        assert 'ledger_reconcile_runs_total{outcome="failed"} 1.0' in metrics
+        assert "ledger_reconcile_observations_recorded_total 2.0" in metrics
+        assert "ledger_reconcile_missed_money_total 2.0" in metrics
 
 
 def test_sync_for_a_known_a_lost_an_unknown_and_an_unreachable_session(

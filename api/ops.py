@@ -1,0 +1,88 @@
+"""The operations routes (no token): ``/healthz``, ``/readyz`` and ``/metrics``, served by
+``ledger serve`` beside everything else and by ``ledger work`` on ``LEDGER_METRICS_PORT``
+(``create_ops_app``), so a split deployment's workers (the reactor, the Flex client) are seen too.
+
+They read through a pool of their own (two connections), so they answer while every read
+connection is busy with slow reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from litestar import Litestar, Response, get
+
+from api.errors import EXCEPTION_HANDLERS, error_response
+from api.metrics import CONTENT_TYPE_LATEST, Metrics
+from api.state import AppState
+from ledger.db import READ_SETTINGS, SCHEMA_VERSION, create_pool
+from ledger.errors import DatabaseUnavailable
+from ledger.log import EventLog
+from projections.reconcile import read_reconcile
+from projections.status import read_status
+
+__all__ = ["OPS_ROUTES", "create_ops_app", "ops_pool"]
+
+
+async def ops_pool(dsn: str) -> asyncpg.Pool:
+    return await create_pool(dsn, max_size=2, timeout=5, command_timeout=15, server_settings=READ_SETTINGS)
+
+
+@get("/healthz", summary="The process is alive", tags=["operations"])
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/readyz", summary="Database reachable and schema current", tags=["operations"])
+async def readyz(state: AppState) -> object:
+    try:
+        async with asyncio.timeout(2):
+            version = await state.ops.schema_version()
+    except (TimeoutError, DatabaseUnavailable, asyncpg.PostgresError):
+        return error_response(503, "not_ready", "the database is unreachable", {"Retry-After": "5"})
+    if version != SCHEMA_VERSION:
+        return error_response(503, "not_ready", f"schema version is {version}, expected {SCHEMA_VERSION}")
+    return {"status": "ready", "schema_version": version}
+
+
+@get("/metrics", summary="Prometheus metrics", tags=["operations"], media_type=CONTENT_TYPE_LATEST)
+async def prometheus_metrics(state: AppState) -> Response[bytes]:
+    followers: list[dict[str, Any]] | None
+    reconcile: dict[str, Any] | None
+    try:
+        async with asyncio.timeout(5):
+            followers = await read_status(state.ops.pool)
+            reconcile, _ = await read_reconcile(state.ops.pool, 1)
+    except (TimeoutError, DatabaseUnavailable, asyncpg.PostgresError):
+        followers = reconcile = None  # what this process knows, without the database
+    return Response(state.metrics.render(followers, reconcile), media_type=CONTENT_TYPE_LATEST)
+
+
+OPS_ROUTES = [healthz, readyz, prometheus_metrics]
+
+
+def create_ops_app(dsn: str, metrics: Metrics) -> Litestar:
+    """``/healthz``, ``/readyz`` and ``/metrics`` alone (``ledger work``)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        pool = await ops_pool(dsn)
+        app.state.ops = EventLog(pool)
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    return Litestar(
+        route_handlers=OPS_ROUTES,
+        lifespan=[lifespan],
+        state=AppState({"metrics": metrics}),
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        openapi_config=None,
+        logging_config=None,
+        debug=False,
+    )
