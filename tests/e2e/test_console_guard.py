@@ -158,3 +158,38 @@ def test_the_secure_flag_is_set_when_asked(module_db: str, tmp_path: Path) -> No
             )
             assert "HttpOnly" in session
             assert ("Secure" in session) == (secure == "true")
+
+
+def test_the_quarantine_page_reads_through_the_read_pool_never_ingests(module_db: str, tmp_path: Path) -> None:
+    """With the only ingest connection held by an append waiting on a lock, the quarantine page
+    still answers at once: it never takes the connections webhooks need (and never waits for them)."""
+    import asyncio
+
+    import asyncpg
+
+    from tests.support import flex_event, signed_headers
+
+    env = {"LEDGER_DATABASE_URL": module_db, "LEDGER_INGEST_POOL_SIZE": "1"}
+    with run_server(tmp_path, env) as server, _signed_in(server) as client:
+
+        async def scenario() -> float:
+            conn = await asyncpg.connect(module_db)
+            try:
+                async with conn.transaction():
+                    await conn.execute("SELECT * FROM ledger_head FOR UPDATE")  # every append waits
+                    async with httpx.AsyncClient(timeout=60) as webhooks:
+                        body = flex_event()
+                        stuck = asyncio.create_task(
+                            webhooks.post(server.url + "/webhooks/flex", content=body, headers=signed_headers(body))
+                        )
+                        await asyncio.sleep(0.5)  # the append holds the one ingest connection now
+                        started = time.monotonic()
+                        page = await asyncio.to_thread(client.get, "/console/quarantine")
+                        took = time.monotonic() - started
+                        assert page.status_code == 200, page.text
+                    stuck.cancel()
+                return took
+            finally:
+                await conn.close()
+
+        assert asyncio.run(scenario()) < 2
