@@ -40,9 +40,9 @@ from ledger.group_commit import GroupCommitter
 from ledger.log import EventLog
 from ledger.settings import Settings
 from projections.freshness import CheckpointWatcher
-from projections.fulfillment.flex_client import clients_for
 from projections.registry import install
-from projections.workers import running_workers
+from reactors.flex_client import clients_for
+from reactors.workers import running_workers
 
 __all__ = ["create_app"]
 

@@ -195,8 +195,8 @@ class Metrics:
             self.flex_errors.labels(label).inc()
 
     def render(self, followers: list[dict[str, Any]] | None, reconcile: dict[str, Any] | None = None) -> bytes:
-        """The exposition; ``followers`` (``projections.status``) and ``reconcile``
-        (``projections.reconcile.reconcile_status``) when the database could be read."""
+        """The exposition; ``followers`` (``reactors.status``) and ``reconcile``
+        (``reactors.reconcile.reconcile_status``) when the database could be read."""
         if followers is not None:
             self.recorded.followers = followers
         if reconcile is not None:

@@ -22,8 +22,8 @@ from api.state import AppState
 from ledger.db import READ_SETTINGS, SCHEMA_VERSION, create_pool
 from ledger.errors import DatabaseUnavailable
 from ledger.log import EventLog
-from projections.reconcile import read_reconcile
-from projections.status import read_status
+from reactors.reconcile import read_reconcile
+from reactors.status import read_status
 
 __all__ = ["OPS_ROUTES", "create_ops_app", "ops_pool"]
 

@@ -22,7 +22,7 @@ from api.state import AppState
 from ledger.errors import NotFound
 from projections import documents, history
 from projections.registry import PROJECTIONS
-from projections.status import read_status
+from reactors.status import read_status
 
 __all__ = ["FRESHNESS_HEADER", "POSITION_HEADER", "READ_ROUTES", "fresh_headers"]
 

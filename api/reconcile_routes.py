@@ -16,7 +16,7 @@ from api.schemas import ok
 from api.state import AppState
 from ledger.errors import DatabaseUnavailable, FlexUnavailable, NotFound
 from projections import documents
-from projections.reconcile import fetch_session, read_reconcile, unrecorded
+from reactors.reconcile import fetch_session, read_reconcile, unrecorded
 
 __all__ = ["RECONCILE_ROUTES"]
 

@@ -10,7 +10,7 @@ import msgspec
 from litestar.openapi.datastructures import ResponseSpec
 
 from ledger.log import LoggedEvent
-from projections.fulfillment.line_items import LineItem  # the order's line items are these, as stored
+from projections.line_items import LineItem  # the order's line items are these, as stored
 
 __all__ = ["ERRORS", "ok"]
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ledger.log import EventLog
     from ledger.settings import Settings
     from projections.freshness import CheckpointWatcher
-    from projections.fulfillment.flex_client import FlexClient
+    from reactors.flex_client import FlexClient
 
 __all__ = ["AppState"]
 

@@ -38,8 +38,8 @@ from bench.ingest import start_server
 from ledger.log import EventLog, NewEvent
 from ledger_cli.processes import run_standin
 from ledger_cli.scenarios import Checkout, checkout_events
-from projections.fulfillment.flex_client import FlexClient
 from projections.observations import KINDS
+from reactors.flex_client import FlexClient
 
 FLEX_KEY = "fsk_test_bench"
 

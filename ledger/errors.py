@@ -2,13 +2,17 @@
 
     LedgerError
     ├── ConfigError              a setting is missing or invalid (commands exit non-zero)
+    │   ├── SchemaTooNew         the database was upgraded by a newer release: refused, unchanged
+    │   └── MigrationBusy        a migration step could not take its locks in time (ledger.migrate)
     ├── SignatureError           a webhook is not verifiably from Flex        -> 401
     ├── PayloadTooLarge          a webhook body is over the limit             -> 413
     ├── UnusableEvent            verified, but not an event we can log        -> 422
     ├── DatabaseUnavailable      the database is down, too slow or overloaded -> 503
+    ├── FlexUnavailable          Flex's API cannot be read now (sync)         -> 503
     ├── NotAuthenticated         a read-API call without a valid token        -> 401
     ├── TooManyFailures          too many failed credentials from one address -> 429
     ├── NotFound                 no such resource                             -> 404
+    │   └── SessionUnknown       Flex knows no such checkout session (reactors.reconcile)
     └── InvalidRequest           bad query parameters                         -> 400
 
 The HTTP mapping lives in one place: ``api/errors.py``. Driver exceptions are translated
@@ -20,11 +24,13 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DatabaseUnavailable",
+    "FlexUnavailable",
     "InvalidRequest",
     "LedgerError",
     "NotAuthenticated",
     "NotFound",
     "PayloadTooLarge",
+    "SchemaTooNew",
     "SignatureError",
     "TooManyFailures",
     "UnusableEvent",

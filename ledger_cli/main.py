@@ -175,7 +175,7 @@ def cmd_work(args: argparse.Namespace) -> int:
     ``/healthz`` and ``/readyz`` on ``LEDGER_METRICS_PORT`` (0: none)."""
     import signal
 
-    from projections.workers import running_workers
+    from reactors.workers import running_workers
 
     async def run(settings: Settings) -> int:
         import uvicorn
@@ -351,8 +351,8 @@ class ProgressPrinter:
 def cmd_status(args: argparse.Namespace) -> int:
     async def run(settings: Settings) -> int:
         from ledger.log import summary
-        from projections.reconcile import reconcile_status
-        from projections.status import projection_status
+        from reactors.reconcile import reconcile_status
+        from reactors.status import projection_status
 
         async with database(settings, reads_only=True) as (conn, _):
             rows = await projection_status(conn)
@@ -458,8 +458,8 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 
         import msgspec
 
-        from projections.fulfillment.flex_client import clients_for
-        from projections.reconcile import ReconcileFailed, reconcile
+        from reactors.flex_client import clients_for
+        from reactors.reconcile import ReconcileFailed, reconcile
 
         since = _since(args.since, settings)
         clients = clients_for(settings)
@@ -545,7 +545,7 @@ def cmd_fulfill_retry(args: argparse.Namespace) -> int:
         return _fail("name one or more checkout session ids, or --all-failed")
 
     async def run(settings: Settings) -> int:
-        from projections.fulfillment.reactor import queued_sessions, requeue
+        from reactors.fulfillment import queued_sessions, requeue
 
         async with database(settings) as (conn, _):
             requeued = await requeue(conn, None if args.all_failed else list(args.session_ids))
@@ -591,7 +591,7 @@ def cmd_restock(args: argparse.Namespace) -> int:
     async def run(settings: Settings) -> int:
         import uuid
 
-        from projections.fulfillment.restock import RestockRefused, restock
+        from reactors.restock import RestockRefused, restock
 
         async with database(settings) as (conn, _):
             request_id = f"cli-{uuid.uuid4().hex}"  # one request however often it is retried

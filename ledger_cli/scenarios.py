@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ledger.log import NewEvent
-from projections.fulfillment.events import fetched_events
-from projections.fulfillment.line_items import parse_line_items
+from projections.ledger_events import fetched_events
+from projections.line_items import parse_line_items
 
 __all__ = [
     "Checkout",

@@ -11,7 +11,7 @@ from typing import Any
 
 from projections.base import Deltas, LogRow, Projection, Table
 from projections.fields import as_bool, as_int, as_str, dict_of, epoch_micros, newest_first_key
-from projections.fulfillment.events import ADJUSTED
+from projections.ledger_events import ADJUSTED
 from projections.mergeable import Mergeable
 
 __all__ = ["INVENTORY"]

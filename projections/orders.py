@@ -33,8 +33,8 @@ from projections.fields import (
     resource,
 )
 from projections.fields import dict_of as _dict
-from projections.fulfillment.events import ADJUSTED, FAILED, FETCHED, RETRY_REQUESTED
-from projections.fulfillment.line_items import UnusableLineItems, parse_line_items
+from projections.ledger_events import ADJUSTED, FAILED, FETCHED, RETRY_REQUESTED
+from projections.line_items import UnusableLineItems, parse_line_items
 from projections.mergeable import Key, Mergeable
 from projections.observations import OBSERVED
 

@@ -1,8 +1,10 @@
 """The ``subscriptions`` projection: lifecycle status and payment state per subscription.
 
-Among conflicting updates the larger ``event_dt`` wins, then the lifecycle rank, then the log
-position: deterministic, never arrival order. ``customer.subscription.deleted`` means
-``canceled``. ``invoice.*`` events that name a subscription update its payment state.
+Among conflicting updates the newest snapshot wins, newest by ``fields.newest_first_key``: a
+canceled subscription first (it is never left), then the event's own time, the millisecond time of
+a ULID-shaped ``event_id``, then the ``event_id`` itself; never the log position, which is arrival.
+A subscription that recovers (``past_due`` then ``active``) ends ``active``.
+``customer.subscription.deleted`` means ``canceled``. ``invoice.*`` events that name a subscription update its payment state.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every page but sign-in needs a session (``api/console/session.py``); every form carries the CSRF
 token. Nothing here reads the database itself: the pages call the same functions as the read API
-(``projections.documents``, ``projections.history``, ``projections.status``, ...).
+(``projections.documents``, ``projections.history``, ``reactors.status``, ...).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from api.state import AppState
 from ledger.console_sessions import revoke
 from ledger.errors import InvalidRequest, NotFound
 from projections import documents, history
-from projections.fulfillment.reactor import failed_sessions, retry_failed
-from projections.reconcile import read_reconcile
-from projections.status import read_status
+from reactors.fulfillment import failed_sessions, retry_failed
+from reactors.reconcile import read_reconcile
+from reactors.status import read_status
 
 __all__ = ["CONSOLE_PAGES"]
 

@@ -26,11 +26,11 @@ from ledger.db import create_pool
 from ledger.log import EventLog
 from ledger.sql import log_queries
 from ledger_cli.scenarios import Checkout, checkout_events, fulfillment_events
-from projections.fulfillment.reactor import intake_once
-from projections.fulfillment.sql import queue_queries
 from projections.registry import PROJECTIONS
 from projections.runner import catch_up_once
 from projections.sql import projection_queries
+from reactors.fulfillment import intake_once
+from reactors.sql import reactor_queries
 from tests.projection_support import as_new_event
 
 # Tables whose size grows with the log: never read whole on a hot path.
@@ -177,7 +177,7 @@ async def test_catching_up_never_scans_the_log_or_the_projection_tables(one_conn
 
 
 def _named_queries() -> Iterator[tuple[str, str]]:
-    for source in (log_queries, projection_queries, queue_queries):
+    for source in (log_queries, projection_queries, reactor_queries):
         yield from source
 
 
@@ -238,9 +238,9 @@ async def _populate(pool: asyncpg.Pool) -> None:
         # Most sessions fulfilled, a few failed, the rest pending: as a running service has them.
         sessions = [r[0] for r in await conn.fetch("SELECT checkout_session_id FROM fulfillment_queue ORDER BY 1")]
         for session in sessions[:-40]:
-            await conn.execute(queue_queries.queue_fulfilled, session)
+            await conn.execute(reactor_queries.queue_fulfilled, session)
         for session in sessions[-40:-20]:
-            await conn.execute(queue_queries.queue_failed, session, "test")
+            await conn.execute(reactor_queries.queue_failed, session, "test")
         await conn.execute(
             "INSERT INTO quarantine (headers, body, reason) SELECT '{}', '\\x00', 'test' FROM generate_series(1, 50)"
         )

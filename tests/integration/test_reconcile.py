@@ -15,10 +15,10 @@ import pytest
 from ledger.db import create_pool
 from ledger_cli.flex_standin import FlexStandIn
 from ledger_cli.scenarios import Checkout, checkout_events, refund_events
-from projections.fulfillment.flex_client import FlexClient
-from projections.fulfillment.reactor import intake_once, queued_sessions
 from projections.observations import OBSERVED
-from projections.reconcile import ReconcileFailed, reconcile
+from reactors.flex_client import FlexClient
+from reactors.fulfillment import intake_once, queued_sessions
+from reactors.reconcile import ReconcileFailed, reconcile
 from tests.conftest import DatabaseFactory
 from tests.projection_support import append, project, snapshot
 

@@ -13,11 +13,11 @@ import pytest
 from ledger.log import EventLog
 from ledger_cli.scenarios import Checkout, checkout_events, fulfillment_events
 from projections import documents
-from projections.fulfillment.reactor import intake_once
-from projections.fulfillment.restock import RestockRefused, restock
-from projections.fulfillment.sql import queue_queries
 from projections.rebuild import rebuild
 from projections.registry import PROJECTIONS
+from reactors.fulfillment import intake_once
+from reactors.restock import RestockRefused, restock
+from reactors.sql import reactor_queries
 from tests.projection_support import append, project
 
 
@@ -28,7 +28,7 @@ async def _fulfilled(pool: asyncpg.Pool, c: Checkout) -> None:
         while await intake_once(conn):
             pass
         await EventLog(pool).append(fulfillment_events(c, test_mode=c.test_mode))
-        await conn.execute(queue_queries.queue_fulfilled, c.session_id)
+        await conn.execute(reactor_queries.queue_fulfilled, c.session_id)
     await project(pool)
 
 

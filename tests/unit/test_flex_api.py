@@ -8,8 +8,8 @@ import time
 import httpx
 import pytest
 
-from projections.fulfillment.flex_client import FlexClient, PermanentFlexError, TransientFlexError, retry_after_seconds
-from projections.fulfillment.line_items import UnusableLineItems, parse_line_items
+from projections.line_items import UnusableLineItems, parse_line_items
+from reactors.flex_client import FlexClient, PermanentFlexError, TransientFlexError, retry_after_seconds
 
 ITEM = {
     "line_item_id": "li_1",

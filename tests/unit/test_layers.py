@@ -1,4 +1,4 @@
-"""The architecture, checked: imports point ``ledger_cli → api → projections → ledger`` only, the
+"""The architecture, checked: imports point ``ledger_cli → api → reactors → projections → ledger`` only, the
 HTTP surface starts no processes and parses no command lines, benchmarks import no tests, and
 SQL is run from below the HTTP routes and the command line."""
 
@@ -15,11 +15,12 @@ ROOT = Path(__file__).resolve().parents[2]
 ALLOWED = {
     "ledger": {"ledger"},
     "projections": {"ledger", "projections"},
-    "api": {"ledger", "projections", "api"},
-    "ledger_cli": {"ledger", "projections", "api", "ledger_cli"},
-    "bench": {"ledger", "projections", "api", "ledger_cli", "bench"},
+    "reactors": {"ledger", "projections", "reactors"},
+    "api": {"ledger", "projections", "reactors", "api"},
+    "ledger_cli": {"ledger", "projections", "reactors", "api", "ledger_cli"},
+    "bench": {"ledger", "projections", "reactors", "api", "ledger_cli", "bench"},
 }
-PROJECT = {"ledger", "projections", "api", "ledger_cli", "bench", "tests"}
+PROJECT = {"ledger", "projections", "reactors", "api", "ledger_cli", "bench", "tests"}
 NOT_IN_API = {"subprocess", "argparse", "click", "typer", "multiprocessing", "ledger_cli"}
 # Running SQL means calling one of these on a connection or pool.
 SQL_CALLS = {"execute", "executemany", "fetch", "fetchrow", "fetchval", "copy_records_to_table"}

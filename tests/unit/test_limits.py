@@ -10,7 +10,7 @@ import pytest
 from api.throttle import FailureLimiter
 from ledger.envelope import MAX_KEY_BYTES, oversized_key, parse_envelope
 from ledger.errors import TooManyFailures, UnusableEvent
-from projections.fulfillment.line_items import MAX_QUANTITY, UnusableLineItems, check_line_items, parse_line_items
+from projections.line_items import MAX_QUANTITY, UnusableLineItems, check_line_items, parse_line_items
 
 
 def _body(obj: dict) -> bytes:

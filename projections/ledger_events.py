@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ledger.log import NewEvent
-from projections.fulfillment.line_items import LineItem
+from projections.line_items import LineItem
 
 __all__ = [
     "ADJUSTED",

@@ -15,12 +15,12 @@ from collections.abc import AsyncIterator, Callable
 from ledger.db import create_pool
 from ledger.settings import Settings
 from projections.freshness import CheckpointWatcher
-from projections.fulfillment.flex_client import clients_for
-from projections.fulfillment.reactor import FulfillmentReactor
-from projections.reconcile import AutomaticReconcile
 from projections.registry import PROJECTIONS
 from projections.runner import ProjectionRunner
 from projections.upgrade import upgrade_projections
+from reactors.flex_client import clients_for
+from reactors.fulfillment import FulfillmentReactor
+from reactors.reconcile import AutomaticReconcile
 
 __all__ = ["running_workers"]
 

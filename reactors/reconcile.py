@@ -36,12 +36,13 @@ from projections.apply import decode_rows
 from projections.base import Deltas, LogRow, merge
 from projections.coordination import held_locks, run_exclusively
 from projections.fields import epoch_micros
-from projections.fulfillment.flex_client import FlexApiError, FlexClient
 from projections.mergeable import Mergeable
 from projections.observations import KINDS, Kind, as_snapshot, observed_event, resource_id, unusable
 from projections.orders import ORDERS
 from projections.registry import RECONCILE, lock_id
 from projections.sql import projection_queries as sql
+from reactors.flex_client import FlexApiError, FlexClient
+from reactors.sql import reactor_queries
 
 __all__ = [
     "AutomaticReconcile",
@@ -385,7 +386,7 @@ def _first_cause(group: ExceptionGroup[Exception]) -> Exception:
 async def _record(conn: asyncpg.Connection, report: ReconcileReport) -> None:
     first, last = report.positions
     await conn.execute(
-        sql.reconcile_run_insert,
+        reactor_queries.reconcile_run_insert,
         report.trigger,
         report.started_at,
         report.finished_at,
@@ -457,13 +458,13 @@ async def unrecorded(pool: asyncpg.Pool, resources: Sequence[tuple[Kind, dict[st
 
 
 async def last_started(conn: asyncpg.Connection) -> datetime | None:
-    value = await conn.fetchval(sql.reconcile_last_started)
+    value = await conn.fetchval(reactor_queries.reconcile_last_started)
     return value if isinstance(value, datetime) else None
 
 
 async def reconcile_summary(conn: asyncpg.Connection) -> dict[str, Any]:
     """Runs, failures, observations recorded and the last run: for status, the API and metrics."""
-    row = await conn.fetchrow(sql.reconcile_summary)
+    row = await conn.fetchrow(reactor_queries.reconcile_summary)
     last = json.loads(row["last_run"]) if isinstance(row["last_run"], str) else row["last_run"]
     return {
         "runs": row["runs"],
@@ -492,7 +493,7 @@ async def read_reconcile(pool: asyncpg.Pool, limit: int) -> tuple[dict[str, Any]
 
 async def recent_runs(conn: asyncpg.Connection, limit: int = 20) -> list[dict[str, Any]]:
     out = []
-    for r in await conn.fetch(sql.reconcile_runs_recent, limit):
+    for r in await conn.fetch(reactor_queries.reconcile_runs_recent, limit):
         run = dict(r)
         run["kinds"] = json.loads(run["kinds"])
         for key in ("started_at", "finished_at", "since"):

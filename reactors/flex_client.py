@@ -24,7 +24,7 @@ from urllib.parse import quote
 import httpx
 
 from ledger.settings import Settings
-from projections.fulfillment.line_items import LineItem, UnusableLineItems, check_line_items, parse_line_items
+from projections.line_items import LineItem, UnusableLineItems, check_line_items, parse_line_items
 
 __all__ = [
     "FlexApiError",

@@ -1,4 +1,4 @@
--- Reconcile runs (projections/reconcile.py): their record, and what status and metrics read of it.
+-- Reconcile runs (reactors/reconcile.py): their record, and what status and metrics read of it.
 
 -- name: reconcile_run_insert
 INSERT INTO public.reconcile_runs (trigger, started_at, finished_at, since, outcome, error, examined, known, recorded,

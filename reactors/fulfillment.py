@@ -38,13 +38,13 @@ from projections.base import LogRow, like_patterns
 from projections.coordination import run_exclusively
 from projections.fields import as_bool, as_str, resource
 from projections.follower import follow, follow_once
-from projections.fulfillment.events import failed_event, fetched_events, retry_requested_event
-from projections.fulfillment.flex_client import FlexApiError, FlexClient, PermanentFlexError
-from projections.fulfillment.restock import RestockRefused, restock
-from projections.fulfillment.sql import queue_queries as sql
+from projections.ledger_events import failed_event, fetched_events, retry_requested_event
 from projections.observations import KINDS, OBSERVED
 from projections.orders import REFUND_EVENTS, refunds_in
 from projections.registry import FULFILLMENT, lock_id
+from reactors.flex_client import FlexApiError, FlexClient, PermanentFlexError
+from reactors.restock import RestockRefused, restock
+from reactors.sql import reactor_queries as sql
 
 __all__ = [
     "FulfillmentReactor",

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 import asyncpg
 
 from ledger.log import append_with, event_body
-from projections.fulfillment.events import FETCHED, restocked_events
-from projections.fulfillment.line_items import LineItem, UnusableLineItems, parse_line_items
-from projections.fulfillment.sql import queue_queries as sql
+from projections.ledger_events import FETCHED, restocked_events
+from projections.line_items import LineItem, UnusableLineItems, parse_line_items
+from reactors.sql import reactor_queries as sql
 
 __all__ = ["RestockRefused", "restock"]
 

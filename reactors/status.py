@@ -8,9 +8,9 @@ import asyncpg
 
 from ledger.db import translate_errors
 from projections.coordination import REBUILD_LOCK_OFFSET, held_locks
-from projections.fulfillment.reactor import queue_counts
 from projections.registry import FOLLOWERS, FULFILLMENT, SHAPES, lock_id
 from projections.sql import projection_queries as sql
+from reactors.fulfillment import queue_counts
 
 __all__ = ["projection_status", "read_status"]
 

@@ -1,0 +1,7 @@
+"""The reactors' SQL: the fulfillment queue, restocks, refund notes, reconcile runs."""
+
+from ledger.sql import Queries
+
+__all__ = ["reactor_queries"]
+
+reactor_queries = Queries.of_package(__name__)
