@@ -20,7 +20,6 @@ from typing import Any
 import msgspec
 
 from projections.base import Deltas, LogRow, Projection, Table
-from projections.documents import settle_every_payment_status, settle_payment_status
 from projections.fields import (
     as_bool,
     as_int,
@@ -37,6 +36,7 @@ from projections.ledger_events import ADJUSTED, FAILED, FETCHED, RETRY_REQUESTED
 from projections.line_items import UnusableLineItems, parse_line_items
 from projections.mergeable import Key, Mergeable
 from projections.observations import OBSERVED
+from projections.order_intents import settle_every_payment_status, settle_payment_status
 
 __all__ = ["ORDERS", "REFUND_EVENTS", "SESSION_FINAL", "refunds_in"]
 
