@@ -12,19 +12,17 @@ from datetime import datetime
 
 import asyncpg
 
-from ledger.db import translate_errors
+from ledger.db import connection
 from ledger.sql import log_queries
 
 __all__ = ["is_revoked", "revoke"]
 
 
 async def revoke(pool: asyncpg.Pool, session_id: str, expires_at: datetime) -> None:
-    with translate_errors():
-        async with pool.acquire() as conn:
-            await conn.execute(log_queries.console_revoke, session_id, expires_at)
+    async with connection(pool) as conn:
+        await conn.execute(log_queries.console_revoke, session_id, expires_at)
 
 
 async def is_revoked(pool: asyncpg.Pool, session_id: str) -> bool:
-    with translate_errors():
-        async with pool.acquire() as conn:
-            return bool(await conn.fetchval(log_queries.console_revoked, session_id))
+    async with connection(pool) as conn:
+        return bool(await conn.fetchval(log_queries.console_revoked, session_id))

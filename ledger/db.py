@@ -21,6 +21,7 @@ __all__ = [
     "DATA_REFUSED",
     "READ_SETTINGS",
     "SCHEMA_VERSION",
+    "connection",
     "create_pool",
     "retrying_conflicts",
     "schema_sql",
@@ -120,6 +121,15 @@ async def retrying_conflicts(work: Callable[[], Awaitable[_T]], *, attempts: int
                 raise
             await asyncio.sleep(random.uniform(0.01, 0.05 * 2**attempt))
     raise AssertionError("unreachable")
+
+
+@contextlib.asynccontextmanager
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of ``pool`` for one piece of work, the database's unavailability translated
+    (``DatabaseUnavailable``): how everything above this layer borrows one."""
+    with translate_errors():
+        async with pool.acquire() as conn:
+            yield conn
 
 
 @contextlib.asynccontextmanager

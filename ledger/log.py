@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from ledger.db import translate_errors
+from ledger.db import connection
 from ledger.sql import log_queries
 
 __all__ = [
@@ -89,44 +89,37 @@ class EventLog:
         """Appends a batch in one transaction; results in input order."""
         if not events:
             return []
-        with translate_errors():
-            async with self.pool.acquire() as conn:
-                return await append_with(conn, events)
+        async with connection(self.pool) as conn:
+            return await append_with(conn, events)
 
     async def quarantine(self, *, message_id: str | None, headers: str, body: bytes, reason: str) -> int:
-        with translate_errors():
-            async with self.pool.acquire() as conn:
-                return int(await conn.fetchval(log_queries.quarantine, message_id, headers, body, reason))
+        async with connection(self.pool) as conn:
+            return int(await conn.fetchval(log_queries.quarantine, message_id, headers, body, reason))
 
     async def head(self) -> int:
-        with translate_errors():
-            async with self.pool.acquire() as conn:
-                return await head_position(conn)
+        async with connection(self.pool) as conn:
+            return await head_position(conn)
 
     async def schema_version(self) -> int:
         """The version of the schema applied to this database (``DatabaseUnavailable`` before any)."""
-        with translate_errors():
-            async with self.pool.acquire() as conn:
-                return int(await conn.fetchval(log_queries.schema_version))
+        async with connection(self.pool) as conn:
+            return int(await conn.fetchval(log_queries.schema_version))
 
     async def summary(self) -> LogSummary:
-        with translate_errors():
-            async with self.pool.acquire() as conn:
-                return await summary(conn)
+        async with connection(self.pool) as conn:
+            return await summary(conn)
 
     async def recent_rate(self, seconds: float = 60.0) -> float:
         """Events appended per second over the last ``seconds``."""
-        with translate_errors():
-            async with self.pool.acquire() as conn:
-                head = await head_position(conn)
-                since = await position_at(conn, datetime.now(UTC) - timedelta(seconds=seconds))
+        async with connection(self.pool) as conn:
+            head = await head_position(conn)
+            since = await position_at(conn, datetime.now(UTC) - timedelta(seconds=seconds))
         return (head - since) / seconds
 
     async def quarantined(self, *, before: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """Quarantined deliveries, newest first (``id`` below ``before``): body and headers as received."""
-        with translate_errors():
-            async with self.pool.acquire() as conn:
-                rows = await conn.fetch(log_queries.quarantine_list, before or 2**63 - 1, limit)
+        async with connection(self.pool) as conn:
+            rows = await conn.fetch(log_queries.quarantine_list, before or 2**63 - 1, limit)
         return [
             {
                 "id": r["id"],
@@ -140,12 +133,11 @@ class EventLog:
         ]
 
     async def list(self, *, after: int, limit: int, event_type: str | None = None) -> list[LoggedEvent]:
-        with translate_errors():
-            async with self.pool.acquire() as conn:
-                if event_type is None:
-                    rows = await conn.fetch(log_queries.list_events, after, limit)
-                else:
-                    rows = await conn.fetch(log_queries.list_events_of_type, after, limit, event_type)
+        async with connection(self.pool) as conn:
+            if event_type is None:
+                rows = await conn.fetch(log_queries.list_events, after, limit)
+            else:
+                rows = await conn.fetch(log_queries.list_events_of_type, after, limit, event_type)
         return [_logged(r) for r in rows]
 
 

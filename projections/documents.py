@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from ledger.db import translate_errors
+from ledger.db import connection, translate_errors
 from ledger.errors import InvalidRequest
 from projections.fields import iso
 from projections.mergeable import Mergeable
@@ -43,9 +43,8 @@ def _state(text: str) -> Mergeable:
 
 async def _fetch_state(pool: asyncpg.Pool, query: str, entity_id: str) -> tuple[int, Mergeable] | None:
     """One entity's (position, state), by a ``*_get`` query."""
-    with translate_errors():
-        async with pool.acquire() as conn:
-            record = await conn.fetchrow(query, entity_id)
+    async with connection(pool) as conn:
+        record = await conn.fetchrow(query, entity_id)
     return None if record is None else (record["position"], _state(record["state"]))
 
 
@@ -137,12 +136,11 @@ async def with_intents(conn: asyncpg.Connection, records: list[asyncpg.Record]) 
 
 
 async def get_order(pool: asyncpg.Pool, checkout_session_id: str) -> dict[str, Any] | None:
-    with translate_errors():
-        async with pool.acquire() as conn:
-            record = await conn.fetchrow(queries.order_get, checkout_session_id)
-            if record is None:
-                return None
-            return (await with_intents(conn, [record]))[0]
+    async with connection(pool) as conn:
+        record = await conn.fetchrow(queries.order_get, checkout_session_id)
+        if record is None:
+            return None
+        return (await with_intents(conn, [record]))[0]
 
 
 def encode_cursor(sort_at: int, checkout_session_id: str) -> str:
@@ -191,12 +189,11 @@ async def list_orders(
 ) -> tuple[list[dict[str, Any]], str | None]:
     after = decode_cursor(cursor) if cursor is not None else _FIRST_PAGE
     query = _orders_query(customer_id, status, client_reference_id)
-    with translate_errors():
-        async with pool.acquire() as conn:
-            records = await conn.fetch(
-                query, customer_id, status, client_reference_id, after[0], after[1], limit, payment_status, test_mode
-            )
-            orders = await with_intents(conn, list(records))
+    async with connection(pool) as conn:
+        records = await conn.fetch(
+            query, customer_id, status, client_reference_id, after[0], after[1], limit, payment_status, test_mode
+        )
+        orders = await with_intents(conn, list(records))
     next_cursor = None
     if len(records) == limit:
         last = records[-1]
@@ -252,9 +249,8 @@ async def get_subscription(pool: asyncpg.Pool, subscription_id: str) -> dict[str
 async def list_adjustments(
     pool: asyncpg.Pool, *, after: int, limit: int, test_mode: bool | None = None
 ) -> tuple[list[dict[str, Any]], str | None]:
-    with translate_errors():
-        async with pool.acquire() as conn:
-            rows = await conn.fetch(queries.adjustments_list, after, limit, test_mode)
+    async with connection(pool) as conn:
+        rows = await conn.fetch(queries.adjustments_list, after, limit, test_mode)
     data = [
         {
             "adjustment_id": r["adjustment_id"],
@@ -276,9 +272,8 @@ async def list_adjustments(
 
 async def customers_by_email(pool: asyncpg.Pool, email: str) -> list[str]:
     """The ids of the customers with this email (a search of the console)."""
-    with translate_errors():
-        async with pool.acquire() as conn:
-            return sorted(r["customer_id"] for r in await conn.fetch(queries.customers_by_email, email))
+    async with connection(pool) as conn:
+        return sorted(r["customer_id"] for r in await conn.fetch(queries.customers_by_email, email))
 
 
 async def inventory_levels_body(pool: asyncpg.Pool, *, test_mode: bool = False) -> bytes:
@@ -293,13 +288,12 @@ async def inventory_levels(
 ) -> list[dict[str, Any]]:
     """One row per (price, product) of the mode asked (live by default): all of them, or a page of
     ``limit`` in (price, product) order after ``after``."""
-    with translate_errors():
-        async with pool.acquire() as conn:
-            if limit is None:
-                rows = await conn.fetch(queries.inventory_levels, test_mode)
-            else:
-                price, product = after or ("", "")
-                rows = await conn.fetch(queries.inventory_levels_page, test_mode, price, product, limit)
+    async with connection(pool) as conn:
+        if limit is None:
+            rows = await conn.fetch(queries.inventory_levels, test_mode)
+        else:
+            price, product = after or ("", "")
+            rows = await conn.fetch(queries.inventory_levels_page, test_mode, price, product, limit)
     return [
         {
             "price_id": r["price_id"],

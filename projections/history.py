@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from ledger.db import translate_errors
+from ledger.db import connection
 from ledger.log import LoggedEvent, events_at, logged, position_at
 from projections import documents
 from projections.apply import decode_rows
@@ -44,12 +44,11 @@ async def _history(
 
 async def _order_records(pool: asyncpg.Pool, checkout_session_id: str) -> list[asyncpg.Record] | None:
     """The log rows of every event that touched the order, oldest first; ``None``: no such order."""
-    with translate_errors():
-        async with pool.acquire() as conn:
-            record = await conn.fetchrow(queries.order_get, checkout_session_id)
-            if record is None:
-                return None
-            return await events_at(conn, await _history(conn, record, _EVERY_POSITION))
+    async with connection(pool) as conn:
+        record = await conn.fetchrow(queries.order_get, checkout_session_id)
+        if record is None:
+            return None
+        return await events_at(conn, await _history(conn, record, _EVERY_POSITION))
 
 
 async def order_events(pool: asyncpg.Pool, checkout_session_id: str) -> list[LoggedEvent] | None:
@@ -89,32 +88,31 @@ async def order_as_of(
     before ``moment`` (the earlier of the two), folded from the log with the orders projection's own fold. ``None`` when the
     order did not exist yet (or does not exist). ``flags`` that compare it with other orders
     (``duplicate_payment``) are as of now."""
-    with translate_errors():
-        async with pool.acquire() as conn:
-            record = await conn.fetchrow(queries.order_get, checkout_session_id)
-            if record is None:
-                return None
-            upto = min(
-                position if position is not None else _EVERY_POSITION,
-                await position_at(conn, moment) if moment is not None else _EVERY_POSITION,
-            )
-            [current] = await documents.with_intents(conn, [record])  # its intents, and flags as of now
-            now_intents = [p["payment_intent_id"] for p in current["payment_intents"]]
-            rows, _ = decode_rows(await events_at(conn, await _history(conn, record, upto, now_intents)))
-            deltas = Deltas()
-            for row in rows:
-                with contextlib.suppress(Exception):  # as the projection: an event it cannot fold is skipped
-                    ORDERS.fold(row, deltas)
-            state = deltas.by_table.get("orders", {}).get(checkout_session_id)
-            if state is None:
-                return None
-            known = deltas.by_table.get("order_payment_intents", {})
-            listed = set(state.items("payment_intent_ids"))
-            naming = {pi for pi, s in known.items() if s.get("checkout_session_id") == checkout_session_id}
-            positions = deltas.positions
-            intents: documents.Intents = [
-                (pi, positions["order_payment_intents"][pi], known[pi]) if pi in known else (pi, 0, None)
-                for pi in sorted(listed | naming)
-            ]
+    async with connection(pool) as conn:
+        record = await conn.fetchrow(queries.order_get, checkout_session_id)
+        if record is None:
+            return None
+        upto = min(
+            position if position is not None else _EVERY_POSITION,
+            await position_at(conn, moment) if moment is not None else _EVERY_POSITION,
+        )
+        [current] = await documents.with_intents(conn, [record])  # its intents, and flags as of now
+        now_intents = [p["payment_intent_id"] for p in current["payment_intents"]]
+        rows, _ = decode_rows(await events_at(conn, await _history(conn, record, upto, now_intents)))
+        deltas = Deltas()
+        for row in rows:
+            with contextlib.suppress(Exception):  # as the projection: an event it cannot fold is skipped
+                ORDERS.fold(row, deltas)
+        state = deltas.by_table.get("orders", {}).get(checkout_session_id)
+        if state is None:
+            return None
+        known = deltas.by_table.get("order_payment_intents", {})
+        listed = set(state.items("payment_intent_ids"))
+        naming = {pi for pi, s in known.items() if s.get("checkout_session_id") == checkout_session_id}
+        positions = deltas.positions
+        intents: documents.Intents = [
+            (pi, positions["order_payment_intents"][pi], known[pi]) if pi in known else (pi, 0, None)
+            for pi in sorted(listed | naming)
+        ]
     as_of = {"checkout_session_id": checkout_session_id, "position": positions["orders"][checkout_session_id]}
     return documents.order_document(as_of, state, intents, completed_twice="duplicate_payment" in current["flags"])

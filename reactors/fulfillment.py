@@ -31,7 +31,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from ledger.db import DATA_REFUSED, UNAVAILABLE, translate_errors
+from ledger.db import DATA_REFUSED, UNAVAILABLE, connection
 from ledger.log import append_with
 from projections.apply import BatchResult, isolating
 from projections.base import LogRow, like_patterns
@@ -130,16 +130,14 @@ async def queued_sessions(conn: asyncpg.Connection, session_ids: list[str]) -> d
 
 async def failed_sessions(pool: asyncpg.Pool, limit: int = 100) -> list[dict[str, Any]]:
     """The sessions whose fulfillment failed, most recent first, with why (the console's list)."""
-    with translate_errors():
-        async with pool.acquire() as conn:
-            return [dict(r) for r in await conn.fetch(sql.queue_failed_list, limit)]
+    async with connection(pool) as conn:
+        return [dict(r) for r in await conn.fetch(sql.queue_failed_list, limit)]
 
 
 async def retry_failed(pool: asyncpg.Pool, session_ids: list[str]) -> list[tuple[str, int]]:
     """``requeue`` on a connection of ``pool`` (the console's Retry button)."""
-    with translate_errors():
-        async with pool.acquire() as conn:
-            return await requeue(conn, session_ids)
+    async with connection(pool) as conn:
+        return await requeue(conn, session_ids)
 
 
 class QueueCounts(msgspec.Struct, kw_only=True):

@@ -29,7 +29,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from ledger.db import DATA_REFUSED, UNAVAILABLE, translate_errors
+from ledger.db import DATA_REFUSED, UNAVAILABLE, connection
 from ledger.errors import FlexUnavailable, LedgerError, NotFound
 from ledger.log import NewEvent, append_with, read_batch
 from projections.apply import decode_rows
@@ -450,10 +450,9 @@ async def unrecorded(pool: asyncpg.Pool, resources: Sequence[tuple[Kind, dict[st
     for the caller to append. Raises ``DatabaseUnavailable`` when the log cannot be read."""
     observed_at = datetime.now(UTC)
     candidates = [_candidate(kind, r, observed_at) for kind, r in resources]
-    with translate_errors():
-        async with pool.acquire() as conn:
-            baseline = await _Baseline.read(conn, max_tail=_TAIL_BATCH)
-            unknown = await baseline.unknown(conn, candidates)
+    async with connection(pool) as conn:
+        baseline = await _Baseline.read(conn, max_tail=_TAIL_BATCH)
+        unknown = await baseline.unknown(conn, candidates)
     return [c.event for c, new in zip(candidates, unknown, strict=True) if new]
 
 
@@ -486,9 +485,8 @@ async def reconcile_status(conn: asyncpg.Connection) -> dict[str, Any]:
 
 async def read_reconcile(pool: asyncpg.Pool, limit: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``reconcile_status`` and the ``limit`` latest runs, on a connection of ``pool``."""
-    with translate_errors():
-        async with pool.acquire() as conn:
-            return await reconcile_status(conn), await recent_runs(conn, limit)
+    async with connection(pool) as conn:
+        return await reconcile_status(conn), await recent_runs(conn, limit)
 
 
 async def recent_runs(conn: asyncpg.Connection, limit: int = 20) -> list[dict[str, Any]]:

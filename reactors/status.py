@@ -6,7 +6,7 @@ from typing import Any
 
 import asyncpg
 
-from ledger.db import translate_errors
+from ledger.db import connection
 from projections.coordination import REBUILD_LOCK_OFFSET, held_locks
 from projections.registry import FOLLOWERS, FULFILLMENT, SHAPES, lock_id
 from projections.sql import projection_queries as sql
@@ -72,6 +72,5 @@ async def projection_status(conn: asyncpg.Connection) -> list[dict[str, Any]]:
 
 async def read_status(pool: asyncpg.Pool) -> list[dict[str, Any]]:
     """``projection_status`` on a connection of ``pool``; ``DatabaseUnavailable`` when it cannot be read."""
-    with translate_errors():
-        async with pool.acquire() as conn:
-            return await projection_status(conn)
+    async with connection(pool) as conn:
+        return await projection_status(conn)
