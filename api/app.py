@@ -34,7 +34,7 @@ from api.state import AppState
 from api.throttle import FailureLimiter
 from api.webhooks import flex_webhook
 from ledger.db import READ_SETTINGS, UNAVAILABLE, create_pool
-from ledger.embedded import EmbeddedPostgres
+from ledger.embedded import database_url
 from ledger.errors import ConfigError
 from ledger.group_commit import GroupCommitter
 from ledger.log import EventLog
@@ -96,11 +96,11 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        embedded = None
-        dsn = settings.database_url
-        if dsn is None:
-            embedded = EmbeddedPostgres(settings.data_dir)
-            dsn = await asyncio.to_thread(embedded.start)
+        async with database_url(settings.database_url, settings.data_dir) as dsn, _serving(app, dsn):
+            yield
+
+    @contextlib.asynccontextmanager
+    async def _serving(app: Litestar, dsn: str) -> AsyncIterator[None]:
         # Bulkheads: ingest appends through connections no read can take; reads plan per call.
         ingest_pool = await create_pool(dsn, max_size=settings.ingest_pool_size, timeout=5, command_timeout=15)
         pool = await create_pool(
@@ -157,8 +157,6 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
             await pool.close()
             await ops.close()
             await ingest_pool.close()
-            if embedded is not None:
-                await asyncio.to_thread(embedded.stop)
 
     v1 = Router(
         "/v1",

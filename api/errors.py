@@ -1,10 +1,12 @@
-"""Every error response, in one place: ``{"error": {"code": ..., "message": ...}}``."""
+"""Every error response, in one place: ``{"error": {"code": ..., "message": ...}}``, one Struct
+(``ErrorBody``) that encodes every error reply and describes it in the OpenAPI document."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
@@ -21,7 +23,15 @@ from ledger.errors import (
     UnusableEvent,
 )
 
-__all__ = ["EXCEPTION_HANDLERS", "INTERNAL_ERROR", "describe", "error_body", "error_response"]
+__all__ = [
+    "EXCEPTION_HANDLERS",
+    "INTERNAL_ERROR",
+    "ErrorBody",
+    "ErrorDetail",
+    "describe",
+    "error_body",
+    "error_response",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -54,17 +64,24 @@ _HTTP_CODES = {
 INTERNAL_ERROR = ("internal_error", "internal error; it has been logged")
 
 
-def error_body(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
+class ErrorDetail(msgspec.Struct, frozen=True):
+    code: str
+    message: str
 
 
-def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> Response[dict[str, Any]]:
+class ErrorBody(msgspec.Struct, frozen=True):
+    error: ErrorDetail
+
+
+def error_body(code: str, message: str) -> ErrorBody:
+    return ErrorBody(ErrorDetail(code, message))
+
+
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response[ErrorBody]:
     return Response(error_body(code, message), status_code=status, headers=headers)
 
 
-def describe(exc: LedgerError) -> tuple[int, dict[str, Any], dict[str, str]]:
+def describe(exc: LedgerError) -> tuple[int, ErrorBody, dict[str, str]]:
     """A ledger error as an HTTP status, error body and headers (also used outside litestar)."""
     status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
     headers: dict[str, str] = {}
@@ -75,13 +92,13 @@ def describe(exc: LedgerError) -> tuple[int, dict[str, Any], dict[str, str]]:
     return status, error_body(exc.code, exc.message), headers
 
 
-def _ledger_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+def _ledger_error(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     assert isinstance(exc, LedgerError)
     status, body, headers = describe(exc)
     return Response(body, status_code=status, headers=headers or None)
 
 
-def _http_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+def _http_error(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     assert isinstance(exc, HTTPException)
     message = exc.detail
     if isinstance(exc, ValidationException) and exc.extra:
@@ -93,7 +110,7 @@ def _http_error(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str,
     return error_response(exc.status_code, code, message, exc.headers)
 
 
-def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     """A bug: logged with its traceback, counted (``ledger_internal_errors``), answered 500."""
     _log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     metrics = getattr(request.app.state, "metrics", None)

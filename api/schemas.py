@@ -9,19 +9,11 @@ from typing import Any
 import msgspec
 from litestar.openapi.datastructures import ResponseSpec
 
+from api.errors import ErrorBody
 from ledger.log import LoggedEvent
 from projections.line_items import LineItem  # the order's line items are these, as stored
 
-__all__ = ["ERRORS", "ok"]
-
-
-class ErrorDetail(msgspec.Struct):
-    code: str
-    message: str
-
-
-class ErrorBody(msgspec.Struct):
-    error: ErrorDetail
+__all__ = ["ERRORS", "ErrorBody", "ok"]
 
 
 class PaymentIntent(msgspec.Struct):

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 from litestar import asgi
 from litestar.openapi.spec import OpenAPIMediaType as MediaType
-from litestar.openapi.spec import OpenAPIResponse, OpenAPIType, Operation, PathItem, RequestBody, Schema
+from litestar.openapi.spec import OpenAPIResponse, OpenAPIType, Operation, PathItem, Reference, RequestBody, Schema
 from litestar.types import Receive, Scope, Send
 
 from api.errors import INTERNAL_ERROR, describe, error_body
@@ -136,17 +136,8 @@ async def flex_webhook(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 def _error(description: str) -> OpenAPIResponse:
-    error = Schema(
-        type=OpenAPIType.OBJECT,
-        required=["error"],
-        properties={
-            "error": Schema(
-                type=OpenAPIType.OBJECT,
-                required=["code", "message"],
-                properties={"code": Schema(type=OpenAPIType.STRING), "message": Schema(type=OpenAPIType.STRING)},
-            )
-        },
-    )
+    # the one error shape (api.errors.ErrorBody), as the framework documents it for every other route
+    error = Reference(ref="#/components/schemas/ErrorBody")
     return OpenAPIResponse(description=description, content={"application/json": MediaType(schema=error)})
 
 

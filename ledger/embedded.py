@@ -8,14 +8,17 @@ pruned before every start.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-__all__ = ["EmbeddedPostgres"]
+__all__ = ["EmbeddedPostgres", "database_url"]
 
 _log = logging.getLogger(__name__)
 _HANDLE_FILE = ".handle_pids.json"
@@ -61,3 +64,18 @@ class EmbeddedPostgres:
         if self._server is not None:
             self._server.cleanup()
             self._server = None
+
+
+@contextlib.asynccontextmanager
+async def database_url(configured: str | None, data_dir: Path) -> AsyncIterator[str]:
+    """The DSN to use: ``configured`` (``LEDGER_DATABASE_URL``) when set, else the embedded
+    server's under ``data_dir``, started (or joined) for the context and let go after it."""
+    if configured is not None:
+        yield configured
+        return
+    embedded = EmbeddedPostgres(data_dir)
+    dsn = await asyncio.to_thread(embedded.start)
+    try:
+        yield dsn
+    finally:
+        await asyncio.to_thread(embedded.stop)

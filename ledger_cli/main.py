@@ -18,7 +18,7 @@ import asyncpg
 import ledger
 from api.logs import configure_logging
 from ledger.db import SCHEMA_VERSION, UNAVAILABLE, connect, retrying_conflicts
-from ledger.embedded import EmbeddedPostgres
+from ledger.embedded import database_url
 from ledger.errors import ConfigError
 from ledger.log import verify_chain
 from ledger.migrate import history, plan
@@ -45,24 +45,15 @@ async def database(
     never changes the schema nor takes a lock an append would wait for: it says when steps are
     pending and goes on, and refuses only a database that has no ledger schema at all. ``as_is``:
     nothing is checked (``ledger migrate``)."""
-    embedded = None
-    dsn = settings.database_url
-    if dsn is None:
-        embedded = EmbeddedPostgres(settings.data_dir)
-        dsn = await asyncio.to_thread(embedded.start)
-    try:
-        async with connect(dsn, unlimited=True) as conn:
-            if as_is:
-                pass
-            elif reads_only:
-                await _schema_readable(conn, dsn)
-            else:
-                for line in await retrying_conflicts(lambda: install(conn, auto_migrate=settings.auto_migrate)):
-                    print(f"ledger migrate: {line}", file=sys.stderr)
-            yield conn, dsn
-    finally:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
+    async with database_url(settings.database_url, settings.data_dir) as dsn, connect(dsn, unlimited=True) as conn:
+        if as_is:
+            pass
+        elif reads_only:
+            await _schema_readable(conn, dsn)
+        else:
+            for line in await retrying_conflicts(lambda: install(conn, auto_migrate=settings.auto_migrate)):
+                print(f"ledger migrate: {line}", file=sys.stderr)
+        yield conn, dsn
 
 
 async def _schema_readable(conn: asyncpg.Connection, dsn: str) -> None:

@@ -59,7 +59,7 @@ def _error_page(request: Request[Any, Any, Any], exc: Exception) -> Response[Any
     status, body, headers = describe(exc)
     return Template(
         template_name="error.html",
-        context={"path": request.url.path, "status": status, "message": body["error"]["message"]},
+        context={"path": request.url.path, "status": status, "message": body.error.message},
         status_code=status,
         headers=headers,
     )
