@@ -141,9 +141,9 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
                     stack.push_async_callback(client.aclose)
                 app.state.update(
                     pool=pool,
-                    ops=EventLog(ops),
-                    log=log,
-                    events=EventLog(pool),
+                    ops_log=EventLog(ops),
+                    ingest_log=log,
+                    read_log=EventLog(pool),
                     committer=committer,
                     checkpoints=checkpoints,
                     flex_clients=flex_clients,

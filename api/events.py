@@ -44,6 +44,6 @@ async def list_events(
     checked("after", after)
     checked("event_type", event_type)
     headers = await fresh_headers(state, [], min_position)  # the log itself: its head
-    rows = await state.events.list(after=parse_cursor(cursor, after), limit=limit, event_type=event_type)
+    rows = await state.read_log.list(after=parse_cursor(cursor, after), limit=limit, event_type=event_type)
     next_cursor = str(rows[-1].position) if len(rows) == limit else None
     return Response(EventPage(data=rows, next_cursor=next_cursor), headers=headers)

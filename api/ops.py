@@ -41,7 +41,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(state: AppState) -> object:
     try:
         async with asyncio.timeout(2):
-            version = await state.ops.schema_version()
+            version = await state.ops_log.schema_version()
     except (TimeoutError, DatabaseUnavailable, asyncpg.PostgresError):
         return error_response(503, "not_ready", "the database is unreachable", {"Retry-After": "5"})
     if version != SCHEMA_VERSION:
@@ -55,8 +55,8 @@ async def prometheus_metrics(state: AppState) -> Response[bytes]:
     reconcile: dict[str, Any] | None
     try:
         async with asyncio.timeout(5):
-            followers = await read_status(state.ops.pool)
-            reconcile, _ = await read_reconcile(state.ops.pool, 1)
+            followers = await read_status(state.ops_log.pool)
+            reconcile, _ = await read_reconcile(state.ops_log.pool, 1)
     except (TimeoutError, DatabaseUnavailable, asyncpg.PostgresError):
         followers = reconcile = None  # what this process knows, without the database
     return Response(state.metrics.render(followers, reconcile), media_type=CONTENT_TYPE_LATEST)
@@ -71,7 +71,7 @@ def create_ops_app(dsn: str, metrics: Metrics) -> Litestar:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         pool = await ops_pool(dsn)
-        app.state.ops = EventLog(pool)
+        app.state.ops_log = EventLog(pool)
         try:
             yield
         finally:

@@ -15,8 +15,8 @@ from api.read_routes import FRESHNESS_HEADER, POSITION_HEADER, fresh_headers
 from api.schemas import ok
 from api.state import AppState
 from ledger.errors import DatabaseUnavailable, FlexUnavailable, NotFound
-from projections import documents
-from reactors.reconcile import fetch_session, read_reconcile, unrecorded
+from reactors import sync as reactors_sync
+from reactors.reconcile import read_reconcile
 
 __all__ = ["RECONCILE_ROUTES"]
 
@@ -43,24 +43,20 @@ __all__ = ["RECONCILE_ROUTES"]
 async def sync_order(state: AppState, checkout_session_id: PathId) -> Response[Any]:
     outcome = "error"
     try:
-        clients = list(state.flex_clients.values())
-        if not clients:
-            raise FlexUnavailable("FLEX_API_KEY is not set: this service cannot ask Flex", retry_after=60)
         # Waiting on Flex holds no read slot (api/admission.py); the database work after it takes one.
-        resources = await fetch_session(clients, checkout_session_id)
-        await admit()
-        observations = await unrecorded(state.pool, resources)
-        headers: dict[str, str] = {}
-        if observations:
-            results = await state.log.append(observations)
-            reached = await state.checkpoints.wait(["orders"], max(r.position for r in results))
-            headers[FRESHNESS_HEADER] = "true" if reached else "false"
-        headers[POSITION_HEADER] = str(state.checkpoints.applied(["orders"]))
-        outcome = "recorded" if observations else "known"
-        order = await documents.get_order(state.pool, checkout_session_id)
-        if order is None:  # recorded, but the orders projection has not applied it within the wait
-            raise DatabaseUnavailable("the order is recorded but not projected yet; retry", retry_after=1)
-        return Response(order, headers=headers)
+        synced = await reactors_sync.sync_order(
+            checkout_session_id,
+            clients=list(state.flex_clients.values()),
+            log=state.ingest_log,
+            pool=state.pool,
+            checkpoints=state.checkpoints,
+            before_database=admit,
+        )
+        outcome = "recorded" if synced.recorded else "known"
+        headers = {POSITION_HEADER: str(synced.position)}
+        if synced.fresh is not None:
+            headers[FRESHNESS_HEADER] = "true" if synced.fresh else "false"
+        return Response(synced.order, headers=headers)
     except NotFound:
         outcome = "not_found"
         raise

@@ -30,9 +30,10 @@ class AppState(State):
     auth_failures: FailureLimiter  # wrong bearer tokens and failed console sign-ins, per address
     # Set by the lifespan, once the database is reachable:
     pool: asyncpg.Pool  # reads (planned per call)
-    log: EventLog  # appends and quarantine, on the ingest pool
-    events: EventLog  # reads of the log, on the read pool
-    ops: EventLog  # /readyz and /metrics, on a pool of their own: never queued behind reads
+    # The event log, through three connection budgets (bulkheads):
+    ingest_log: EventLog  # appends and quarantine, on the ingest pool (no read ever takes it)
+    read_log: EventLog  # reads of the log (/v1/events, the console), on the read pool
+    ops_log: EventLog  # /readyz and /metrics, on a pool of their own: never queued behind reads
     committer: GroupCommitter
     checkpoints: CheckpointWatcher
     flex_clients: dict[str, FlexClient]  # by mode (live, test): the keys set; for the success page's sync

@@ -65,7 +65,7 @@ async def ingest(headers: Mapping[str, str], body: bytes, state: AppState) -> Ap
         )
     except UnusableEvent as exc:
         kept = {k: v for k, v in headers.items() if k.lower() not in _PRIVATE_HEADERS}
-        qid = await state.log.quarantine(
+        qid = await state.ingest_log.quarantine(
             message_id=found.message_id, headers=_encode(kept).decode(), body=body, reason=exc.message
         )
         _log.warning("webhook quarantined as #%s: %s", qid, exc.message)

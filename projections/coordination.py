@@ -41,7 +41,10 @@ class LocksBusy(Exception):
     """Some lock asked for is held by another session."""
 
 
-class Exclusive(Protocol):
+class LockHolder(Protocol):
+    """What runs under a follower's lock (a runner, the reactor, the automatic reconcile): its
+    ``active`` says whether this process holds the lock now."""
+
     active: bool
 
 
@@ -70,7 +73,7 @@ async def run_exclusively(
     dsn: str,
     name: str,
     lock: int,
-    owner: Exclusive,
+    owner: LockHolder,
     body: Callable[[asyncpg.Connection], Awaitable[None]],
     standby_interval: float,
 ) -> None:

@@ -1,8 +1,10 @@
 """Following the log: read after a checkpoint, apply, move the checkpoint by compare-and-set.
 
-Every follower of the log — each projection's runner and the fulfillment reactor's intake — is a
-``Step``: a name (its ``projection_state`` row), the event types it reads, and what it does with
-a batch inside the transaction that moves its checkpoint. ``follow_once`` runs one batch;
+Every follower of the log — each projection's runner and the fulfillment reactor's intake — is
+this one skeleton with its own ``FollowerPolicy``: a name (its ``projection_state`` row), the event
+types it reads, and what it does with a batch inside the transaction that moves its checkpoint
+(poison isolated by ``projections.apply.isolating``). The lock, the standby and the restarts
+with backoff are ``projections.coordination.run_exclusively``'s. ``follow_once`` runs one batch;
 ``follow`` runs batches as the log grows: at once while behind, else when woken (``NOTIFY``) or
 after ``poll_interval``, whichever comes first. Polling from the checkpoint is the truth; a wake-up
 only saves time. A checkpoint moved under a follower (a rebuild switch) is reloaded.
@@ -23,7 +25,7 @@ from projections.apply import BatchResult, decode_rows
 from projections.base import LogRow
 from projections.sql import projection_queries as sql
 
-__all__ = ["CheckpointMoved", "Step", "follow", "follow_once", "seed_checkpoints"]
+__all__ = ["CheckpointMoved", "FollowerPolicy", "follow", "follow_once", "seed_checkpoints"]
 
 _log = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ class CheckpointMoved(Exception):
     """Another writer (a rebuild switch) moved the checkpoint: reload and go on."""
 
 
-class Step(Protocol):
+class FollowerPolicy(Protocol):
     """One follower of the log."""
 
     @property
@@ -49,31 +51,31 @@ class Step(Protocol):
         ...
 
 
-async def follow_once(conn: asyncpg.Connection, step: Step, batch_size: int) -> int:
+async def follow_once(conn: asyncpg.Connection, policy: FollowerPolicy, batch_size: int) -> int:
     """Applies at most one batch after the checkpoint. Returns how far the checkpoint moved."""
-    state = await conn.fetchrow(sql.state_get, step.name)
+    state = await conn.fetchrow(sql.state_get, policy.name)
     head = state["head"]
     start = state["position"]
     if start >= head:
         return 0
     end = min(head, start + batch_size)
-    rows, _ = decode_rows(await read_batch(conn, start, end, step.patterns))
+    rows, _ = decode_rows(await read_batch(conn, start, end, policy.patterns))
     async with conn.transaction():
-        result = await step.apply(conn, rows)
+        result = await policy.apply(conn, rows)
         skipped = (end - start) - result.applied - len(result.failures)
         moved = await conn.fetch(
-            sql.checkpoint_advance, step.name, start, state["generation"], end, result.applied, skipped
+            sql.checkpoint_advance, policy.name, start, state["generation"], end, result.applied, skipped
         )
         if not moved:
             raise CheckpointMoved
         for failure in result.failures:
-            await conn.execute(sql.record_failure, step.name, failure.reason, failure.position)
+            await conn.execute(sql.record_failure, policy.name, failure.reason, failure.position)
     return int(end - start)
 
 
 async def follow(
     conn: asyncpg.Connection,
-    step: Step,
+    policy: FollowerPolicy,
     wake: asyncio.Event,
     *,
     batch_size: int,
@@ -81,15 +83,15 @@ async def follow(
     quiet_period: float,
     when_caught_up: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
 ) -> None:
-    """Follows the log until cancelled. ``when_caught_up`` runs each time the step reaches the
+    """Follows the log until cancelled. ``when_caught_up`` runs each time the follower reaches the
     head it read; ``quiet_period`` lets a few group commits gather after a wake-up, so that under
     load there is one batch per quiet period instead of one per commit."""
     while True:
         wake.clear()
         try:
-            moved = await follow_once(conn, step, batch_size)
+            moved = await follow_once(conn, policy, batch_size)
         except CheckpointMoved:
-            _log.info("%s: checkpoint moved by a rebuild; reloading", step.name)
+            _log.info("%s: checkpoint moved by a rebuild; reloading", policy.name)
             continue
         if moved >= batch_size:
             continue  # behind: next batch at once

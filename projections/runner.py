@@ -21,8 +21,8 @@ from projections.registry import lock_id
 __all__ = ["ProjectionRunner", "catch_up_once"]
 
 
-class _Projecting:
-    """A projection as a follower of the log."""
+class ProjectionPolicy:
+    """A projection's policy as a follower of the log: its batch folded into its tables."""
 
     def __init__(self, projection: Projection) -> None:
         self.projection = projection
@@ -37,7 +37,7 @@ class _Projecting:
 
 async def catch_up_once(conn: asyncpg.Connection, projection: Projection, batch_size: int) -> int:
     """Applies at most one batch after the checkpoint. Returns how far the checkpoint moved."""
-    return await follow_once(conn, _Projecting(projection), batch_size)
+    return await follow_once(conn, ProjectionPolicy(projection), batch_size)
 
 
 class ProjectionRunner:
@@ -69,7 +69,7 @@ class ProjectionRunner:
     async def _follow(self, conn: asyncpg.Connection) -> None:
         await follow(
             conn,
-            _Projecting(self.projection),
+            ProjectionPolicy(self.projection),
             self.wake,
             batch_size=self.batch_size,
             poll_interval=self.poll_interval,

@@ -64,7 +64,7 @@ _COMPLETED = "checkout.session.completed"
 _COMPLETING = (_COMPLETED, KINDS["checkout_session"].snapshot_type)
 
 
-class _Intake:
+class IntakePolicy:
     """The reactor's follower of the log: queues each completed session once and, when refunds
     restock (``LEDGER_RESTOCK_ON_REFUND=full``), notes the payment intents of succeeded refunds."""
 
@@ -103,7 +103,7 @@ class _Intake:
         return BatchResult(applied=len(sessions) + len(refunded))
 
 
-_INTAKE = _Intake()
+_INTAKE = IntakePolicy()
 
 
 async def intake_once(conn: asyncpg.Connection, batch_size: int = 1000) -> int:
@@ -177,7 +177,7 @@ class FulfillmentReactor:
         # The client for each mode (test_mode: bool); a session of a mode without one waits as pending.
         self.clients = {False: client, True: test_client or client}
         self.wake = wake
-        self.intake = _Intake(restock_on_refund=restock_on_refund)
+        self.intake = IntakePolicy(restock_on_refund=restock_on_refund)
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base

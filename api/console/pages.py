@@ -72,7 +72,7 @@ async def sign_out(request: Request[Any, Any, Any], state: AppState) -> Redirect
 
 @get("/")
 async def overview(request: Request[Any, Any, Any], state: AppState) -> Template:
-    log = await state.events.summary()
+    log = await state.read_log.summary()
     followers = await read_status(state.pool)
     reconcile, _ = await read_reconcile(state.pool, 1)
     fulfillment = next((f for f in followers if f["name"] == "fulfillment"), {})
@@ -80,7 +80,7 @@ async def overview(request: Request[Any, Any, Any], state: AppState) -> Template
         "overview.html",
         request,
         log=log,
-        rate=await state.events.recent_rate(60),
+        rate=await state.read_log.recent_rate(60),
         followers=followers,
         fulfillment=fulfillment,
         reconcile=reconcile,
@@ -209,7 +209,7 @@ async def retry(state: AppState, data: Form) -> Redirect:
 async def quarantine(
     request: Request[Any, Any, Any], state: AppState, before: Annotated[int | None, Parameter(ge=1)] = None
 ) -> Template:
-    rows = await state.events.quarantined(before=before, limit=PAGE)  # the read pool: never ingest's
+    rows = await state.read_log.quarantined(before=before, limit=PAGE)  # the read pool: never ingest's
     return _page("quarantine.html", request, rows=rows, next_before=rows[-1]["id"] if len(rows) == PAGE else None)
 
 
