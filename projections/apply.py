@@ -12,7 +12,6 @@ from ledger.db import DATA_REFUSED
 from projections.base import Deltas, LogRow, Projection, merge
 from projections.mergeable import Mergeable
 from projections.observations import as_snapshot
-from projections.sql import projection_queries as sql
 
 __all__ = ["BatchResult", "ProjectionFailed", "apply_batch", "apply_isolating", "decode_rows", "isolating"]
 
@@ -91,7 +90,7 @@ async def apply_batch(
             continue
         positions = deltas.positions[table.name]
         ids = sorted(states)
-        stored = {r["id"]: r for r in await conn.fetch(getattr(sql, table.load), ids)}
+        stored = {r["id"]: r for r in await conn.fetch(table.load, ids)}
         columns: list[list[object]] = []
         out_positions: list[int] = []
         out_states: list[str] = []
@@ -109,10 +108,10 @@ async def apply_batch(
             out_positions.append(position)
             out_states.append(_encode.encode(state.doc).decode())
             written.setdefault(table.name, {})[entity_id] = state
-        await conn.execute(getattr(sql, table.upsert), ids, *columns, out_positions, out_states)
+        await conn.execute(table.upsert, ids, *columns, out_positions, out_states)
     if projection.history is not None and deltas.touched:
         touched = sorted(deltas.touched)
-        await conn.execute(getattr(sql, projection.history), [e for e, _ in touched], [p for _, p in touched])
+        await conn.execute(projection.history, [e for e, _ in touched], [p for _, p in touched])
     if projection.after_write is not None and written and not bulk:
         await projection.after_write(conn, written)
     return result

@@ -27,8 +27,9 @@ class LogRow(msgspec.Struct, frozen=True, kw_only=True):
 
 @dataclass(frozen=True)
 class Table:
-    """A projection table: ``load``/``upsert`` are query names in ``projections/sql/``;
-    ``row`` gives the upsert's column values (after the key and before ``position, state``)."""
+    """A projection table: ``load``/``upsert`` are its queries (``projections/sql/``, named in code:
+    ``sql.orders_load``); ``row`` gives the upsert's column values (after the key and before
+    ``position, state``)."""
 
     name: str
     load: str
@@ -94,7 +95,7 @@ class Projection:
     shape: int = 1
     # Tables the upserts keep up to date as a side effect (summaries): rebuilt and swapped too.
     derived: tuple[str, ...] = ()
-    # A query in ``projections/sql/`` recording which events touched which entity (ids, positions),
+    # The query (``projections/sql/``) recording which events touched which entity (ids, positions),
     # for an entity's history and time travel; its table is one of ``derived``.
     history: str | None = None
     # Run after a batch's rows are written, with {table: {id: state as written}}, in the same

@@ -13,6 +13,7 @@ from projections.fields import as_bool, as_str, epoch_micros, event_micros, id_o
 from projections.fields import dict_of as _dict
 from projections.mergeable import Mergeable
 from projections.observations import OBSERVED
+from projections.sql import projection_queries as sql
 
 __all__ = ["CUSTOMERS"]
 
@@ -95,7 +96,7 @@ def _row(_: str, state: Mergeable) -> tuple[Any, ...]:
 CUSTOMERS = Projection(
     name="customers",
     prefixes=("customer.", "checkout.session.", OBSERVED),
-    tables=(Table("customers", load="customers_load", upsert="customers_upsert", row=_row),),
+    tables=(Table("customers", load=sql.customers_load, upsert=sql.customers_upsert, row=_row),),
     fold=fold,
     shape=2,  # 2: merge keys from the events' content, explicit nulls; modes; money after the sale
     description="customers with their contact details, orders and subscriptions",

@@ -13,6 +13,7 @@ from projections.base import Deltas, LogRow, Projection, Table
 from projections.fields import as_bool, as_int, as_str, dict_of, epoch_micros, newest_first_key
 from projections.ledger_events import ADJUSTED
 from projections.mergeable import Mergeable
+from projections.sql import projection_queries as sql
 
 __all__ = ["INVENTORY"]
 
@@ -54,7 +55,7 @@ def _row(_: str, state: Mergeable) -> tuple[Any, ...]:
 INVENTORY = Projection(
     name="inventory",
     prefixes=(ADJUSTED,),
-    tables=(Table("inventory_adjustments", load="adjustments_load", upsert="adjustments_upsert", row=_row),),
+    tables=(Table("inventory_adjustments", load=sql.adjustments_load, upsert=sql.adjustments_upsert, row=_row),),
     fold=fold,
     shape=2,  # 2: merge keys from the events' content, explicit nulls; modes; money after the sale
     description="inventory adjustments (sales and restocks) and totals per price, product and mode",

@@ -37,6 +37,7 @@ from projections.line_items import UnusableLineItems, parse_line_items
 from projections.mergeable import Key, Mergeable
 from projections.observations import OBSERVED
 from projections.order_intents import settle_every_payment_status, settle_payment_status
+from projections.sql import projection_queries as sql
 
 __all__ = ["ORDERS", "REFUND_EVENTS", "SESSION_FINAL", "refunds_in"]
 
@@ -329,14 +330,14 @@ ORDERS = Projection(
         ADJUSTED,
     ),
     tables=(
-        Table("orders", load="orders_load", upsert="orders_upsert", row=_order_row),
-        Table("order_payment_intents", load="intents_load", upsert="intents_upsert", row=_intent_row),
+        Table("orders", load=sql.orders_load, upsert=sql.orders_upsert, row=_order_row),
+        Table("order_payment_intents", load=sql.intents_load, upsert=sql.intents_upsert, row=_intent_row),
     ),
     fold=fold,
     # 2: merge keys from the events' content, explicit nulls; modes; money after the sale. 3: history.
     shape=3,
     derived=("order_history",),
-    history="order_history_add",
+    history=sql.order_history_add,
     description="orders (one per checkout session), their payment intents, refunds and disputes",
     after_write=settle_payment_status,
     after_bulk_load=settle_every_payment_status,

@@ -26,6 +26,7 @@ from projections.fields import (
 from projections.mergeable import Mergeable
 from projections.observations import OBSERVED
 from projections.orders import SESSION_FINAL
+from projections.sql import projection_queries as sql
 
 __all__ = ["SUBSCRIPTIONS"]
 
@@ -128,7 +129,7 @@ def _row(_: str, state: Mergeable) -> tuple[Any, ...]:
 SUBSCRIPTIONS = Projection(
     name="subscriptions",
     prefixes=("customer.subscription.", "invoice.", "checkout.session.", OBSERVED),
-    tables=(Table("subscriptions", load="subscriptions_load", upsert="subscriptions_upsert", row=_row),),
+    tables=(Table("subscriptions", load=sql.subscriptions_load, upsert=sql.subscriptions_upsert, row=_row),),
     fold=fold,
     shape=2,  # 2: merge keys from the events' content, explicit nulls; modes; money after the sale
     description="subscriptions with lifecycle status and payment state",

@@ -195,7 +195,7 @@ class _Baseline:
                 wanted.setdefault(table, set()).update(states)
         stored: dict[str, dict[str, Mergeable]] = {}
         for table, ids in wanted.items():
-            rows = await conn.fetch(getattr(sql, ORDERS.table(table).load), sorted(ids))
+            rows = await conn.fetch(ORDERS.table(table).load, sorted(ids))
             stored[table] = {r["id"]: Mergeable(_decode.decode(r["state"])) for r in rows}
         out = []
         for deltas in folded:

@@ -16,6 +16,7 @@ from projections.orders import ORDERS
 from projections.rebuild import rebuild
 from projections.registry import PROJECTIONS
 from projections.runner import ProjectionRunner, catch_up_once
+from projections.sql import projection_queries as sql
 from tests.projection_support import append, project, snapshot
 
 
@@ -211,7 +212,7 @@ async def test_an_event_the_tables_refuse_is_recorded_and_the_rest_applied(db_ds
         values = ORDERS.tables[0].row(entity_id, state)  # type: ignore[arg-type]
         return (*values[:-1], 2**70) if entity_id == "fcs_refused" else values
 
-    tables = (Table("orders", load="orders_load", upsert="orders_upsert", row=row), ORDERS.tables[1])
+    tables = (Table("orders", load=sql.orders_load, upsert=sql.orders_upsert, row=row), ORDERS.tables[1])
     refusing = dataclasses.replace(ORDERS, tables=tables)
     good = _events(2)
     refused = {
