@@ -9,7 +9,7 @@ import asyncpg
 import msgspec
 
 from ledger.db import DATA_REFUSED
-from projections.base import Deltas, LogRow, Projection, merge
+from projections.base import Deltas, LogRow, Projection
 from projections.mergeable import Mergeable
 from projections.observations import as_snapshot
 
@@ -18,7 +18,6 @@ __all__ = ["BatchResult", "ProjectionFailed", "apply_batch", "apply_isolating", 
 _log = logging.getLogger(__name__)
 
 _decode = msgspec.json.Decoder()
-_encode = msgspec.json.Encoder()
 
 
 class ProjectionFailed(Exception):
@@ -98,7 +97,7 @@ async def apply_batch(
             state, position = states[entity_id], positions[entity_id]
             previous = stored.get(entity_id)
             if previous is not None:
-                state = merge(Mergeable(_decode.decode(previous["state"])), state)
+                state = Mergeable.loads(previous["state"]).merge(state)
                 position = max(position, previous["position"])
             values = table.row(entity_id, state)
             if not columns:
@@ -106,7 +105,7 @@ async def apply_batch(
             for column, value in zip(columns, values, strict=True):
                 column.append(value)
             out_positions.append(position)
-            out_states.append(_encode.encode(state.doc).decode())
+            out_states.append(state.dumps())
             written.setdefault(table.name, {})[entity_id] = state
         await conn.execute(table.upsert, ids, *columns, out_positions, out_states)
     if projection.history is not None and deltas.touched:

@@ -61,22 +61,8 @@ class Deltas:
 
 
 def merge(into: Mergeable, other: Mergeable) -> Mergeable:
-    """The join of two states (commutative, associative, idempotent)."""
-    doc = other.doc
-    for fld, value in doc["v"].items():
-        into.offer(fld, value, doc["k"][fld], clears=True)
-    for name, items in doc["s"].items():
-        for item in items:
-            into.add(name, item)
-    for mark, value in doc["m"].items():
-        kind, _, name = mark.partition(":")
-        if kind == "min":
-            into.earliest(name, value)
-        elif kind == "max":
-            into.latest(name, value)
-        elif kind == "flag" and value:
-            into.flag(name)
-    return into
+    """The join of two states (commutative, associative, idempotent): ``into`` with ``other`` joined."""
+    return into.merge(other)
 
 
 def like_patterns(prefixes: Iterable[str]) -> list[str]:

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
-import msgspec
 
 from ledger.db import connection, translate_errors
 from ledger.errors import InvalidRequest
@@ -34,18 +33,13 @@ __all__ = [
     "with_intents",
 ]
 
-_decode = msgspec.json.Decoder()
-
-
-def _state(text: str) -> Mergeable:
-    return Mergeable(_decode.decode(text))
 
 
 async def _fetch_state(pool: asyncpg.Pool, query: str, entity_id: str) -> tuple[int, Mergeable] | None:
     """One entity's (position, state), by a ``*_get`` query."""
     async with connection(pool) as conn:
         record = await conn.fetchrow(query, entity_id)
-    return None if record is None else (record["position"], _state(record["state"]))
+    return None if record is None else (record["position"], Mergeable.loads(record["state"]))
 
 
 def _fulfillment(state: Mergeable, status: str | None) -> dict[str, Any]:

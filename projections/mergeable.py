@@ -11,16 +11,22 @@ in any batching, gives the same state:
 * ``earliest(name, when)`` / ``latest(name, when)``: min / max;
 * ``flag(name)``: once true, true.
 
-The whole state is kept as one JSON document per entity, next to a few indexed columns.
+The whole state is kept as one JSON document per entity, next to a few indexed columns; this
+module is the only one that knows its layout (``loads``/``dumps``, ``merge``, ``facts``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 __all__ = ["Key", "Mergeable"]
 
 Key = list[Any]  # compared as lists: the same types at each place (see projections.fields.newest_first_key)
+
+_decode = msgspec.json.Decoder()
+_encode = msgspec.json.Encoder()
 
 
 class Mergeable:
@@ -34,6 +40,40 @@ class Mergeable:
     @property
     def doc(self) -> dict[str, Any]:
         return self._doc
+
+    @classmethod
+    def loads(cls, text: str | bytes) -> Mergeable:
+        """A state as stored (the ``state`` column's JSON)."""
+        return cls(_decode.decode(text))
+
+    def dumps(self) -> str:
+        """The state as stored."""
+        return _encode.encode(self._doc).decode()
+
+    def copy(self) -> Mergeable:
+        return Mergeable.loads(_encode.encode(self._doc))
+
+    def facts(self) -> tuple[Any, ...]:
+        """What the state shows (values, sets, marks), without why (the merge keys)."""
+        return (self._doc["v"], self._doc["s"], self._doc["m"])
+
+    def merge(self, other: Mergeable) -> Mergeable:
+        """Joins ``other`` into this state (commutative, associative, idempotent); returns it."""
+        doc = other.doc
+        for fld, value in doc["v"].items():
+            self.offer(fld, value, doc["k"][fld], clears=True)
+        for name, items in doc["s"].items():
+            for item in items:
+                self.add(name, item)
+        for mark, value in doc["m"].items():
+            kind, _, name = mark.partition(":")
+            if kind == "min":
+                self.earliest(name, value)
+            elif kind == "max":
+                self.latest(name, value)
+            elif kind == "flag" and value:
+                self.flag(name)
+        return self
 
     # last-writer-wins fields ---------------------------------------------------------------
     def offer(self, field: str, value: Any, key: Key, *, clears: bool = False) -> None:

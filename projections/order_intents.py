@@ -10,20 +10,12 @@ a fold would depend on.
 from __future__ import annotations
 
 import asyncpg
-import msgspec
 
 from projections.mergeable import Mergeable
 from projections.money import order_money
 from projections.sql import projection_queries as queries
 
 __all__ = ["Intents", "intents_of", "settle_every_payment_status", "settle_payment_status"]
-
-_decode = msgspec.json.Decoder()
-
-
-def _state(text: str) -> Mergeable:
-    return Mergeable(_decode.decode(text))
-
 
 Intents = list[tuple[str, int, Mergeable | None]]  # (payment intent id, position, state if known)
 
@@ -33,7 +25,7 @@ async def intents_of(
 ) -> list[tuple[asyncpg.Record, Mergeable, Intents]]:
     """Each order's state with its payment intents: those its session lists and those that name
     its session, whichever arrived first. One round trip for all of them."""
-    states = [_state(record["state"]) for record in records]
+    states = [Mergeable.loads(record["state"]) for record in records]
     listed = {
         record["checkout_session_id"]: state.items("payment_intent_ids")
         for record, state in zip(records, states, strict=True)
@@ -43,7 +35,7 @@ async def intents_of(
         queries.order_intents, sorted({pi for ids in listed.values() for pi in ids}), list(listed)
     ):
         if row["payment_intent_id"] not in found:
-            found[row["payment_intent_id"]] = (row["checkout_session_id"], row["position"], _state(row["state"]))
+            found[row["payment_intent_id"]] = (row["checkout_session_id"], row["position"], Mergeable.loads(row["state"]))
     naming: dict[str, set[str]] = {}
     for pi_id, (session_id, _, _) in found.items():
         if session_id is not None:

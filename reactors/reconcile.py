@@ -33,7 +33,7 @@ from ledger.db import DATA_REFUSED, UNAVAILABLE, connection
 from ledger.errors import FlexUnavailable, LedgerError, NotFound
 from ledger.log import NewEvent, append_with, read_batch
 from projections.apply import decode_rows
-from projections.base import Deltas, LogRow, merge
+from projections.base import Deltas, LogRow
 from projections.coordination import held_locks, run_exclusively
 from projections.fields import epoch_micros
 from projections.mergeable import Mergeable
@@ -63,7 +63,6 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 _decode = msgspec.json.Decoder()
-_encode = msgspec.json.Encoder()
 
 PAGE_SIZE = 100  # Flex's largest page
 _TAIL_BATCH = 10_000
@@ -196,30 +195,20 @@ class _Baseline:
         stored: dict[str, dict[str, Mergeable]] = {}
         for table, ids in wanted.items():
             rows = await conn.fetch(ORDERS.table(table).load, sorted(ids))
-            stored[table] = {r["id"]: Mergeable(_decode.decode(r["state"])) for r in rows}
+            stored[table] = {r["id"]: Mergeable.loads(r["state"]) for r in rows}
         out = []
         for deltas in folded:
             changes = False
             for table, states in deltas.by_table.items():
                 for entity_id, delta in states.items():
-                    before = _copy(stored[table].get(entity_id))
+                    before = (stored[table].get(entity_id) or Mergeable()).copy()
                     tail = self.tail.by_table.get(table, {}).get(entity_id)
                     if tail is not None:
-                        before = merge(before, tail)
-                    after = merge(_copy(before), delta)
-                    changes = changes or _facts(after) != _facts(before)
+                        before = before.merge(tail)
+                    after = before.copy().merge(delta)
+                    changes = changes or after.facts() != before.facts()
             out.append(changes)
         return out
-
-
-def _copy(state: Mergeable | None) -> Mergeable:
-    return Mergeable(_decode.decode(_encode.encode(state.doc))) if state is not None else Mergeable()
-
-
-def _facts(state: Mergeable) -> tuple[Any, ...]:
-    """A state's values, sets and marks: what it shows (the merge keys say only why)."""
-    doc = state.doc
-    return (doc["v"], doc["s"], doc["m"])
 
 
 def _candidate(kind: Kind, resource: dict[str, Any], observed_at: datetime) -> _Candidate:
