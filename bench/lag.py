@@ -17,6 +17,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -37,7 +38,7 @@ async def watch(session: aiohttp.ClientSession, url: str, session_id: str, since
 
 
 async def load(url: str, rate: int, seconds: int) -> tuple[list[float], int, int]:
-    events = []
+    events: list[dict[str, Any]] = []
     seed = 0
     while len(events) < rate * seconds:
         events += checkout_events(Checkout(seed=seed, split=seed % 3 == 0, start=int(time.time()) + seed))
@@ -48,7 +49,7 @@ async def load(url: str, rate: int, seconds: int) -> tuple[list[float], int, int
     connector = aiohttp.TCPConnector(limit=64)
     async with aiohttp.ClientSession(connector=connector) as session:
 
-        async def send(event: dict) -> None:
+        async def send(event: dict[str, Any]) -> None:
             nonlocal failures
             body = json.dumps(event)
             async with session.post(f"{url}/webhooks/flex", data=body, headers=signed_headers(body)) as r:

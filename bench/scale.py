@@ -229,7 +229,7 @@ async def _sample(dsn: str, sql: str, *args: Any) -> Any:
         await conn.close()
 
 
-async def _lag_after(dsn: str, position: int, limit: float = 30.0) -> float:
+async def _lag_after(dsn: str, position: float, limit: float = 30.0) -> float:
     """Seconds until every projection has applied ``position``."""
     conn = await asyncpg.connect(dsn)
     started = time.perf_counter()

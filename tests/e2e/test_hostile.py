@@ -8,6 +8,7 @@ import os
 import random
 import string
 import subprocess
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tests.support import RunningServer, fulfillment_env, ledger_command, run_se
 
 
 @pytest.fixture
-def server(db_dsn: str, tmp_path: Path) -> RunningServer:
+def server(db_dsn: str, tmp_path: Path) -> Iterator[RunningServer]:
     with run_server(tmp_path, {"LEDGER_DATABASE_URL": db_dsn, "LEDGER_RECONCILE_INTERVAL": "0"}) as s:
         yield s
 
@@ -132,7 +133,7 @@ _NUMBER_PARAMS = [
 
 
 @pytest.fixture
-def flex_server(db_dsn: str, tmp_path: Path) -> RunningServer:
+def flex_server(db_dsn: str, tmp_path: Path) -> Iterator[RunningServer]:
     """A server with Flex (the stand-in) to ask, so that the success page's sync answers too."""
     with run_standin() as standin:
         env = {"LEDGER_DATABASE_URL": db_dsn, "LEDGER_RECONCILE_INTERVAL": "0", **fulfillment_env(standin.api_base)}

@@ -188,7 +188,7 @@ def test_metrics_show_the_reads_waiting_for_their_turn(db_dsn: str, tmp_path: Pa
                 await locked.start()
                 await blocker.execute("LOCK TABLE orders IN ACCESS EXCLUSIVE MODE")
                 reads = asyncio.gather(*(raw_get(port, f"/v1/orders/cs_{i}", API_TOKEN) for i in range(50)))
-                seen = []
+                seen: list[tuple[float, float]] = []
                 deadline = time.monotonic() + 10
                 while time.monotonic() < deadline and (not seen or seen[-1] != (48, 2)):
                     seen.append(await asyncio.to_thread(_reads_gauges, client, server))

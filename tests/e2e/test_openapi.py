@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -23,7 +24,7 @@ EXAMPLES = int(os.environ.get("LEDGER_FUZZ_EXAMPLES", "450"))
 SEED = os.environ.get("LEDGER_FUZZ_SEED", "20261129")
 
 
-def _orders() -> list[dict]:
+def _orders() -> list[dict[str, Any]]:
     refunded = Checkout(seed=71)
     disputed = Checkout(seed=72, split=True, items=2)
     voided = Checkout(seed=73, capture="manual")

@@ -7,6 +7,7 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -206,10 +207,10 @@ def test_sigterm_under_load_loses_nothing_acknowledged(db_dsn: str, tmp_path: Pa
 
     with run_server(tmp_path, {"LEDGER_DATABASE_URL": db_dsn}) as server:
 
-        async def load() -> list[tuple[str, int | None, dict | None]]:
+        async def load() -> list[tuple[str, int | None, dict[str, Any] | None]]:
             async with httpx.AsyncClient(limits=httpx.Limits(max_connections=32)) as client:
 
-                async def one(body: str) -> tuple[str, int | None, dict | None]:
+                async def one(body: str) -> tuple[str, int | None, dict[str, Any] | None]:
                     event_id = __import__("json").loads(body)["event_id"]
                     try:
                         r = await client.post(server.url + "/webhooks/flex", content=body, headers=signed_headers(body))

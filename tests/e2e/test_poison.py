@@ -10,7 +10,9 @@ import random
 import string
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -24,7 +26,7 @@ from tests.support import StandIn, fulfillment_env, ledger_command, run_server, 
 LONG = "fcs_" + "".join(random.Random(21).choices(string.ascii_letters, k=3000))
 
 
-def _completed(session_id: str, event_id: str) -> dict:
+def _completed(session_id: str, event_id: str) -> dict[str, Any]:
     return {
         "event_dt": int(time.time()),
         "event_id": event_id,
@@ -34,7 +36,7 @@ def _completed(session_id: str, event_id: str) -> dict:
 
 
 @pytest.fixture
-def standin() -> StandIn:
+def standin() -> Iterator[StandIn]:
     with run_standin() as s:
         yield s
 
@@ -51,7 +53,7 @@ def standin() -> StandIn:
     ],
     ids=["session", "customer-utf8", "listed-intent", "client-reference", "email", "nested-subscription"],
 )
-def test_an_id_no_index_can_hold_is_refused_at_the_door_and_quarantined(server, where: dict) -> None:  # type: ignore[no-untyped-def]
+def test_an_id_no_index_can_hold_is_refused_at_the_door_and_quarantined(server, where: dict[str, Any]) -> None:  # type: ignore[no-untyped-def]
     body = json.dumps({"event_dt": 1, "event_id": f"evt_{os.urandom(6).hex()}", "event_type": "x.y", "object": where})
     reply = server.post_event(body)
     assert reply.status_code == 422, reply.text

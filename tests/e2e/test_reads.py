@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -20,7 +21,7 @@ from tests.support import API_TOKEN, SECRET, RunningServer, ledger_command, run_
 SECRET_FOR_WORK = SECRET
 
 
-def deliver(server: RunningServer, events: list[dict]) -> int:
+def deliver(server: RunningServer, events: list[dict[str, Any]]) -> int:
     """Posts every event; returns the last position."""
     last = 0
     with httpx.Client(timeout=30) as client:
@@ -103,7 +104,7 @@ def test_read_routes_after_webhooks(db_dsn: str, tmp_path: Path) -> None:
     assert reactor["pending_sessions"] == 3, "no FLEX_API_KEY: completed sessions wait as pending"
 
 
-def _snapshot(server: RunningServer, sessions: list[str]) -> list[dict]:
+def _snapshot(server: RunningServer, sessions: list[str]) -> list[dict[str, Any]]:
     return [server.get(f"/v1/orders/{s}").json() for s in sessions]
 
 
@@ -146,7 +147,7 @@ def test_rebuild_while_serving_reads_never_fail(db_dsn: str, tmp_path: Path) -> 
         _wait_caught_up(server)
         before = _snapshot(server, sample)
         statuses: list[int] = []
-        answers: list[dict] = []
+        answers: list[dict[str, Any]] = []
         stop = threading.Event()
 
         def reader() -> None:

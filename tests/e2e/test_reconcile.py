@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from tests.support import (
 
 
 @pytest.fixture
-def standin() -> StandIn:
+def standin() -> Iterator[StandIn]:
     with run_standin() as s:
         yield s
 

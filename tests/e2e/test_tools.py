@@ -181,7 +181,10 @@ def test_metrics_move_for_every_webhook_outcome_and_for_lag(db_dsn: str, tmp_pat
     env = {"LEDGER_DATABASE_URL": db_dsn, "LEDGER_WEBHOOK_MAX_BYTES": "2048"}
     with run_server(tmp_path, env) as server:
         body = flex_event()
-        post = lambda content, headers: httpx.post(server.url + "/webhooks/flex", content=content, headers=headers)  # noqa: E731
+
+        def post(content: str | bytes, headers: dict[str, str]) -> httpx.Response:
+            return httpx.post(server.url + "/webhooks/flex", content=content, headers=headers)
+
         post(body, signed_headers(body))
         post(body, signed_headers(body))
         post(body, {})

@@ -8,8 +8,9 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
 import asyncpg
 import httpx
@@ -37,8 +38,9 @@ def counts(dsn: str) -> tuple[int, int]:
     return asyncio.run(_counts(dsn))
 
 
-def post(server: RunningServer, content: bytes | Iterator[bytes], headers: dict[str, str]) -> httpx.Response:
-    return httpx.post(server.url + "/webhooks/flex", content=content, headers=headers, timeout=30)
+def post(server: RunningServer, content: bytes | Iterator[bytes], headers: Mapping[str, str | bytes]) -> httpx.Response:
+    # the cases send str and raw bytes values alike, as httpx does with them at run time
+    return httpx.post(server.url + "/webhooks/flex", content=content, headers=cast(Any, headers), timeout=30)
 
 
 def raw_signed(body: bytes, secret: str = SECRET, msg_id: str = "msg_raw") -> dict[str, str]:
@@ -167,7 +169,7 @@ def _signed_body(body: bytes) -> tuple[bytes, dict[str, str]]:
     return body, raw_signed(body, msg_id=f"msg_{uuid.uuid4().hex}")
 
 
-UNAUTHORISED = {
+UNAUTHORISED: dict[str, Callable[[], tuple[bytes, Mapping[str, str | bytes]]]] = {
     "no headers": lambda: (flex_event().encode(), {}),
     "no id": lambda: _without("svix-id"),
     "no timestamp": lambda: _without("svix-timestamp"),

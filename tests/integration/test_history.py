@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 
@@ -33,7 +34,7 @@ async def test_history_lists_every_event_of_the_order_and_nothing_else(pool: asy
 async def test_the_order_as_of_each_position_is_what_the_projection_showed_then(pool: asyncpg.Pool) -> None:
     c = Checkout(seed=3, split=True)
     events = checkout_events(c) + refund_events(c, c.total)
-    seen: dict[int, dict | None] = {}
+    seen: dict[int, dict[str, Any] | None] = {}
     for event in events:  # one at a time, so the projection's answer after each position is known
         await append(pool, [event])
         await project(pool)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import asyncpg
 import pytest
@@ -14,7 +15,7 @@ from ledger.log import EventLog, NewEvent, verify_chain
 from ledger.sql import log_queries as queries
 
 
-def ev(event_id: str, body: dict | None = None, event_type: str = "customer.created") -> NewEvent:
+def ev(event_id: str, body: dict[str, Any] | None = None, event_type: str = "customer.created") -> NewEvent:
     payload = json.dumps(body or {"event_id": event_id, "event_type": event_type})
     return NewEvent(event_id=event_id, event_type=event_type, raw_body=payload.encode())
 
@@ -180,7 +181,10 @@ async def test_rolled_back_append_leaves_no_hole(pool: asyncpg.Pool) -> None:
 
 async def test_two_connections_reader_never_skips(pool: asyncpg.Pool) -> None:
     """A appends and stays open; B appends and commits; a reader polls; A commits."""
-    args = lambda eid: ([eid], ["t"], ["flex"], [None], [None], [b"{}"], [None], [None])  # noqa: E731
+
+    def args(eid: str) -> tuple[list[Any], ...]:
+        return ([eid], ["t"], ["flex"], [None], [None], [b"{}"], [None], [None])
+
     a = await pool.acquire()
     b = await pool.acquire()
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import random
+from typing import Any
 
 import asyncpg
 import pytest
@@ -91,7 +92,7 @@ async def test_same_second_updates_resolve_by_event_content_not_arrival(pool: as
     """Equal event_dt: the ULID millisecond of the event id, then the id, decides (contract: "How
     state is decided"); a state that can be left (past_due -> active) has no rank over another."""
 
-    def update(status: str, event_id: str) -> dict:
+    def update(status: str, event_id: str) -> dict[str, Any]:
         return {
             "event_dt": 1_767_225_700,
             "event_id": event_id,
@@ -125,7 +126,7 @@ async def test_customer_deleted_marks_and_keeps(pool: asyncpg.Pool) -> None:
 
 
 async def test_unknown_types_and_shapes_are_counted_not_fatal(pool: asyncpg.Pool) -> None:
-    odd = [
+    odd: list[dict[str, Any]] = [
         {"event_id": "e1", "event_type": "checkout.session.completed", "object": "nope"},
         {"event_id": "e2", "event_type": "checkout.session.completed", "object": {"checkout_session": {"status": 5}}},
         {"event_id": "e3", "event_type": "charge.dispute.created", "object": {}},
@@ -140,7 +141,7 @@ async def test_unknown_types_and_shapes_are_counted_not_fatal(pool: asyncpg.Pool
     assert failed == 0
 
 
-def _deliveries(rng: random.Random, checkouts: list[Checkout]) -> list[dict]:
+def _deliveries(rng: random.Random, checkouts: list[Checkout]) -> list[dict[str, Any]]:
     """Every event, shuffled, with some re-sent as exact copies and some as the same fact under a new id."""
     events = [e for c in checkouts for e in checkout_events(c)]
     extra = []

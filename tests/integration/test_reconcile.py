@@ -27,7 +27,7 @@ LONG_AGO = datetime(2025, 1, 1, tzinfo=UTC)  # the scenarios' checkouts happen i
 
 
 def flex(standin: FlexStandIn, **kwargs: Any) -> FlexClient:
-    transport = httpx.ASGITransport(app=standin)
+    transport = httpx.ASGITransport(app=standin)  # type: ignore[arg-type]  # an ASGI app typed with plain dicts
     return FlexClient("http://flex.test/v1", KEY, transport=transport, backoff_base=0.01, **kwargs)
 
 
@@ -136,8 +136,8 @@ async def test_two_runs_at_once_record_each_observation_once(
                 reconcile(b, [clients[1]], since=LONG_AGO, page_size=7),
             )
     finally:
-        for c in clients:
-            await c.aclose()
+        for client in clients:
+            await client.aclose()
     expected = 30 + sum(len(c.intents) for c in checkouts(30, 40))
     assert sum(r.total("recorded") for r in reports) == expected
     assert await pool.fetchval("SELECT count(*) FROM events WHERE event_type = $1", OBSERVED) == expected

@@ -5,6 +5,7 @@ reproduces the levels from the log."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -32,7 +33,7 @@ async def _fulfilled(pool: asyncpg.Pool, c: Checkout) -> None:
     await project(pool)
 
 
-def _levels(rows: list[dict]) -> dict[str, tuple[int, int, int]]:
+def _levels(rows: list[dict[str, Any]]) -> dict[str, tuple[int, int, int]]:
     return {r["price_id"]: (r["quantity_sold"], r["quantity_restocked"], r["quantity_net"]) for r in rows}
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
+from typing import Any
 
 import asyncpg
 import pytest
 
 from ledger_cli.scenarios import Checkout, cancel_events, checkout_events, dispute_events, refund_events
 from projections.apply import ProjectionFailed
-from projections.base import Deltas, LogRow
+from projections.base import Deltas, LogRow, Projection
+from projections.mergeable import Mergeable
 from projections.orders import ORDERS
 from projections.rebuild import rebuild
 from projections.registry import PROJECTIONS
@@ -20,7 +22,7 @@ from projections.sql import projection_queries as sql
 from tests.projection_support import append, project, snapshot
 
 
-def _events(n_checkouts: int, start_seed: int = 0) -> list[dict]:
+def _events(n_checkouts: int, start_seed: int = 0) -> list[dict[str, Any]]:
     return [
         e
         for i in range(n_checkouts)
@@ -145,7 +147,7 @@ async def test_two_runners_apply_every_event_exactly_once(db_dsn: str, pool: asy
     assert await pool.fetchval("SELECT count(*) FROM orders") == 12
 
 
-def _fragile_orders() -> object:
+def _fragile_orders() -> Projection:
     """The orders projection, with a fold that cannot handle events marked 'poison'."""
 
     def fold(row: LogRow, deltas: Deltas) -> bool:
@@ -167,7 +169,7 @@ async def test_live_mode_records_a_failure_and_goes_on_rebuild_fails_fast(db_dsn
     }
     await append(pool, [good[0], poison, *good[1:]])
     async with pool.acquire() as conn:
-        while await catch_up_once(conn, fragile, 100):  # type: ignore[arg-type]
+        while await catch_up_once(conn, fragile, 100):
             pass
     row = await pool.fetchrow(
         "SELECT failed_events, last_error, last_error_position FROM projection_state WHERE name = 'orders'"
@@ -181,7 +183,7 @@ async def test_live_mode_records_a_failure_and_goes_on_rebuild_fails_fast(db_dsn
     # A rebuild takes live mode's decision again: the recorded event is skipped and listed.
     conn = await asyncpg.connect(db_dsn)
     try:
-        done = await rebuild(conn, [fragile], batch_size=5)  # type: ignore[arg-type]
+        done = await rebuild(conn, [fragile], batch_size=5)
     finally:
         await conn.close()
     assert done.skipped == {"orders": [2]}
@@ -193,7 +195,7 @@ async def test_live_mode_records_a_failure_and_goes_on_rebuild_fails_fast(db_dsn
     conn = await asyncpg.connect(db_dsn)
     try:
         with pytest.raises(ProjectionFailed) as info:
-            await rebuild(conn, [fragile], batch_size=5)  # type: ignore[arg-type]
+            await rebuild(conn, [fragile], batch_size=5)
     finally:
         await conn.close()
     assert info.value.position == 2
@@ -208,8 +210,8 @@ async def test_an_event_the_tables_refuse_is_recorded_and_the_rest_applied(db_ds
     """Live mode: a database-level refusal (here an out-of-range value) fails that event only."""
     from projections.base import Table
 
-    def row(entity_id: str, state: object) -> tuple:
-        values = ORDERS.tables[0].row(entity_id, state)  # type: ignore[arg-type]
+    def row(entity_id: str, state: Mergeable) -> tuple[Any, ...]:
+        values = ORDERS.tables[0].row(entity_id, state)
         return (*values[:-1], 2**70) if entity_id == "fcs_refused" else values
 
     tables = (Table("orders", load=sql.orders_load, upsert=sql.orders_upsert, row=row), ORDERS.tables[1])
@@ -222,7 +224,7 @@ async def test_an_event_the_tables_refuse_is_recorded_and_the_rest_applied(db_ds
     }
     await append(pool, [good[0], refused, *good[1:]])
     async with pool.acquire() as conn:
-        while await catch_up_once(conn, refusing, 100):  # type: ignore[arg-type]
+        while await catch_up_once(conn, refusing, 100):
             pass
     row_ = await pool.fetchrow(
         "SELECT failed_events, last_error_position, position FROM projection_state WHERE name = 'orders'"

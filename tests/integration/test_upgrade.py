@@ -7,6 +7,7 @@ The log it wrote still verifies and keeps every row's hash; the summaries this r
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -19,7 +20,7 @@ from tests.support import unique_name, with_database
 V3 = (Path(__file__).resolve().parent.parent / "fixtures" / "schema_v3.sql").read_text(encoding="utf-8")
 
 
-def _event(i: int) -> dict:
+def _event(i: int) -> dict[str, Any]:
     return {
         "event_id": f"evt_old_{i}",
         "event_type": "customer.created",

@@ -32,10 +32,10 @@ def project(rows: list[LogRow], batch_size: int) -> dict[str, dict[str, dict[str
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for name, states in tables.items():
         projection_name, table_name = name.split(".", 1)
-        table = PROJECTIONS[projection_name].table(table_name)
+        projected = PROJECTIONS[projection_name].table(table_name)
         out[name] = {
             # The whole state, merge keys included: they come from the events' content, never arrival.
-            entity_id: {"row": table.row(entity_id, state), **state.doc}
+            entity_id: {"row": projected.row(entity_id, state), **state.doc}
             for entity_id, state in states.items()
         }
     return out

@@ -50,7 +50,9 @@ def test_escaped_backslash_u0000_text_is_fine() -> None:
 
 
 def test_settings_defaults_and_validation() -> None:
-    s = load_settings({"LEDGER_WEBHOOK_SECRETS": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw, fwhsec_MDEyMzQ1Njc4OWFiY2RlZg"})
+    s = load_settings(
+        {"LEDGER_WEBHOOK_SECRETS": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw, fwhsec_MDEyMzQ1Njc4OWFiY2RlZg"}
+    )
     assert len(s.webhook_secrets) == 2
     assert s.webhook_tolerance == 300
     assert s.webhook_max_bytes == 1_048_576
@@ -68,7 +70,10 @@ def test_settings_defaults_and_validation() -> None:
         ("nonsense", "entry 1 of 1 decodes to 6 bytes, fewer than 16"),
         ("whsec_c2hvcnQ=", "entry 1 of 1 decodes to 5 bytes"),
         ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw whsec_YWJj", "entry 2 of 2 decodes to 3 bytes"),
-        ("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw,whsec_not*base64", "entry 2 of 2: webhook secret 'whsec_…' is not valid"),
+        (
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw,whsec_not*base64",
+            "entry 2 of 2: webhook secret 'whsec_…' is not valid",
+        ),
     ],
 )
 def test_a_secret_that_is_no_key_is_refused_by_position_never_printed(secrets: str, said: str) -> None:

@@ -4,6 +4,7 @@ checked before fulfillment acts on them, failed credentials limited per address.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from ledger.errors import TooManyFailures, UnusableEvent
 from projections.line_items import MAX_QUANTITY, UnusableLineItems, check_line_items, parse_line_items
 
 
-def _body(obj: dict) -> bytes:
+def _body(obj: dict[str, Any]) -> bytes:
     return json.dumps({"event_id": "evt_1", "event_type": "x.y", "object": obj}).encode()
 
 
@@ -28,7 +29,7 @@ def _body(obj: dict) -> bytes:
         {"customer": {"customer_id": "c", "email": "e" * 300}},
     ],
 )
-def test_an_id_longer_than_an_index_holds_is_refused_with_where(obj: dict) -> None:
+def test_an_id_longer_than_an_index_holds_is_refused_with_where(obj: dict[str, Any]) -> None:
     with pytest.raises(UnusableEvent, match=f"longer than {MAX_KEY_BYTES} bytes"):
         parse_envelope(_body(obj))
 
@@ -40,7 +41,7 @@ def test_ids_that_fit_and_the_merchants_metadata_pass() -> None:
     assert oversized_key({"a": [{"b": {"price_id": "p" * 300}}]}) == "a.0.b.price_id"
 
 
-def _items(*items: dict) -> tuple[list, list]:
+def _items(*items: dict[str, Any]) -> tuple[list[Any], list[Any]]:
     return parse_line_items({"line_items": list(items)})
 
 
@@ -56,7 +57,7 @@ def _items(*items: dict) -> tuple[list, list]:
         ([{"line_item_id": "a", "quantity": 1, "description": "x\x00y"}], "u0000"),
     ],
 )
-def test_line_items_fulfillment_cannot_act_on_are_refused(items: list, reason: str) -> None:
+def test_line_items_fulfillment_cannot_act_on_are_refused(items: list[Any], reason: str) -> None:
     raw, parsed = _items(*items)
     with pytest.raises(UnusableLineItems, match=reason):
         check_line_items(raw, parsed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from svix.webhooks import Webhook
@@ -12,14 +13,14 @@ from ledger.errors import ConfigError, SignatureError
 from ledger.settings import decode_secret
 from ledger.signing import verify
 
-VECTOR_A = {
+VECTOR_A: dict[str, Any] = {
     "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
     "id": "msg_p5jXN8AQM9LWM0D4loKWxJek",
     "ts": "1614265330",
     "body": b'{"test": 2432232314}',
     "sig": "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
 }
-VECTOR_B = {
+VECTOR_B: dict[str, Any] = {
     "secret": "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
     "id": "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk",
     "ts": "1649367553",
@@ -28,11 +29,11 @@ VECTOR_B = {
 }
 
 
-def _headers(v: dict, sig: str | None = None, prefix: str = "webhook") -> dict[str, str]:
+def _headers(v: dict[str, Any], sig: str | None = None, prefix: str = "webhook") -> dict[str, str]:
     return {f"{prefix}-id": v["id"], f"{prefix}-timestamp": v["ts"], f"{prefix}-signature": sig or v["sig"]}
 
 
-def _check(v: dict, sig: str | None = None, *, now_offset: float = 0, prefix: str = "webhook") -> None:
+def _check(v: dict[str, Any], sig: str | None = None, *, now_offset: float = 0, prefix: str = "webhook") -> None:
     verify(
         [decode_secret(v["secret"])],
         _headers(v, sig, prefix),
@@ -42,7 +43,7 @@ def _check(v: dict, sig: str | None = None, *, now_offset: float = 0, prefix: st
 
 
 @pytest.mark.parametrize("vector", [VECTOR_A, VECTOR_B], ids=["A", "B"])
-def test_official_vectors_verify(vector: dict) -> None:
+def test_official_vectors_verify(vector: dict[str, Any]) -> None:
     _check(vector)
     _check(vector, prefix="svix")
 
