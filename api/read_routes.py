@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
+import msgspec
 from litestar import MediaType, Response, get
 from litestar.params import Parameter
 
@@ -30,7 +31,7 @@ FRESHNESS_HEADER = "Ledger-Projection-Fresh"
 POSITION_HEADER = "Ledger-Position"
 
 
-def _found_or_404(doc: dict[str, Any] | None, message: str, headers: dict[str, str]) -> Response[Any]:
+def _found_or_404(doc: msgspec.Struct | None, message: str, headers: dict[str, str]) -> Response[Any]:
     """The document, or a 404 that still says whether the projection had caught up (if not, retry)."""
     if doc is None:
         return error_response(404, NotFound.code, message, headers)

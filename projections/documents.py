@@ -8,13 +8,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from ledger.db import connection, translate_errors
 from ledger.errors import InvalidRequest
 from projections.fields import iso
+from projections.line_items import LineItem
 from projections.mergeable import Mergeable
 from projections.money import order_money
 from projections.order_intents import Intents, intents_of
+from projections.shapes import Customer, Dispute, Fulfillment, Order, PaymentIntent, Refund, Subscription
 from projections.sql import projection_queries as queries
 
 __all__ = [
@@ -42,7 +45,7 @@ async def _fetch_state(pool: asyncpg.Pool, query: str, entity_id: str) -> tuple[
     return None if record is None else (record["position"], Mergeable.loads(record["state"]))
 
 
-def _fulfillment(state: Mergeable, status: str | None) -> dict[str, Any]:
+def _fulfillment(state: Mergeable, status: str | None) -> Fulfillment:
     fulfillment: str
     if state.flagged("fulfilled"):
         fulfillment = "fulfilled"
@@ -51,12 +54,13 @@ def _fulfillment(state: Mergeable, status: str | None) -> dict[str, Any]:
     else:
         # Only a complete session is fulfilled (Flex: check `status == "complete"` first).
         fulfillment = "pending" if status == "complete" else "not_applicable"
-    return {
-        "status": fulfillment,
-        "line_items": state.get("fulfillment_line_items") or [],
-        "error": (state.get("fulfillment_error") or None) if fulfillment == "failed" else None,
-        "fulfilled_at": iso(state.min_of("fulfilled_at")),
-    }
+    return Fulfillment(
+        status=fulfillment,
+        # as the fold stored them (LineItem's fields; an older release's extra keys are ignored)
+        line_items=msgspec.convert(state.get("fulfillment_line_items") or [], list[LineItem], strict=False),
+        error=(state.get("fulfillment_error") or None) if fulfillment == "failed" else None,
+        fulfilled_at=iso(state.min_of("fulfilled_at")),
+    )
 
 
 def order_document(
@@ -64,7 +68,7 @@ def order_document(
     state: Mergeable,
     intents: list[tuple[str, int, Mergeable | None]],
     completed_twice: bool,
-) -> dict[str, Any]:
+) -> Order:
     status = state.get("status")
     amount_total = state.get("amount_total")
     money = order_money(amount_total=amount_total, order=state, intents=[(pi, s) for pi, _, s in intents])
@@ -77,37 +81,37 @@ def order_document(
         flags.append("over_refunded")
     if money.refunded_and_disputed:
         flags.append("refunded_and_disputed")
-    return {
-        "checkout_session_id": record["checkout_session_id"],
-        "status": status,
-        "mode": state.get("mode"),
-        "customer_id": state.get("customer_id"),
-        "customer_email": state.get("customer_email"),
-        "client_reference_id": state.get("client_reference_id"),
-        "metadata": state.get("metadata"),
-        "amount_total": amount_total,
-        "amount_subtotal": state.get("amount_subtotal"),
-        "total_details": state.get("total_details"),
-        "shipping_details": state.get("shipping_details"),
-        "payment_intents": money.payment_intents,
-        "payment_status": money.payment_status,
-        "amount_paid": money.amount_paid,
-        "amount_refunded": money.amount_refunded,
-        "amount_disputed": money.amount_disputed,
-        "amount_net": money.amount_net,
-        "refunds": money.refunds,
-        "disputes": money.disputes,
-        "flags": flags,
-        "subscription_id": state.get("subscription_id"),
-        "fulfillment": _fulfillment(state, status),
-        "created_at": iso(state.get("created_at")),
-        "completed_at": iso(state.min_of("completed_at")),
-        "test_mode": state.get("test_mode"),
-        "position": max([record["position"], *(p for _, p, _ in intents)]),
-    }
+    return Order(
+        checkout_session_id=record["checkout_session_id"],
+        status=status,
+        mode=state.get("mode"),
+        customer_id=state.get("customer_id"),
+        customer_email=state.get("customer_email"),
+        client_reference_id=state.get("client_reference_id"),
+        metadata=state.get("metadata"),
+        amount_total=amount_total,
+        amount_subtotal=state.get("amount_subtotal"),
+        total_details=state.get("total_details"),
+        shipping_details=state.get("shipping_details"),
+        payment_intents=[PaymentIntent(**pi) for pi in money.payment_intents],
+        payment_status=money.payment_status,
+        amount_paid=money.amount_paid,
+        amount_refunded=money.amount_refunded,
+        amount_disputed=money.amount_disputed,
+        amount_net=money.amount_net,
+        refunds=[Refund(**r) for r in money.refunds],
+        disputes=[Dispute(**d) for d in money.disputes],
+        flags=flags,
+        subscription_id=state.get("subscription_id"),
+        fulfillment=_fulfillment(state, status),
+        created_at=iso(state.get("created_at")),
+        completed_at=iso(state.min_of("completed_at")),
+        test_mode=state.get("test_mode"),
+        position=max([record["position"], *(p for _, p, _ in intents)]),
+    )
 
 
-async def with_intents(conn: asyncpg.Connection, records: list[asyncpg.Record]) -> list[dict[str, Any]]:
+async def with_intents(conn: asyncpg.Connection, records: list[asyncpg.Record]) -> list[Order]:
     """The orders as documents: two round trips for the whole page (intents, then the completed
     sessions sharing their client_reference_id)."""
     orders = await intents_of(conn, records)
@@ -129,7 +133,7 @@ async def with_intents(conn: asyncpg.Connection, records: list[asyncpg.Record]) 
     return out
 
 
-async def get_order(pool: asyncpg.Pool, checkout_session_id: str) -> dict[str, Any] | None:
+async def get_order(pool: asyncpg.Pool, checkout_session_id: str) -> Order | None:
     async with connection(pool) as conn:
         record = await conn.fetchrow(queries.order_get, checkout_session_id)
         if record is None:
@@ -180,7 +184,7 @@ async def list_orders(
     cursor: str | None,
     payment_status: str | None = None,
     test_mode: bool | None = None,
-) -> tuple[list[dict[str, Any]], str | None]:
+) -> tuple[list[Order], str | None]:
     after = decode_cursor(cursor) if cursor is not None else _FIRST_PAGE
     query = _orders_query(customer_id, status, client_reference_id)
     async with connection(pool) as conn:
@@ -195,49 +199,49 @@ async def list_orders(
     return orders, next_cursor
 
 
-async def get_customer(pool: asyncpg.Pool, customer_id: str) -> dict[str, Any] | None:
+async def get_customer(pool: asyncpg.Pool, customer_id: str) -> Customer | None:
     found = await _fetch_state(pool, queries.customer_get, customer_id)
     if found is None:
         return None
     position, state = found
-    return {
-        "customer_id": customer_id,
-        "email": state.get("email"),
-        "first_name": state.get("first_name"),
-        "last_name": state.get("last_name"),
-        "phone": state.get("phone"),
-        "order_ids": state.items("order_ids"),
-        "subscription_ids": state.items("subscription_ids"),
-        "deleted": state.flagged("deleted"),
-        "deleted_at": iso(state.min_of("deleted_at")),
-        "created_at": iso(state.get("created_at")),
-        "test_mode": state.get("test_mode"),
-        "position": position,
-    }
+    return Customer(
+        customer_id=customer_id,
+        email=state.get("email"),
+        first_name=state.get("first_name"),
+        last_name=state.get("last_name"),
+        phone=state.get("phone"),
+        order_ids=state.items("order_ids"),
+        subscription_ids=state.items("subscription_ids"),
+        deleted=state.flagged("deleted"),
+        deleted_at=iso(state.min_of("deleted_at")),
+        created_at=iso(state.get("created_at")),
+        test_mode=state.get("test_mode"),
+        position=position,
+    )
 
 
-async def get_subscription(pool: asyncpg.Pool, subscription_id: str) -> dict[str, Any] | None:
+async def get_subscription(pool: asyncpg.Pool, subscription_id: str) -> Subscription | None:
     found = await _fetch_state(pool, queries.subscription_get, subscription_id)
     if found is None:
         return None
     position, state = found
-    return {
-        "subscription_id": subscription_id,
-        "customer_id": state.get("customer_id"),
-        "status": state.get("status"),
-        "checkout_session_id": state.get("checkout_session_id"),
-        "payment_status": state.get("payment_status"),
-        "latest_invoice": state.get("latest_invoice"),
-        "last_paid_at": iso(state.max_of("last_paid_at")),
-        "current_period_start": iso(state.get("current_period_start")),
-        "current_period_end": iso(state.get("current_period_end")),
-        "cancel_at_period_end": state.get("cancel_at_period_end"),
-        "canceled_at": iso(state.min_of("canceled_at")),
-        "price_ids": state.items("price_ids"),
-        "created_at": iso(state.get("created_at")),
-        "test_mode": state.get("test_mode"),
-        "position": position,
-    }
+    return Subscription(
+        subscription_id=subscription_id,
+        customer_id=state.get("customer_id"),
+        status=state.get("status"),
+        checkout_session_id=state.get("checkout_session_id"),
+        payment_status=state.get("payment_status"),
+        latest_invoice=state.get("latest_invoice"),
+        last_paid_at=iso(state.max_of("last_paid_at")),
+        current_period_start=iso(state.get("current_period_start")),
+        current_period_end=iso(state.get("current_period_end")),
+        cancel_at_period_end=state.get("cancel_at_period_end"),
+        canceled_at=iso(state.min_of("canceled_at")),
+        price_ids=state.items("price_ids"),
+        created_at=iso(state.get("created_at")),
+        test_mode=state.get("test_mode"),
+        position=position,
+    )
 
 
 async def list_adjustments(

@@ -22,6 +22,7 @@ from projections import documents
 from projections.apply import decode_rows
 from projections.base import Deltas
 from projections.orders import ORDERS
+from projections.shapes import Order
 from projections.sql import projection_queries as queries
 
 __all__ = ["order_as_of", "order_events", "order_timeline"]
@@ -83,7 +84,7 @@ async def order_timeline(pool: asyncpg.Pool, checkout_session_id: str) -> list[d
 
 async def order_as_of(
     pool: asyncpg.Pool, checkout_session_id: str, *, position: int | None = None, moment: datetime | None = None
-) -> dict[str, Any] | None:
+) -> Order | None:
     """The order exactly as it stood after log ``position`` and/or the last position recorded at or
     before ``moment`` (the earlier of the two), folded from the log with the orders projection's own fold. ``None`` when the
     order did not exist yet (or does not exist). ``flags`` that compare it with other orders
@@ -97,7 +98,7 @@ async def order_as_of(
             await position_at(conn, moment) if moment is not None else _EVERY_POSITION,
         )
         [current] = await documents.with_intents(conn, [record])  # its intents, and flags as of now
-        now_intents = [p["payment_intent_id"] for p in current["payment_intents"]]
+        now_intents = [p.payment_intent_id for p in current.payment_intents]
         rows, _ = decode_rows(await events_at(conn, await _history(conn, record, upto, now_intents)))
         deltas = Deltas()
         for row in rows:
@@ -115,4 +116,4 @@ async def order_as_of(
             for pi in sorted(listed | naming)
         ]
     as_of = {"checkout_session_id": checkout_session_id, "position": positions["orders"][checkout_session_id]}
-    return documents.order_document(as_of, state, intents, completed_twice="duplicate_payment" in current["flags"])
+    return documents.order_document(as_of, state, intents, completed_twice="duplicate_payment" in current.flags)

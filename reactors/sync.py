@@ -9,7 +9,6 @@ its read turn there); what Flex said is compared with the log, appended as obser
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import asyncpg
 import msgspec
@@ -18,6 +17,7 @@ from ledger.errors import DatabaseUnavailable, FlexUnavailable
 from ledger.log import EventLog
 from projections import documents
 from projections.freshness import CheckpointWatcher
+from projections.shapes import Order
 from reactors.flex_client import FlexClient
 from reactors.reconcile import fetch_session, unrecorded
 
@@ -25,7 +25,7 @@ __all__ = ["Synced", "sync_order"]
 
 
 class Synced(msgspec.Struct, kw_only=True):
-    order: dict[str, Any]
+    order: Order
     recorded: bool  # whether Flex showed something the log did not
     fresh: bool | None  # when recorded: whether the orders projection applied it within the wait
     position: int  # what the orders projection had applied when the order was read

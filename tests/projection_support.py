@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from ledger.log import EventLog, NewEvent
 from projections import documents
@@ -40,10 +41,10 @@ async def snapshot(pool: asyncpg.Pool, *, drop_positions: bool = True) -> dict[s
         sessions = [r[0] for r in await conn.fetch("SELECT checkout_session_id FROM orders ORDER BY 1")]
         customers = [r[0] for r in await conn.fetch("SELECT customer_id FROM customers ORDER BY 1")]
         subscriptions = [r[0] for r in await conn.fetch("SELECT subscription_id FROM subscriptions ORDER BY 1")]
-    out = {
-        "orders": [await documents.get_order(pool, s) for s in sessions],
-        "customers": [await documents.get_customer(pool, c) for c in customers],
-        "subscriptions": [await documents.get_subscription(pool, s) for s in subscriptions],
+    out: dict[str, list[dict[str, Any]]] = {  # as the API encodes them
+        "orders": [msgspec.to_builtins(await documents.get_order(pool, s)) for s in sessions],
+        "customers": [msgspec.to_builtins(await documents.get_customer(pool, c)) for c in customers],
+        "subscriptions": [msgspec.to_builtins(await documents.get_subscription(pool, s)) for s in subscriptions],
     }
     if drop_positions:
         for docs in out.values():

@@ -22,6 +22,7 @@ from api.state import AppState
 from ledger.console_sessions import revoke
 from ledger.errors import InvalidRequest, NotFound
 from projections import documents, history
+from projections.shapes import Order
 from reactors.fulfillment import failed_sessions, retry_failed
 from reactors.reconcile import read_reconcile
 from reactors.status import read_status
@@ -115,7 +116,7 @@ async def orders(
             cursor=cursor,
         )
 
-    found: list[dict[str, Any]] = []
+    found: list[Order] = []
     next_cursor = None
     searched_by = None
     try:

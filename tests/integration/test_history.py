@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 
@@ -12,6 +11,7 @@ from ledger.log import EventLog
 from ledger_cli.scenarios import Checkout, checkout_events, fulfillment_events, refund_events
 from projections import documents
 from projections.history import order_as_of, order_events
+from projections.shapes import Order
 from tests.projection_support import append, project
 
 
@@ -34,7 +34,7 @@ async def test_history_lists_every_event_of_the_order_and_nothing_else(pool: asy
 async def test_the_order_as_of_each_position_is_what_the_projection_showed_then(pool: asyncpg.Pool) -> None:
     c = Checkout(seed=3, split=True)
     events = checkout_events(c) + refund_events(c, c.total)
-    seen: dict[int, dict[str, Any] | None] = {}
+    seen: dict[int, Order | None] = {}
     for event in events:  # one at a time, so the projection's answer after each position is known
         await append(pool, [event])
         await project(pool)
@@ -42,7 +42,7 @@ async def test_the_order_as_of_each_position_is_what_the_projection_showed_then(
         seen[position] = await documents.get_order(pool, c.session_id)
     for position, then in seen.items():
         assert await order_as_of(pool, c.session_id, position=position) == then, position
-    statuses = [(await order_as_of(pool, c.session_id, position=p) or {}).get("payment_status") for p in seen]
+    statuses = [getattr(await order_as_of(pool, c.session_id, position=p), "payment_status", None) for p in seen]
     assert statuses[-3:] == ["paid", "paid", "refunded"]  # completed, refund pending, refund succeeded
     assert await order_as_of(pool, c.session_id, position=1) is None  # not an order yet
 

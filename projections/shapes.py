@@ -1,0 +1,112 @@
+"""The read side's documents, one definition each: msgspec Structs that ``projections.documents``
+builds, the API encodes as they are and describes with them in its OpenAPI document
+(``api/schemas.py``), and the console renders.
+
+Fields are only ever added, with defaults, so clients written against an earlier reply go on
+working (msgspec's schema evolution rules).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from projections.line_items import LineItem  # an order's line items are these, as stored
+
+__all__ = ["Customer", "Dispute", "Fulfillment", "Order", "PaymentIntent", "Refund", "Subscription"]
+
+
+class PaymentIntent(msgspec.Struct):
+    payment_intent_id: str
+    status: str | None
+    amount: int | None
+    amount_received: int | None
+    payment_card_type: str | None
+
+
+class Refund(msgspec.Struct):
+    refund_id: str
+    payment_intent_id: str | None
+    amount: int | None
+    status: str | None
+    reason: str | None
+    created_at: str | None
+
+
+class Dispute(msgspec.Struct):
+    dispute_id: str
+    payment_intent_id: str | None
+    amount: int | None
+    status: str | None
+    reason: str | None
+    evidence_due_by: str | None
+
+
+class Fulfillment(msgspec.Struct):
+    status: str  # pending | fulfilled | failed | not_applicable
+    line_items: list[LineItem]
+    error: str | None
+    fulfilled_at: str | None
+
+
+class Order(msgspec.Struct):
+    checkout_session_id: str
+    status: str | None
+    mode: str | None
+    customer_id: str | None
+    customer_email: str | None
+    client_reference_id: str | None
+    metadata: dict[str, Any] | None
+    amount_total: int | None
+    amount_subtotal: int | None
+    total_details: dict[str, Any] | None
+    shipping_details: dict[str, Any] | None
+    payment_intents: list[PaymentIntent]
+    payment_status: str
+    amount_paid: int
+    amount_refunded: int
+    amount_disputed: int
+    amount_net: int
+    refunds: list[Refund]
+    disputes: list[Dispute]
+    flags: list[str]
+    subscription_id: str | None
+    fulfillment: Fulfillment
+    created_at: str | None
+    completed_at: str | None
+    test_mode: bool | None
+    position: int
+
+
+class Customer(msgspec.Struct):
+    customer_id: str
+    email: str | None
+    first_name: str | None
+    last_name: str | None
+    phone: str | None
+    order_ids: list[str]
+    subscription_ids: list[str]
+    deleted: bool
+    deleted_at: str | None
+    created_at: str | None
+    test_mode: bool | None
+    position: int
+
+
+class Subscription(msgspec.Struct):
+    subscription_id: str
+    customer_id: str | None
+    status: str | None
+    checkout_session_id: str | None
+    payment_status: str | None
+    latest_invoice: str | None
+    last_paid_at: str | None
+    current_period_start: str | None
+    current_period_end: str | None
+    cancel_at_period_end: bool | None
+    canceled_at: str | None
+    price_ids: list[str]
+    created_at: str | None
+    test_mode: bool | None
+    position: int
