@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -43,6 +43,15 @@ async def _fetch_state(pool: asyncpg.Pool, query: str, entity_id: str) -> tuple[
     async with connection(pool) as conn:
         record = await conn.fetchrow(query, entity_id)
     return None if record is None else (record["position"], Mergeable.loads(record["state"]))
+
+
+_S = TypeVar("_S", bound=msgspec.Struct)
+
+
+def _taken(shape: type[_S], stored: Mapping[str, Any]) -> _S:
+    """``shape`` from a document a fold stored: its fields, ``None`` for any an earlier release did
+    not store, and nothing else."""
+    return shape(**{name: stored.get(name) for name in shape.__struct_fields__})
 
 
 def _fulfillment(state: Mergeable, status: str | None) -> Fulfillment:
@@ -93,14 +102,14 @@ def order_document(
         amount_subtotal=state.get("amount_subtotal"),
         total_details=state.get("total_details"),
         shipping_details=state.get("shipping_details"),
-        payment_intents=[PaymentIntent(**pi) for pi in money.payment_intents],
+        payment_intents=[_taken(PaymentIntent, pi) for pi in money.payment_intents],
         payment_status=money.payment_status,
         amount_paid=money.amount_paid,
         amount_refunded=money.amount_refunded,
         amount_disputed=money.amount_disputed,
         amount_net=money.amount_net,
-        refunds=[Refund(**r) for r in money.refunds],
-        disputes=[Dispute(**d) for d in money.disputes],
+        refunds=[_taken(Refund, r) for r in money.refunds],
+        disputes=[_taken(Dispute, d) for d in money.disputes],
         flags=flags,
         subscription_id=state.get("subscription_id"),
         fulfillment=_fulfillment(state, status),
