@@ -7,6 +7,7 @@ release upgraded is refused, with a clear message, and left as it was."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import time
@@ -38,8 +39,9 @@ async def _sql(dsn: str, query: str, *args: object) -> list[asyncpg.Record]:
         await conn.close()
 
 
-@pytest.fixture
-def previous_release_db(pg_server_dsn: str) -> Iterator[str]:
+@contextlib.contextmanager
+def restored(pg_server_dsn: str, dump: str) -> Iterator[str]:
+    """A new database holding ``dump`` (what an earlier release wrote), dropped afterwards."""
     name = unique_name("ledger_release")
 
     async def create() -> None:
@@ -50,7 +52,7 @@ def previous_release_db(pg_server_dsn: str) -> Iterator[str]:
             await admin.close()
         conn = await asyncpg.connect(with_database(pg_server_dsn, name))
         try:
-            await conn.execute(DUMP)
+            await conn.execute(dump)
         finally:
             await conn.close()
 
@@ -66,6 +68,12 @@ def previous_release_db(pg_server_dsn: str) -> Iterator[str]:
         yield with_database(pg_server_dsn, name)
     finally:
         asyncio.run(drop())
+
+
+@pytest.fixture
+def previous_release_db(pg_server_dsn: str) -> Iterator[str]:
+    with restored(pg_server_dsn, DUMP) as dsn:
+        yield dsn
 
 
 def _ledger(dsn: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -138,32 +146,8 @@ V7_ORDERS = {
 
 @pytest.fixture
 def release_7_db(pg_server_dsn: str) -> Iterator[str]:
-    name = unique_name("ledger_release7")
-
-    async def create() -> None:
-        admin = await asyncpg.connect(pg_server_dsn)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-        conn = await asyncpg.connect(with_database(pg_server_dsn, name))
-        try:
-            await conn.execute(V7_DUMP)
-        finally:
-            await conn.close()
-
-    async def drop() -> None:
-        admin = await asyncpg.connect(pg_server_dsn)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    asyncio.run(create())
-    try:
-        yield with_database(pg_server_dsn, name)
-    finally:
-        asyncio.run(drop())
+    with restored(pg_server_dsn, V7_DUMP) as dsn:
+        yield dsn
 
 
 def test_the_previous_release_7_database_migrates_in_place(release_7_db: str, db_dsn: str, tmp_path: Path) -> None:
