@@ -15,17 +15,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
 import asyncpg
+import msgspec
 
 from ledger.log import read_batch
 from projections.apply import BatchResult, decode_rows
 from projections.base import LogRow
 from projections.sql import projection_queries as sql
 
-__all__ = ["CheckpointMoved", "FollowerPolicy", "follow", "follow_once", "seed_checkpoints"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointMoved",
+    "FollowerPolicy",
+    "FollowerStore",
+    "PostgresFollowerStore",
+    "follow",
+    "follow_once",
+    "seed_checkpoints",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -45,31 +56,90 @@ class FollowerPolicy(Protocol):
         """The event types it reads, as SQL ``LIKE`` patterns."""
         ...
 
-    async def apply(self, conn: asyncpg.Connection, rows: list[LogRow]) -> BatchResult:
-        """Applies a batch in the caller's transaction; ``applied`` and ``failures`` are counted,
-        everything else in the batch's range is counted as skipped."""
+    async def apply(self, conn: Any, rows: list[LogRow]) -> BatchResult:
+        """Applies a batch in the unit the checkpoint moves in (``conn``: the connection holding the
+        transaction, for PostgreSQL); ``applied`` and ``failures`` are counted, everything else in
+        the batch's range is counted as skipped."""
         ...
 
 
-async def follow_once(conn: asyncpg.Connection, policy: FollowerPolicy, batch_size: int) -> int:
-    """Applies at most one batch after the checkpoint. Returns how far the checkpoint moved."""
-    state = await conn.fetchrow(sql.state_get, policy.name)
-    head = state["head"]
-    start = state["position"]
-    if start >= head:
+class Checkpoint(msgspec.Struct, frozen=True):
+    position: int
+    generation: int  # bumped by every rebuild switch
+    head: int  # the log's head when it was read
+
+
+class FollowerStore(Protocol):
+    """Where a follower's checkpoint and the log it follows are kept: PostgreSQL
+    (``PostgresFollowerStore``, what runs) or memory (``projections.memory.InMemoryFollowerStore``,
+    for tests of the skeleton and its policies). ``tests/store_contract.py`` holds both to one
+    contract."""
+
+    async def checkpoint(self, name: str) -> Checkpoint: ...
+
+    async def read(self, after: int, upto: int, patterns: Sequence[str]) -> Sequence[Mapping[str, Any]]:
+        """The events at ``after < position <= upto`` of the types, in log order (position,
+        event_type, raw_body)."""
+        ...
+
+    def unit(self) -> AbstractAsyncContextManager[Any]:
+        """What a policy's batch and the checkpoint's move share: all of it, or none of it. It
+        yields what the policy's ``apply`` is handed (a connection, for PostgreSQL)."""
+        ...
+
+    async def advance(
+        self, unit: Any, name: str, start: int, generation: int, end: int, applied: int, skipped: int
+    ) -> bool:
+        """Compare-and-set: moves the checkpoint from ``start`` (in ``generation``) to ``end``."""
+        ...
+
+    async def record_failure(self, unit: Any, name: str, reason: str, position: int) -> None: ...
+
+
+class PostgresFollowerStore:
+    """``FollowerStore`` on one connection (the follower's own, under its lock)."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+
+    async def checkpoint(self, name: str) -> Checkpoint:
+        state = await self.conn.fetchrow(sql.state_get, name)
+        return Checkpoint(position=state["position"], generation=state["generation"], head=state["head"])
+
+    async def read(self, after: int, upto: int, patterns: Sequence[str]) -> Sequence[Mapping[str, Any]]:
+        return await read_batch(self.conn, after, upto, patterns)
+
+    @contextlib.asynccontextmanager
+    async def unit(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.conn.transaction():
+            yield self.conn
+
+    async def advance(
+        self, unit: Any, name: str, start: int, generation: int, end: int, applied: int, skipped: int
+    ) -> bool:
+        return bool(await self.conn.fetch(sql.checkpoint_advance, name, start, generation, end, applied, skipped))
+
+    async def record_failure(self, unit: Any, name: str, reason: str, position: int) -> None:
+        await self.conn.execute(sql.record_failure, name, reason, position)
+
+
+async def follow_once(where: asyncpg.Connection | FollowerStore, policy: FollowerPolicy, batch_size: int) -> int:
+    """Applies at most one batch after the checkpoint, in one unit with the checkpoint's move (on a
+    connection: PostgreSQL). Returns how far the checkpoint moved."""
+    store = PostgresFollowerStore(where) if isinstance(where, asyncpg.Connection) else where
+    checkpoint = await store.checkpoint(policy.name)
+    start = checkpoint.position
+    if start >= checkpoint.head:
         return 0
-    end = min(head, start + batch_size)
-    rows, _ = decode_rows(await read_batch(conn, start, end, policy.patterns))
-    async with conn.transaction():
-        result = await policy.apply(conn, rows)
+    end = min(checkpoint.head, start + batch_size)
+    rows, _ = decode_rows(await store.read(start, end, policy.patterns))
+    async with store.unit() as unit:
+        result = await policy.apply(unit, rows)
         skipped = (end - start) - result.applied - len(result.failures)
-        moved = await conn.fetch(
-            sql.checkpoint_advance, policy.name, start, state["generation"], end, result.applied, skipped
-        )
-        if not moved:
+        if not await store.advance(unit, policy.name, start, checkpoint.generation, end, result.applied, skipped):
             raise CheckpointMoved
         for failure in result.failures:
-            await conn.execute(sql.record_failure, policy.name, failure.reason, failure.position)
+            await store.record_failure(unit, policy.name, failure.reason, failure.position)
     return int(end - start)
 
 
