@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,9 +48,11 @@ from reactors.sql import reactor_queries as sql
 
 __all__ = [
     "FulfillmentReactor",
+    "NextStep",
     "QueueCounts",
     "failed_sessions",
     "intake_once",
+    "next_step",
     "queue_counts",
     "queued_sessions",
     "requeue",
@@ -300,20 +302,50 @@ class FulfillmentReactor:
             row = await conn.fetchrow(sql.queue_lock, session_id)
             if row is None or row["status"] != "pending":
                 return
-            attempts = row["attempts"] + 1
-            if isinstance(exc, PermanentFlexError) or attempts >= self.max_attempts:
-                reason = (
-                    exc.message
-                    if isinstance(exc, PermanentFlexError)
-                    else f"gave up after {attempts} attempts: {exc.message}"
-                ).replace("\x00", "\ufffd")[:2000]
+            step = next_step(
+                attempts=row["attempts"] + 1,
+                failure=exc,
+                max_attempts=self.max_attempts,
+                backoff=self._backoff,
+                cap=self.backoff_cap,
+            )
+            if step.park:
                 await append_with(
-                    conn, [failed_event(session_id, row["generation"], reason, exc.status, datetime.now(UTC))]
+                    conn, [failed_event(session_id, row["generation"], step.reason, exc.status, datetime.now(UTC))]
                 )
-                await conn.execute(sql.queue_failed, session_id, reason)
-                _log.warning("fulfillment: %s failed: %s", session_id, reason)
+                await conn.execute(sql.queue_failed, session_id, step.reason)
+                _log.warning("fulfillment: %s failed: %s", session_id, step.reason)
             else:
-                # Retry-After is honoured up to the backoff cap: an absurd one never parks a session for years
-                delay = min(max(self._backoff(attempts), exc.retry_after or 0.0), self.backoff_cap)
-                await conn.execute(sql.queue_retry_later, session_id, exc.message.replace("\x00", "\ufffd"), delay)
-                _log.info("fulfillment: %s: %s; retrying in %.1fs", session_id, exc.message, delay)
+                await conn.execute(sql.queue_retry_later, session_id, step.reason, step.delay)
+                _log.info("fulfillment: %s: %s; retrying in %.1fs", session_id, exc.message, step.delay)
+
+
+class NextStep(msgspec.Struct, frozen=True, kw_only=True):
+    """What happens to a session after a failed attempt: parked as failed (with why), or tried
+    again after ``delay`` seconds."""
+
+    park: bool
+    reason: str
+    delay: float = 0.0
+
+
+def next_step(
+    *, attempts: int, failure: FlexApiError, max_attempts: int, backoff: Callable[[int], float], cap: float
+) -> NextStep:
+    """The reactor's retry policy, pure: a permanent failure, or the ``max_attempts``-th transient
+    one, parks the session; otherwise it is tried again after its backoff, or after Flex's
+    ``Retry-After`` when longer, but never after more than ``cap`` seconds (an absurd Retry-After
+    never parks a session for years). The reason never holds what the log cannot store."""
+    if isinstance(failure, PermanentFlexError) or attempts >= max_attempts:
+        reason = (
+            failure.message
+            if isinstance(failure, PermanentFlexError)
+            else f"gave up after {attempts} attempts: {failure.message}"
+        )
+        return NextStep(park=True, reason=_storable(reason))
+    delay = min(max(backoff(attempts), failure.retry_after or 0.0), cap)
+    return NextStep(park=False, reason=_storable(failure.message), delay=delay)
+
+
+def _storable(text: str) -> str:
+    return text.replace("\x00", "\ufffd")[:2000]
