@@ -129,8 +129,9 @@ async def test_verify_never_reports_appends_made_during_its_walk(pool: asyncpg.P
     finally:
         stop.set()
         sent = await asyncio.gather(*clients)
-    assert sum(sent) > 25, "the clients appended while the walks ran"
     assert [r.problem for r in reports if not r.ok] == []
+    assert sum(sent) > 0
+    assert len({r.head_position for r in reports}) > 1, "the log grew while the walks ran"
     assert reports[-1].head_position > 200
     async with pool.acquire() as conn:
         final = await verify_chain(conn)
