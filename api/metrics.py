@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 
 import ledger
 from ledger.db import SCHEMA_VERSION
+from reactors.status import FollowerStatus
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -73,14 +74,14 @@ class _Recorded(Collector):
     the last scrape that could read it; absent until one could."""
 
     def __init__(self) -> None:
-        self.followers: list[dict[str, Any]] | None = None
+        self.followers: list[FollowerStatus] | None = None
         self.reconcile: dict[str, Any] | None = None
 
     def collect(self) -> Iterator[Metric]:
         for name, help_text, field in _RECORDED_FOLLOWERS:
             family = CounterMetricFamily(name, help_text, labels=["projection"])
             for row in self.followers or ():
-                family.add_metric([row["name"]], row[field])
+                family.add_metric([row.name], getattr(row, field))
             yield family
         runs = CounterMetricFamily("ledger_reconcile_runs", "Reconcile runs recorded, by outcome", labels=["outcome"])
         if self.reconcile is not None:
@@ -194,7 +195,7 @@ class Metrics:
         if status is None or not 200 <= status < 300:
             self.flex_errors.labels(label).inc()
 
-    def render(self, followers: list[dict[str, Any]] | None, reconcile: dict[str, Any] | None = None) -> bytes:
+    def render(self, followers: list[FollowerStatus] | None, reconcile: dict[str, Any] | None = None) -> bytes:
         """The exposition; ``followers`` (``reactors.status``) and ``reconcile``
         (``reactors.reconcile.reconcile_status``) when the database could be read."""
         if followers is not None:
@@ -205,11 +206,11 @@ class Metrics:
             self.reconcile_last_success.set(datetime.fromisoformat(last).timestamp() if last else 0)
             self.reconcile_running.set(1 if reconcile["runner"] == "running" else 0)
         for row in followers or ():
-            self.head.set(row["head"])
-            self.position.labels(row["name"]).set(row["position"])
-            self.lag.labels(row["name"]).set(row["lag"])
-            self.running.labels(row["name"]).set(1 if row["state"] in ("running", "degraded", "rebuilding") else 0)
-            if row["name"] == "fulfillment":
+            self.head.set(row.head)
+            self.position.labels(row.name).set(row.position)
+            self.lag.labels(row.name).set(row.lag)
+            self.running.labels(row.name).set(1 if row.state in ("running", "degraded", "rebuilding") else 0)
+            if row.name == "fulfillment":
                 for status in ("pending", "failed", "fulfilled"):
-                    self.fulfillment.labels(status).set(row[f"{status}_sessions"])
+                    self.fulfillment.labels(status).set(getattr(row, f"{status}_sessions") or 0)
         return generate_latest(self.registry)

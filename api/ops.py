@@ -23,7 +23,7 @@ from ledger.db import READ_SETTINGS, SCHEMA_VERSION, create_pool
 from ledger.errors import DatabaseUnavailable
 from ledger.log import EventLog
 from reactors.reconcile import read_reconcile
-from reactors.status import read_status
+from reactors.status import FollowerStatus, read_status
 
 __all__ = ["OPS_ROUTES", "create_ops_app", "ops_pool"]
 
@@ -51,7 +51,7 @@ async def readyz(state: AppState) -> object:
 
 @get("/metrics", summary="Prometheus metrics", tags=["operations"], media_type=CONTENT_TYPE_LATEST)
 async def prometheus_metrics(state: AppState) -> Response[bytes]:
-    followers: list[dict[str, Any]] | None
+    followers: list[FollowerStatus] | None
     reconcile: dict[str, Any] | None
     try:
         async with asyncio.timeout(5):

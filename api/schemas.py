@@ -10,6 +10,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from api.errors import ErrorBody
 from ledger.log import LoggedEvent
 from projections.shapes import Customer, Order, Subscription
+from reactors.status import FollowerStatus
 
 __all__ = ["ERRORS", "Customer", "ErrorBody", "Order", "Subscription", "ok"]
 
@@ -51,34 +52,6 @@ class Adjustment(msgspec.Struct):
 class AdjustmentPage(msgspec.Struct):
     data: list[Adjustment]
     next_cursor: str | None
-
-
-class FollowerStatus(msgspec.Struct):
-    name: str
-    kind: str  # projection | reactor
-    position: int
-    head: int
-    lag: int
-    state: str  # running | degraded | rebuilding | stopped
-    generation: int
-    shape: int
-    shape_current: bool
-    applied_events: int
-    ignored_events: int
-    failed_events: int
-    last_error: str | None
-    last_error_position: int | None
-    last_error_at: str | None
-    rebuild_position: int | None
-    rebuilt_at: str | None
-    updated_at: str
-    worker_failures: int  # times the runner itself failed (its connection, a bug) and restarted
-    worker_error: str | None
-    worker_error_at: str | None
-    skipped_positions: list[int] = msgspec.field(default_factory=list)  # latest 20 events skipped
-    pending_sessions: int | None = None
-    failed_sessions: int | None = None
-    fulfilled_sessions: int | None = None
 
 
 class FollowerStatuses(msgspec.Struct):

@@ -352,11 +352,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         if args.json:
             import json
 
+            import msgspec
+
             doc = {
                 "database": _described(settings),
                 "head": log.head,
                 "quarantined": log.quarantined,
-                "projections": rows,
+                "projections": msgspec.to_builtins(rows),
                 "reconcile": reconcile,
             }
             print(json.dumps(doc, default=str))
@@ -367,19 +369,19 @@ def cmd_status(args: argparse.Namespace) -> int:
         header = ("projection", "position", "lag", "state", "applied", "ignored", "failed", "last error")
         table = [header] + [
             (
-                r["name"],
-                str(r["position"]),
-                str(r["lag"]),
-                r["state"],
-                str(r["applied_events"]),
-                str(r["ignored_events"]),
-                str(r["failed_events"]),
+                r.name,
+                str(r.position),
+                str(r.lag),
+                r.state,
+                str(r.applied_events),
+                str(r.ignored_events),
+                str(r.failed_events),
                 "; ".join(
                     part
                     for part in (
-                        f"event at {r['last_error_position']}: {r['last_error']}" if r["last_error"] else "",
-                        f"runner ({r['worker_failures']}x, last {r['worker_error_at']}): {r['worker_error']}"
-                        if r["worker_error"]
+                        f"event at {r.last_error_position}: {r.last_error}" if r.last_error else "",
+                        f"runner ({r.worker_failures}x, last {r.worker_error_at}): {r.worker_error}"
+                        if r.worker_error
                         else "",
                     )
                     if part
@@ -390,11 +392,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         ]
         _print_table(table)
         for r in rows:
-            if r["skipped_positions"]:
+            if r.skipped_positions:
                 print(
-                    f"{r['name']}: skipped events that can never be applied, at positions "
-                    f"{', '.join(map(str, r['skipped_positions']))}"
-                    + (" (the latest 20)" if r["failed_events"] > 20 else "")
+                    f"{r.name}: skipped events that can never be applied, at positions "
+                    f"{', '.join(map(str, r.skipped_positions))}"
+                    + (" (the latest 20)" if r.failed_events > 20 else "")
                 )
         return 0
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import asyncpg
+import msgspec
 
 from ledger.db import connection
 from projections.coordination import REBUILD_LOCK_OFFSET, held_locks
@@ -12,10 +11,40 @@ from projections.registry import FOLLOWERS, FULFILLMENT, SHAPES, lock_id
 from projections.sql import projection_queries as sql
 from reactors.fulfillment import queue_counts
 
-__all__ = ["projection_status", "read_status"]
+__all__ = ["FollowerStatus", "projection_status", "read_status"]
 
 
-async def projection_status(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+class FollowerStatus(msgspec.Struct, kw_only=True):
+    """One follower of the log, as `ledger status`, `GET /v1/projections`, the console and the metrics show it."""
+
+    name: str
+    position: int
+    head: int
+    lag: int
+    state: str  # running | degraded | rebuilding | stopped
+    generation: int
+    shape: int
+    shape_current: bool
+    applied_events: int
+    ignored_events: int
+    failed_events: int
+    last_error: str | None
+    last_error_position: int | None
+    last_error_at: str | None
+    rebuild_position: int | None
+    rebuilt_at: str | None
+    updated_at: str
+    worker_failures: int  # times the runner itself failed (its connection, a bug) and restarted
+    worker_error: str | None
+    worker_error_at: str | None
+    skipped_positions: list[int] = msgspec.field(default_factory=list)  # latest 20 events skipped
+    kind: str = "projection"  # projection | reactor
+    pending_sessions: int | None = None
+    failed_sessions: int | None = None
+    fulfilled_sessions: int | None = None
+
+
+async def projection_status(conn: asyncpg.Connection) -> list[FollowerStatus]:
     """Every follower's checkpoint, lag and health; ``state`` says whether a runner holds it."""
     held = await held_locks(conn)
     counts = await queue_counts(conn)
@@ -32,45 +61,41 @@ async def projection_status(conn: asyncpg.Connection) -> list[dict[str, Any]]:
         state = "rebuilding" if rebuilding else "running" if running else "stopped"
         if r["failed_events"] and state == "running":
             state = "degraded"
+        reactor = name == FULFILLMENT
         out.append(
-            {
-                "name": name,
-                "position": r["position"],
-                "head": r["head"],
-                "lag": max(r["head"] - r["position"], 0),
-                "state": state,
-                "generation": r["generation"],
-                "shape": r["shape"],
-                "shape_current": r["shape"] >= SHAPES.get(name, 1),
-                "applied_events": r["applied_events"],
-                "ignored_events": r["ignored_events"],
-                "failed_events": r["failed_events"],
-                "last_error": r["last_error"],
-                "last_error_position": r["last_error_position"],
-                "last_error_at": r["last_error_at"].isoformat() if r["last_error_at"] else None,
+            FollowerStatus(
+                name=name,
+                kind="reactor" if reactor else "projection",
+                position=r["position"],
+                head=r["head"],
+                lag=max(r["head"] - r["position"], 0),
+                state=state,
+                generation=r["generation"],
+                shape=r["shape"],
+                shape_current=r["shape"] >= SHAPES.get(name, 1),
+                applied_events=r["applied_events"],
+                ignored_events=r["ignored_events"],
+                failed_events=r["failed_events"],
+                last_error=r["last_error"],
+                last_error_position=r["last_error_position"],
+                last_error_at=r["last_error_at"].isoformat() if r["last_error_at"] else None,
                 # the latest 20 events skipped (live mode's decisions, which a rebuild takes again)
-                "skipped_positions": skipped.get(name, []),
-                "rebuild_position": r["rebuild_position"],
-                "rebuilt_at": r["rebuilt_at"].isoformat() if r["rebuilt_at"] else None,
-                "updated_at": r["updated_at"].isoformat(),
-                "worker_failures": r["worker_failures"],
-                "worker_error": r["worker_error"],
-                "worker_error_at": r["worker_error_at"].isoformat() if r["worker_error_at"] else None,
-            }
-        )
-        if name == FULFILLMENT:
-            out[-1].update(
-                kind="reactor",
-                pending_sessions=counts.pending,
-                failed_sessions=counts.failed,
-                fulfilled_sessions=counts.fulfilled,
+                skipped_positions=skipped.get(name, []),
+                rebuild_position=r["rebuild_position"],
+                rebuilt_at=r["rebuilt_at"].isoformat() if r["rebuilt_at"] else None,
+                updated_at=r["updated_at"].isoformat(),
+                worker_failures=r["worker_failures"],
+                worker_error=r["worker_error"],
+                worker_error_at=r["worker_error_at"].isoformat() if r["worker_error_at"] else None,
+                pending_sessions=counts.pending if reactor else None,
+                failed_sessions=counts.failed if reactor else None,
+                fulfilled_sessions=counts.fulfilled if reactor else None,
             )
-        else:
-            out[-1]["kind"] = "projection"
+        )
     return out
 
 
-async def read_status(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+async def read_status(pool: asyncpg.Pool) -> list[FollowerStatus]:
     """``projection_status`` on a connection of ``pool``; ``DatabaseUnavailable`` when it cannot be read."""
     async with connection(pool) as conn:
         return await projection_status(conn)

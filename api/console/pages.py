@@ -76,7 +76,7 @@ async def overview(request: Request[Any, Any, Any], state: AppState) -> Template
     log = await state.read_log.summary()
     followers = await read_status(state.pool)
     reconcile, _ = await read_reconcile(state.pool, 1)
-    fulfillment = next((f for f in followers if f["name"] == "fulfillment"), {})
+    fulfillment = next((f for f in followers if f.name == "fulfillment"), None)
     return _page(
         "overview.html",
         request,
