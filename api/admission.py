@@ -9,7 +9,8 @@ The database pool behind the reads is no larger than the number admitted, so an 
 never queues for a connection either.
 
 The success page's sync (``POST /v1/orders/{id}/sync``) waits on Flex first, holding no slot either,
-and takes its turn for the database work that follows. A read-your-writes read (``?min_position=N``) first waits for the projections on the checkpoint
+and takes its turn for the database work that follows. A read-your-writes read
+(``?min_position=N``) first waits for the projections on the checkpoint
 watcher, which costs nothing and must not hold a slot (hundreds may wait at once); it takes its
 slot when that wait is over (``admit``), like any read, and holds it until its reply is sent.
 Let through without one, 200 such reads at once on a 300,000-event log under 200 webhooks/s took

@@ -111,7 +111,8 @@ class Metrics:
         ).labels(ledger.__version__, str(SCHEMA_VERSION), platform.python_version()).set(1)
         self.webhooks = Counter(
             "ledger_webhook_requests",
-            "Webhook deliveries by outcome (accepted, duplicate, unauthorized, too_large, unprocessable, unavailable, error)"
+            "Webhook deliveries by outcome (accepted, duplicate, unauthorized, too_large, unprocessable, unavailable, "
+            "error)"
             " and, for unauthorized ones, reason",
             ["outcome", "reason"],
             registry=r,
@@ -165,7 +166,8 @@ class Metrics:
 
         self.syncs = Counter(
             "ledger_order_syncs",
-            "POST /v1/orders/{id}/sync calls by outcome (known, recorded, not_found, flex_unavailable, unavailable, error)",
+            "POST /v1/orders/{id}/sync calls by outcome (known, recorded, not_found, flex_unavailable, unavailable, "
+            "error)",
             ["outcome"],
             registry=r,
         )

@@ -99,7 +99,8 @@ async def main() -> None:
         in_front.append(await _microseconds_per_request(InFront(litestar_app), args.requests))
     print(
         f"routed by litestar: {min(routed):.1f} µs/request; in front of it: {min(in_front):.1f} µs/request; "
-        f"routing costs {min(routed) - min(in_front):.1f} µs/request (best of {args.rounds} rounds of {args.requests:,})"
+        f"routing costs {min(routed) - min(in_front):.1f} µs/request "
+        f"(best of {args.rounds} rounds of {args.requests:,})"
     )
     print(json.dumps({"bench": "dispatch", "routed_us": round(min(routed), 1), "in_front_us": round(min(in_front), 1)}))
 

@@ -130,7 +130,8 @@ async def main() -> None:
                 }
             )
             print(
-                f"{n:,} events: rebuild ({len(PROJECTIONS)} projections, whole command) {rate:,.0f} events/s in {seconds:.1f} s; "
+                f"{n:,} events: rebuild ({len(PROJECTIONS)} projections, whole command) "
+                f"{rate:,.0f} events/s in {seconds:.1f} s; "
                 f"lean scan {lean:,.0f} rows/s (ratio {rate / lean:.3f}); "
                 f"SELECT * scan {full:,.0f} rows/s (ratio {rate / full:.3f}); peak RSS {rss / 1024:.0f} MiB",
                 flush=True,

@@ -147,9 +147,10 @@ def parse_envelope(body: bytes) -> Envelope:
     # PostgreSQL's jsonb and text cannot hold U+0000; only an escaped one can reach here.
     if b"\\u0000" in body and has_nul(data):
         raise UnusableEvent("body holds a \\u0000 character, which cannot be stored")
-    if any(m.end() - m.start() > MAX_KEY_BYTES + 2 for m in _STRING.finditer(body)) and (
-        where := oversized_key(data)
-    ) is not None:
+    if (
+        any(m.end() - m.start() > MAX_KEY_BYTES + 2 for m in _STRING.finditer(body))
+        and (where := oversized_key(data)) is not None
+    ):
         raise UnusableEvent(f"{where} is longer than {MAX_KEY_BYTES} bytes (UTF-8): no id can be that long")
     event_dt, occurred_at = event_time(data.get("event_dt"))
     assert isinstance(event_id, str)

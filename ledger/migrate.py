@@ -112,7 +112,8 @@ async def plan(conn: asyncpg.Connection) -> Plan:
     version = int(await conn.fetchval(log_queries.schema_version) or 0)
     if version > SCHEMA_VERSION:
         raise _too_new(f"schema version {version}, newer than this release's {SCHEMA_VERSION}")
-    done = {r["number"]: r for r in await conn.fetch(log_queries.migrations_applied)} if exists["has_migrations"] else {}
+    rows = await conn.fetch(log_queries.migrations_applied) if exists["has_migrations"] else []
+    done = {r["number"]: r for r in rows}
     newer = [n for n in done if n > len(known)]
     if newer:
         raise _too_new(f"migration step {max(newer)} (this release's last is {len(known)})")
@@ -193,7 +194,9 @@ def _applying(step: Step) -> _Work:
     return apply
 
 
-async def _attempt(conn: asyncpg.Connection, lock_timeout: str, attempts: int, pause: float, what: str, work: _Work) -> None:
+async def _attempt(
+    conn: asyncpg.Connection, lock_timeout: str, attempts: int, pause: float, what: str, work: _Work
+) -> None:
     """Runs ``work`` in one transaction whose statements wait at most ``lock_timeout`` for a lock;
     when they would wait longer, rolls back, pauses and tries again."""
     for attempt in range(1, attempts + 1):

@@ -247,7 +247,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             print(f"ledger migrate: {line}")
         for row in steps_had:
             print(
-                f"  {row['number']:04d}_{row['name']}  {row['how']:8}  {row['applied_at'].isoformat(timespec='seconds')}"
+                f"  {row['number']:04d}_{row['name']}  {row['how']:8}  "
+                f"{row['applied_at'].isoformat(timespec='seconds')}"
             )
         return 0
 
@@ -395,8 +396,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             if r.skipped_positions:
                 print(
                     f"{r.name}: skipped events that can never be applied, at positions "
-                    f"{', '.join(map(str, r.skipped_positions))}"
-                    + (" (the latest 20)" if r.failed_events > 20 else "")
+                    f"{', '.join(map(str, r.skipped_positions))}" + (" (the latest 20)" if r.failed_events > 20 else "")
                 )
         return 0
 

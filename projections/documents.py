@@ -37,7 +37,6 @@ __all__ = [
 ]
 
 
-
 async def _fetch_state(pool: asyncpg.Pool, query: str, entity_id: str) -> tuple[int, Mergeable] | None:
     """One entity's (position, state), by a ``*_get`` query."""
     async with connection(pool) as conn:

@@ -86,7 +86,8 @@ async def order_as_of(
     pool: asyncpg.Pool, checkout_session_id: str, *, position: int | None = None, moment: datetime | None = None
 ) -> Order | None:
     """The order exactly as it stood after log ``position`` and/or the last position recorded at or
-    before ``moment`` (the earlier of the two), folded from the log with the orders projection's own fold. ``None`` when the
+    before ``moment`` (the earlier of the two), folded from the log with the orders projection's own
+    fold. ``None`` when the
     order did not exist yet (or does not exist). ``flags`` that compare it with other orders
     (``duplicate_payment``) are as of now."""
     async with connection(pool) as conn:

@@ -35,7 +35,8 @@ async def intents_of(
         queries.order_intents, sorted({pi for ids in listed.values() for pi in ids}), list(listed)
     ):
         if row["payment_intent_id"] not in found:
-            found[row["payment_intent_id"]] = (row["checkout_session_id"], row["position"], Mergeable.loads(row["state"]))
+            state = Mergeable.loads(row["state"])
+            found[row["payment_intent_id"]] = (row["checkout_session_id"], row["position"], state)
     naming: dict[str, set[str]] = {}
     for pi_id, (session_id, _, _) in found.items():
         if session_id is not None:

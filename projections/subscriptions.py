@@ -4,7 +4,8 @@ Among conflicting updates the newest snapshot wins, newest by ``fields.newest_fi
 canceled subscription first (it is never left), then the event's own time, the millisecond time of
 a ULID-shaped ``event_id``, then the ``event_id`` itself; never the log position, which is arrival.
 A subscription that recovers (``past_due`` then ``active``) ends ``active``.
-``customer.subscription.deleted`` means ``canceled``. ``invoice.*`` events that name a subscription update its payment state.
+``customer.subscription.deleted`` means ``canceled``. ``invoice.*`` events that name a
+subscription update its payment state.
 """
 
 from __future__ import annotations

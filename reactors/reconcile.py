@@ -292,7 +292,8 @@ async def reconcile(
                     unknown = await baseline.unknown(conn, candidates)
                 for candidate, new in zip(candidates, unknown, strict=True):
                     if new and candidate.event.event_id not in chosen:
-                        chosen[candidate.event.event_id] = _Chosen(candidate.kind, candidate.event, _observed(candidate))
+                        observed = _observed(candidate)
+                        chosen[candidate.event.event_id] = _Chosen(candidate.kind, candidate.event, observed)
                     else:
                         counts.known += 1
                 if on_progress is not None:
