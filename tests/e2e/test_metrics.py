@@ -111,14 +111,15 @@ def test_ledger_work_serves_metrics_health_and_readiness_on_its_port(db_dsn: str
                         text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
                     except httpx.HTTPError:
                         text = ""
-                    if 'ledger_flex_api_request_seconds_count{status="200"}' in text:
+                    flex_called = 'ledger_flex_api_request_seconds_count{status="200"}' in text
+                    # the Flex call is counted before the session is marked fulfilled: wait for both
+                    if flex_called and 'ledger_fulfillment_sessions{status="fulfilled"} 1.0' in text:
                         break
                     assert time.monotonic() < deadline, text[-2000:]
                     time.sleep(0.2)
                 assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
                 assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
                 assert "ledger_build_info{" in text
-                assert 'ledger_fulfillment_sessions{status="fulfilled"} 1.0' in text
             finally:
                 work.send_signal(signal.SIGTERM)
                 out, _ = work.communicate(timeout=30)
