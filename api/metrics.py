@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 
 import ledger
 from ledger.db import SCHEMA_VERSION
+from reactors.reconcile import ReconcileStatus
 from reactors.status import FollowerStatus
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
@@ -75,7 +76,7 @@ class _Recorded(Collector):
 
     def __init__(self) -> None:
         self.followers: list[FollowerStatus] | None = None
-        self.reconcile: dict[str, Any] | None = None
+        self.reconcile: ReconcileStatus | None = None
 
     def collect(self) -> Iterator[Metric]:
         for name, help_text, field in _RECORDED_FOLLOWERS:
@@ -85,13 +86,13 @@ class _Recorded(Collector):
             yield family
         runs = CounterMetricFamily("ledger_reconcile_runs", "Reconcile runs recorded, by outcome", labels=["outcome"])
         if self.reconcile is not None:
-            runs.add_metric(["ok"], self.reconcile["runs"] - self.reconcile["failures"])
-            runs.add_metric(["failed"], self.reconcile["failures"])
+            runs.add_metric(["ok"], self.reconcile.runs - self.reconcile.failures)
+            runs.add_metric(["failed"], self.reconcile.failures)
         yield runs
         for name, help_text, field in _RECORDED_RECONCILE:
             family = CounterMetricFamily(name, help_text)
             if self.reconcile is not None:
-                family.add_metric([], self.reconcile[field])
+                family.add_metric([], getattr(self.reconcile, field))
             yield family
 
 
@@ -197,16 +198,16 @@ class Metrics:
         if status is None or not 200 <= status < 300:
             self.flex_errors.labels(label).inc()
 
-    def render(self, followers: list[FollowerStatus] | None, reconcile: dict[str, Any] | None = None) -> bytes:
+    def render(self, followers: list[FollowerStatus] | None, reconcile: ReconcileStatus | None = None) -> bytes:
         """The exposition; ``followers`` (``reactors.status``) and ``reconcile``
         (``reactors.reconcile.reconcile_status``) when the database could be read."""
         if followers is not None:
             self.recorded.followers = followers
         if reconcile is not None:
             self.recorded.reconcile = reconcile
-            last = reconcile["last_success_at"]
+            last = reconcile.last_success_at
             self.reconcile_last_success.set(datetime.fromisoformat(last).timestamp() if last else 0)
-            self.reconcile_running.set(1 if reconcile["runner"] == "running" else 0)
+            self.reconcile_running.set(1 if reconcile.runner == "running" else 0)
         for row in followers or ():
             self.head.set(row.head)
             self.position.labels(row.name).set(row.position)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 from litestar import Litestar, Response, get
@@ -22,7 +21,7 @@ from api.state import AppState
 from ledger.db import READ_SETTINGS, SCHEMA_VERSION, create_pool
 from ledger.errors import DatabaseUnavailable
 from ledger.log import EventLog
-from reactors.reconcile import read_reconcile
+from reactors.reconcile import ReconcileStatus, read_reconcile
 from reactors.status import FollowerStatus, read_status
 
 __all__ = ["OPS_ROUTES", "create_ops_app", "ops_pool"]
@@ -52,11 +51,11 @@ async def readyz(state: AppState) -> object:
 @get("/metrics", summary="Prometheus metrics", tags=["operations"], media_type=CONTENT_TYPE_LATEST)
 async def prometheus_metrics(state: AppState) -> Response[bytes]:
     followers: list[FollowerStatus] | None
-    reconcile: dict[str, Any] | None
+    reconcile: ReconcileStatus | None
     try:
         async with asyncio.timeout(5):
             followers = await read_status(state.ops_log.pool)
-            reconcile, _ = await read_reconcile(state.ops_log.pool, 1)
+            reconcile = await read_reconcile(state.ops_log.pool, 1)
     except (TimeoutError, DatabaseUnavailable, asyncpg.PostgresError):
         followers = reconcile = None  # what this process knows, without the database
     return Response(state.metrics.render(followers, reconcile), media_type=CONTENT_TYPE_LATEST)

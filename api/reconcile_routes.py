@@ -80,8 +80,7 @@ async def get_reconcile(
     state: AppState, limit: Annotated[int, Parameter(ge=1, le=100)] = 20, min_position: MinPosition = None
 ) -> Response[Any]:
     headers = await fresh_headers(state, [], min_position)  # the runs' observations are in the log
-    status, runs = await read_reconcile(state.pool, limit)
-    return Response({**{k: v for k, v in status.items() if k != "last_run"}, "data": runs}, headers=headers)
+    return Response(await read_reconcile(state.pool, limit), headers=headers)
 
 
 RECONCILE_ROUTES = [sync_order, get_reconcile]

@@ -9,10 +9,11 @@ from litestar.openapi.datastructures import ResponseSpec
 
 from api.errors import ErrorBody
 from ledger.log import LoggedEvent
-from projections.shapes import Customer, Order, Subscription
+from projections.shapes import Adjustment, Customer, InventoryLevel, Order, Subscription
+from reactors.reconcile import ReconcileStatus
 from reactors.status import FollowerStatus
 
-__all__ = ["ERRORS", "Customer", "ErrorBody", "Order", "Subscription", "ok"]
+__all__ = ["ERRORS", "Customer", "ErrorBody", "Order", "ReconcileStatus", "Subscription", "ok"]
 
 
 class OrderPage(msgspec.Struct):
@@ -20,33 +21,8 @@ class OrderPage(msgspec.Struct):
     next_cursor: str | None
 
 
-class InventoryLevel(msgspec.Struct):
-    price_id: str | None
-    product_id: str | None
-    test_mode: bool
-    quantity_sold: int
-    quantity_restocked: int
-    quantity_net: int
-    adjustment_count: int
-    position: int
-
-
 class InventoryLevels(msgspec.Struct):
     data: list[InventoryLevel]
-
-
-class Adjustment(msgspec.Struct):
-    adjustment_id: str
-    position: int
-    checkout_session_id: str
-    line_item_id: str
-    price_id: str | None
-    product_id: str | None
-    upc_code: str | None
-    quantity_delta: int
-    reason: str
-    created_at: str | None
-    test_mode: bool
 
 
 class AdjustmentPage(msgspec.Struct):
@@ -60,43 +36,6 @@ class FollowerStatuses(msgspec.Struct):
 
 class EventList(msgspec.Struct):
     data: list[LoggedEvent]
-
-
-class KindCounts(msgspec.Struct):
-    examined: int
-    known: int
-    recorded: int
-    missed: int
-    skipped: int = 0  # listed by Flex but unusable (no id, an id no index holds, \u0000): never recorded
-
-
-class ReconcileRun(msgspec.Struct):
-    run_id: int
-    trigger: str  # command | automatic
-    started_at: str
-    finished_at: str
-    since: str
-    outcome: str  # ok | failed
-    error: str | None
-    examined: int
-    known: int
-    recorded: int  # observations recorded: what the webhooks had not brought (drift)
-    missed: int  # of those, money: a completed checkout, a succeeded payment or refund
-    kinds: dict[str, KindCounts]
-    first_position: int | None
-    last_position: int | None
-    skipped: int = 0
-
-
-class ReconcileStatus(msgspec.Struct):
-    runner: str  # running (some process runs the automatic reconcile) | stopped
-    runs: int
-    failures: int
-    recorded: int
-    missed: int
-    last_success_at: str | None
-    data: list[ReconcileRun]
-    skipped: int = 0
 
 
 def _error(description: str) -> ResponseSpec:

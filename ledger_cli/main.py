@@ -11,7 +11,7 @@ import sys
 import warnings
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
@@ -25,6 +25,9 @@ from ledger.migrate import history, plan
 from ledger.settings import LOG_LEVELS, Settings, load_settings, log_settings
 from ledger_cli.send import SCENARIOS
 from projections.registry import PROJECTIONS, install
+
+if TYPE_CHECKING:
+    from reactors.reconcile import ReconcileStatus
 
 __all__ = ["main"]
 
@@ -360,7 +363,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "head": log.head,
                 "quarantined": log.quarantined,
                 "projections": msgspec.to_builtins(rows),
-                "reconcile": reconcile,
+                "reconcile": msgspec.to_builtins(reconcile),
             }
             print(json.dumps(doc, default=str))
             return 0
@@ -403,18 +406,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return _run_with_settings(run)
 
 
-def _reconcile_line(status: dict[str, Any]) -> str:
-    last = status["last_run"]
+def _reconcile_line(status: ReconcileStatus) -> str:
+    last = status.last_run
     if last is None:
-        return f"reconcile: never run (automatic runner {status['runner']})"
-    run = f"last run {last['started_at']} {last['outcome']}: examined {last['examined']}, recorded {last['recorded']}"
-    if last["error"]:
-        run += f" ({last['error']})"
+        return f"reconcile: never run (automatic runner {status.runner})"
+    run = f"last run {last.started_at} {last.outcome}: examined {last.examined}, recorded {last.recorded}"
+    if last.error:
+        run += f" ({last.error})"
     return (
-        f"reconcile: {run}; last success {status['last_success_at'] or 'never'}; {status['runs']} runs, "
-        f"{status['failures']} failed, {status['recorded']} observations recorded in all, "
-        f"{status['missed']} of them money, {status['skipped']} unusable resources skipped "
-        f"(automatic runner {status['runner']})"
+        f"reconcile: {run}; last success {status.last_success_at or 'never'}; {status.runs} runs, "
+        f"{status.failures} failed, {status.recorded} observations recorded in all, "
+        f"{status.missed} of them money, {status.skipped} unusable resources skipped "
+        f"(automatic runner {status.runner})"
     )
 
 

@@ -17,7 +17,17 @@ from projections.line_items import LineItem
 from projections.mergeable import Mergeable
 from projections.money import order_money
 from projections.order_intents import Intents, intents_of
-from projections.shapes import Customer, Dispute, Fulfillment, Order, PaymentIntent, Refund, Subscription
+from projections.shapes import (
+    Adjustment,
+    Customer,
+    Dispute,
+    Fulfillment,
+    InventoryLevel,
+    Order,
+    PaymentIntent,
+    Refund,
+    Subscription,
+)
 from projections.sql import projection_queries as queries
 
 __all__ = [
@@ -31,6 +41,7 @@ __all__ = [
     "intents_of",
     "inventory_levels",
     "inventory_levels_body",
+    "list_adjustments",
     "list_orders",
     "order_document",
     "with_intents",
@@ -254,23 +265,24 @@ async def get_subscription(pool: asyncpg.Pool, subscription_id: str) -> Subscrip
 
 async def list_adjustments(
     pool: asyncpg.Pool, *, after: int, limit: int, test_mode: bool | None = None
-) -> tuple[list[dict[str, Any]], str | None]:
+) -> tuple[list[Adjustment], str | None]:
+    """A page of the adjustments feed after position ``after``, and the cursor of the next page."""
     async with connection(pool) as conn:
         rows = await conn.fetch(queries.adjustments_list, after, limit, test_mode)
     data = [
-        {
-            "adjustment_id": r["adjustment_id"],
-            "position": r["position"],
-            "checkout_session_id": r["checkout_session_id"],
-            "line_item_id": r["line_item_id"],
-            "price_id": r["price_id"],
-            "product_id": r["product_id"],
-            "upc_code": r["upc_code"],
-            "quantity_delta": r["quantity_delta"],
-            "reason": r["reason"],
-            "created_at": iso(r["created_at"]),
-            "test_mode": r["test_mode"],
-        }
+        Adjustment(
+            adjustment_id=r["adjustment_id"],
+            position=r["position"],
+            checkout_session_id=r["checkout_session_id"],
+            line_item_id=r["line_item_id"],
+            price_id=r["price_id"],
+            product_id=r["product_id"],
+            upc_code=r["upc_code"],
+            quantity_delta=r["quantity_delta"],
+            reason=r["reason"],
+            created_at=iso(r["created_at"]),
+            test_mode=r["test_mode"],
+        )
         for r in rows
     ]
     return data, (str(rows[-1]["position"]) if len(rows) == limit else None)
@@ -291,7 +303,7 @@ async def inventory_levels_body(pool: asyncpg.Pool, *, test_mode: bool = False) 
 
 async def inventory_levels(
     pool: asyncpg.Pool, *, test_mode: bool = False, after: tuple[str, str] | None = None, limit: int | None = None
-) -> list[dict[str, Any]]:
+) -> list[InventoryLevel]:
     """One row per (price, product) of the mode asked (live by default): all of them, or a page of
     ``limit`` in (price, product) order after ``after``."""
     async with connection(pool) as conn:
@@ -301,15 +313,15 @@ async def inventory_levels(
             price, product = after or ("", "")
             rows = await conn.fetch(queries.inventory_levels_page, test_mode, price, product, limit)
     return [
-        {
-            "price_id": r["price_id"],
-            "product_id": r["product_id"],
-            "test_mode": r["test_mode"],
-            "quantity_sold": r["quantity_sold"],
-            "quantity_restocked": r["quantity_restocked"],
-            "quantity_net": r["quantity_net"],
-            "adjustment_count": r["adjustment_count"],
-            "position": r["position"],
-        }
+        InventoryLevel(
+            price_id=r["price_id"],
+            product_id=r["product_id"],
+            test_mode=r["test_mode"],
+            quantity_sold=r["quantity_sold"],
+            quantity_restocked=r["quantity_restocked"],
+            quantity_net=r["quantity_net"],
+            adjustment_count=r["adjustment_count"],
+            position=r["position"],
+        )
         for r in rows
     ]

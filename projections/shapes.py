@@ -14,7 +14,17 @@ import msgspec
 
 from projections.line_items import LineItem  # an order's line items are these, as stored
 
-__all__ = ["Customer", "Dispute", "Fulfillment", "Order", "PaymentIntent", "Refund", "Subscription"]
+__all__ = [
+    "Adjustment",
+    "Customer",
+    "Dispute",
+    "Fulfillment",
+    "InventoryLevel",
+    "Order",
+    "PaymentIntent",
+    "Refund",
+    "Subscription",
+]
 
 
 class PaymentIntent(msgspec.Struct):
@@ -110,3 +120,32 @@ class Subscription(msgspec.Struct):
     created_at: str | None
     test_mode: bool | None
     position: int
+
+
+class InventoryLevel(msgspec.Struct):
+    """Totals of one (price, product) in one mode (``inventory_levels``)."""
+
+    price_id: str | None
+    product_id: str | None
+    test_mode: bool
+    quantity_sold: int
+    quantity_restocked: int
+    quantity_net: int
+    adjustment_count: int
+    position: int
+
+
+class Adjustment(msgspec.Struct):
+    """One row of the inventory adjustments feed: a sale or a restock of one line item."""
+
+    adjustment_id: str
+    position: int
+    checkout_session_id: str
+    line_item_id: str
+    price_id: str | None
+    product_id: str | None
+    upc_code: str | None
+    quantity_delta: int
+    reason: str
+    created_at: str | None
+    test_mode: bool

@@ -49,6 +49,8 @@ __all__ = [
     "KindCount",
     "ReconcileFailed",
     "ReconcileReport",
+    "ReconcileRun",
+    "ReconcileStatus",
     "SessionUnknown",
     "fetch_session",
     "last_started",
@@ -57,7 +59,6 @@ __all__ = [
     "recent_runs",
     "reconcile",
     "reconcile_status",
-    "reconcile_summary",
     "unrecorded",
 ]
 
@@ -451,43 +452,88 @@ async def last_started(conn: asyncpg.Connection) -> datetime | None:
     return value if isinstance(value, datetime) else None
 
 
-async def reconcile_summary(conn: asyncpg.Connection) -> dict[str, Any]:
-    """Runs, failures, observations recorded and the last run: for status, the API and metrics."""
+class ReconcileRun(msgspec.Struct, kw_only=True):
+    """One recorded run (``reconcile_runs``), as ``GET /v1/reconcile``, status and the console show it."""
+
+    run_id: int
+    trigger: str  # command | automatic
+    started_at: str
+    finished_at: str
+    since: str
+    outcome: str  # ok | failed
+    error: str | None
+    examined: int
+    known: int
+    recorded: int  # observations recorded: what the webhooks had not brought (drift)
+    missed: int  # of those, money: a completed checkout, a succeeded payment or refund
+    kinds: dict[str, KindCount]
+    first_position: int | None
+    last_position: int | None
+    skipped: int = 0
+
+
+class ReconcileStatus(msgspec.Struct, kw_only=True):
+    """The runs so far and whether some process runs the automatic reconcile: for ``ledger status``,
+    ``GET /v1/reconcile`` (with ``data``, the latest runs), the console and the metrics."""
+
+    runner: str  # running (some process runs the automatic reconcile) | stopped
+    runs: int
+    failures: int
+    recorded: int
+    missed: int
+    skipped: int = 0
+    last_success_at: str | None
+    last_run: ReconcileRun | None
+    data: list[ReconcileRun] = msgspec.field(default_factory=list)
+
+
+async def reconcile_status(conn: asyncpg.Connection, runs: int = 1) -> ReconcileStatus:
+    """Totals of every run, the ``runs`` latest runs (newest first) and whether a runner holds the lock."""
     row = await conn.fetchrow(reactor_queries.reconcile_summary)
-    last = json.loads(row["last_run"]) if isinstance(row["last_run"], str) else row["last_run"]
-    return {
-        "runs": row["runs"],
-        "failures": row["failures"],
-        "recorded": row["recorded"],
-        "missed": row["missed"],
-        "skipped": row["skipped"],
-        "last_success_at": row["last_success_at"].isoformat() if row["last_success_at"] else None,
-        "last_run": last,
-    }
+    latest = await recent_runs(conn, max(runs, 1))
+    return ReconcileStatus(
+        runner="running" if lock_id(RECONCILE) in await held_locks(conn) else "stopped",
+        runs=row["runs"],
+        failures=row["failures"],
+        recorded=row["recorded"],
+        missed=row["missed"],
+        skipped=row["skipped"],
+        last_success_at=row["last_success_at"].isoformat() if row["last_success_at"] else None,
+        last_run=latest[0] if latest else None,
+        data=latest[:runs],
+    )
 
 
-async def reconcile_status(conn: asyncpg.Connection) -> dict[str, Any]:
-    """``reconcile_summary`` and whether some process runs the automatic reconcile."""
-    summary = await reconcile_summary(conn)
-    summary["runner"] = "running" if lock_id(RECONCILE) in await held_locks(conn) else "stopped"
-    return summary
-
-
-async def read_reconcile(pool: asyncpg.Pool, limit: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """``reconcile_status`` and the ``limit`` latest runs, on a connection of ``pool``."""
+async def read_reconcile(pool: asyncpg.Pool, runs: int) -> ReconcileStatus:
+    """``reconcile_status`` on a connection of ``pool``."""
     async with connection(pool) as conn:
-        return await reconcile_status(conn), await recent_runs(conn, limit)
+        return await reconcile_status(conn, runs)
 
 
-async def recent_runs(conn: asyncpg.Connection, limit: int = 20) -> list[dict[str, Any]]:
-    out = []
-    for r in await conn.fetch(reactor_queries.reconcile_runs_recent, limit):
-        run = dict(r)
-        run["kinds"] = json.loads(run["kinds"])
-        for key in ("started_at", "finished_at", "since"):
-            run[key] = run[key].isoformat()
-        out.append(run)
-    return out
+async def recent_runs(conn: asyncpg.Connection, limit: int = 20) -> list[ReconcileRun]:
+    return [
+        ReconcileRun(
+            run_id=r["run_id"],
+            trigger=r["trigger"],
+            started_at=r["started_at"].isoformat(),
+            finished_at=r["finished_at"].isoformat(),
+            since=r["since"].isoformat(),
+            outcome=r["outcome"],
+            error=r["error"],
+            examined=r["examined"],
+            known=r["known"],
+            recorded=r["recorded"],
+            missed=r["missed"],
+            kinds=_decode_kinds(r["kinds"]),
+            first_position=r["first_position"],
+            last_position=r["last_position"],
+            skipped=r["skipped"],
+        )
+        for r in await conn.fetch(reactor_queries.reconcile_runs_recent, limit)
+    ]
+
+
+_decode_kinds = msgspec.json.Decoder(dict[str, KindCount]).decode
 
 
 class AutomaticReconcile:

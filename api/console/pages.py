@@ -75,7 +75,7 @@ async def sign_out(request: Request[Any, Any, Any], state: AppState) -> Redirect
 async def overview(request: Request[Any, Any, Any], state: AppState) -> Template:
     log = await state.read_log.summary()
     followers = await read_status(state.pool)
-    reconcile, _ = await read_reconcile(state.pool, 1)
+    reconcile = await read_reconcile(state.pool, 1)
     fulfillment = next((f for f in followers if f.name == "fulfillment"), None)
     return _page(
         "overview.html",
@@ -228,7 +228,7 @@ async def inventory(
     levels = await documents.inventory_levels(
         state.pool, test_mode=test_mode, after=(price, product) if level else None, limit=PAGE * 4
     )
-    next_level = f"{levels[-1]['price_id']}\x1f{levels[-1]['product_id']}" if len(levels) == PAGE * 4 else None
+    next_level = f"{levels[-1].price_id}\x1f{levels[-1].product_id}" if len(levels) == PAGE * 4 else None
     adjustments, next_cursor = await documents.list_adjustments(
         state.pool, after=after or 0, limit=50, test_mode=test_mode
     )
@@ -245,8 +245,10 @@ async def inventory(
 
 @get("/projections")
 async def projections(request: Request[Any, Any, Any], state: AppState) -> Template:
-    status, runs = await read_reconcile(state.pool, 10)
-    return _page("projections.html", request, followers=await read_status(state.pool), reconcile=status, runs=runs)
+    status = await read_reconcile(state.pool, 10)
+    return _page(
+        "projections.html", request, followers=await read_status(state.pool), reconcile=status, runs=status.data
+    )
 
 
 CONSOLE_PAGES = [

@@ -12,14 +12,13 @@ RETURNING run_id;
 SELECT max(started_at) FROM public.reconcile_runs WHERE outcome = 'ok';
 
 -- name: reconcile_summary
--- One row: the runs so far, by outcome, the observations they recorded, and the last of each.
+-- One row: the runs so far, by outcome, the observations they recorded, and the last success.
 SELECT count(*) AS runs,
        count(*) FILTER (WHERE outcome = 'failed') AS failures,
        coalesce(sum(recorded), 0) AS recorded,
        coalesce(sum(missed), 0) AS missed,
        coalesce(sum(skipped), 0) AS skipped,
-       max(finished_at) FILTER (WHERE outcome = 'ok') AS last_success_at,
-       (SELECT to_jsonb(r) - 'kinds' FROM public.reconcile_runs r ORDER BY run_id DESC LIMIT 1) AS last_run
+       max(finished_at) FILTER (WHERE outcome = 'ok') AS last_success_at
 FROM public.reconcile_runs;
 
 -- name: reconcile_runs_recent

@@ -5,7 +5,6 @@ reproduces the levels from the log."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import asyncpg
 import msgspec
@@ -16,6 +15,7 @@ from ledger_cli.scenarios import Checkout, checkout_events, fulfillment_events
 from projections import documents
 from projections.rebuild import rebuild
 from projections.registry import PROJECTIONS
+from projections.shapes import InventoryLevel
 from reactors.fulfillment import intake_once
 from reactors.restock import RestockRefused, restock
 from reactors.sql import reactor_queries
@@ -33,8 +33,8 @@ async def _fulfilled(pool: asyncpg.Pool, c: Checkout) -> None:
     await project(pool)
 
 
-def _levels(rows: list[dict[str, Any]]) -> dict[str, tuple[int, int, int]]:
-    return {r["price_id"]: (r["quantity_sold"], r["quantity_restocked"], r["quantity_net"]) for r in rows}
+def _levels(rows: list[InventoryLevel]) -> dict[str | None, tuple[int, int, int]]:
+    return {r.price_id: (r.quantity_sold, r.quantity_restocked, r.quantity_net) for r in rows}
 
 
 async def test_a_restock_takes_back_at_most_what_was_sold(pool: asyncpg.Pool) -> None:
@@ -62,7 +62,7 @@ async def test_a_restock_takes_back_at_most_what_was_sold(pool: asyncpg.Pool) ->
         sold = item["quantity"]
         assert levels[item["price"]["price_id"]] == (sold, sold, 0)
     adjustments, _ = await documents.list_adjustments(pool, after=0, limit=100)
-    assert sorted(a["reason"] for a in adjustments) == ["restock", "restock", "restock", "sale", "sale"]
+    assert sorted(a.reason for a in adjustments) == ["restock", "restock", "restock", "sale", "sale"]
 
 
 async def test_a_session_not_fulfilled_has_nothing_to_restock(pool: asyncpg.Pool) -> None:
@@ -116,7 +116,7 @@ async def test_test_mode_stock_never_moves_live_and_a_rebuild_reproduces_it(db_d
     assert _levels(await documents.inventory_levels(pool))[price] == (sold, 0, -sold)
     assert _levels(await documents.inventory_levels(pool, test_mode=True))[price] == (sold, sold, 0)
     feed, _ = await documents.list_adjustments(pool, after=0, limit=100, test_mode=False)
-    assert {a["checkout_session_id"] for a in feed} == {live.session_id}
+    assert {a.checkout_session_id for a in feed} == {live.session_id}
     before = (await documents.inventory_levels(pool), await documents.inventory_levels(pool, test_mode=True))
     conn = await asyncpg.connect(db_dsn)
     try:
@@ -137,5 +137,5 @@ async def test_the_read_apis_inventory_body_is_the_levels_in_order(pool: asyncpg
         levels = await documents.inventory_levels(pool, test_mode=test_mode)
         body = msgspec.json.decode(await documents.inventory_levels_body(pool, test_mode=test_mode))
         assert levels
-        assert body == {"data": levels}
-        assert [list(row) for row in body["data"]] == [list(row) for row in levels]  # the fields' order too
+        assert body == {"data": msgspec.to_builtins(levels)}
+        assert [tuple(row) for row in body["data"]] == [InventoryLevel.__struct_fields__] * len(levels)  # fields' order
