@@ -33,9 +33,9 @@ from api.reconcile_routes import RECONCILE_ROUTES
 from api.state import AppState
 from api.throttle import FailureLimiter
 from api.webhooks import flex_webhook
-from ledger.db import READ_SETTINGS, UNAVAILABLE, create_pool
+from ledger.db import READ_SETTINGS, connection, create_pool
 from ledger.embedded import database_url
-from ledger.errors import ConfigError
+from ledger.errors import ConfigError, DatabaseUnavailable
 from ledger.group_commit import GroupCommitter
 from ledger.log import EventLog
 from ledger.settings import Settings
@@ -79,12 +79,12 @@ async def _apply_schema_until_done(pool: asyncpg.Pool, auto_migrate: bool) -> No
     it is unreachable."""
     while True:
         try:
-            async with pool.acquire() as conn:
+            async with connection(pool) as conn:
                 for line in await install(conn, auto_migrate=auto_migrate):
                     _log.warning("migrate: %s", line)
             return
-        except UNAVAILABLE as exc:
-            _log.warning("database not reachable yet (%s); retrying in %.0fs", type(exc).__name__, SCHEMA_RETRY_SECONDS)
+        except DatabaseUnavailable as exc:
+            _log.warning("database not reachable yet (%s); retrying in %.0fs", exc.message, SCHEMA_RETRY_SECONDS)
             await asyncio.sleep(SCHEMA_RETRY_SECONDS)
 
 

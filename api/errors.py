@@ -85,6 +85,9 @@ def describe(exc: LedgerError) -> tuple[int, ErrorBody, dict[str, str]]:
     """A ledger error as an HTTP status, error body and headers (also used outside litestar)."""
     status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 500)
     headers: dict[str, str] = {}
+    if status == 500:  # a statement the database failed (``DatabaseError``): a bug, logged, never shown
+        _log.error("internal error: %s", exc.message, exc_info=exc)
+        return status, error_body(*INTERNAL_ERROR), headers
     if isinstance(exc, DatabaseUnavailable | FlexUnavailable | TooManyFailures):
         headers["Retry-After"] = str(exc.retry_after)
     elif isinstance(exc, NotAuthenticated):
@@ -92,9 +95,11 @@ def describe(exc: LedgerError) -> tuple[int, ErrorBody, dict[str, str]]:
     return status, error_body(exc.code, exc.message), headers
 
 
-def _ledger_error(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+def _ledger_error(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     assert isinstance(exc, LedgerError)
     status, body, headers = describe(exc)
+    if status == 500:
+        _count_internal_error(request)
     return Response(body, status_code=status, headers=headers or None)
 
 
@@ -113,10 +118,14 @@ def _http_error(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     """A bug: logged with its traceback, counted (``ledger_internal_errors``), answered 500."""
     _log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    _count_internal_error(request)
+    return error_response(500, *INTERNAL_ERROR)
+
+
+def _count_internal_error(request: Request[Any, Any, Any]) -> None:
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is not None:
         metrics.internal_errors.inc()
-    return error_response(500, *INTERNAL_ERROR)
 
 
 EXCEPTION_HANDLERS = {LedgerError: _ledger_error, HTTPException: _http_error, Exception: _unexpected}

@@ -19,7 +19,7 @@ from api.errors import EXCEPTION_HANDLERS, error_response
 from api.metrics import CONTENT_TYPE_LATEST, Metrics
 from api.state import AppState
 from ledger.db import READ_SETTINGS, SCHEMA_VERSION, create_pool
-from ledger.errors import DatabaseUnavailable
+from ledger.errors import DatabaseError
 from ledger.log import EventLog
 from reactors.reconcile import ReconcileStatus, read_reconcile
 from reactors.status import FollowerStatus, read_status
@@ -41,7 +41,7 @@ async def readyz(state: AppState) -> object:
     try:
         async with asyncio.timeout(2):
             version = await state.ops_log.schema_version()
-    except (TimeoutError, DatabaseUnavailable, asyncpg.PostgresError):
+    except (TimeoutError, DatabaseError):
         return error_response(503, "not_ready", "the database is unreachable", {"Retry-After": "5"})
     if version != SCHEMA_VERSION:
         return error_response(503, "not_ready", f"schema version is {version}, expected {SCHEMA_VERSION}")
@@ -56,7 +56,7 @@ async def prometheus_metrics(state: AppState) -> Response[bytes]:
         async with asyncio.timeout(5):
             followers = await read_status(state.ops_log.pool)
             reconcile = await read_reconcile(state.ops_log.pool, 1)
-    except (TimeoutError, DatabaseUnavailable, asyncpg.PostgresError):
+    except (TimeoutError, DatabaseError):
         followers = reconcile = None  # what this process knows, without the database
     return Response(state.metrics.render(followers, reconcile), media_type=CONTENT_TYPE_LATEST)
 

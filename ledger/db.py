@@ -1,6 +1,8 @@
 """The database: connecting, ``schema.sql``, and error translation (migrations: ``ledger.migrate``).
 
-Driver and network exceptions become ``DatabaseUnavailable`` here and nowhere else.
+Driver and network exceptions become the ledger's own (``DatabaseUnavailable``, ``DataRefused``,
+``DatabaseError``) here and nowhere else: ``translate_errors``, which ``connection`` and ``connect``
+apply to everything done on the connections they give.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from ledger.errors import DatabaseUnavailable
+from ledger.errors import DatabaseError, DatabaseUnavailable, DataRefused
 
 __all__ = [
     "DATA_REFUSED",
@@ -80,11 +82,17 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
-    """Turns the database being down, slow or not set up into ``DatabaseUnavailable``."""
+    """Classifies what the driver raises, once: the database down, slow or not set up becomes
+    ``DatabaseUnavailable``; one row's data refused, ``DataRefused``; any other failed statement,
+    ``DatabaseError``. The driver's exception is kept as ``__cause__``."""
     try:
         yield
     except UNAVAILABLE as exc:
         raise DatabaseUnavailable(f"the database is unavailable ({type(exc).__name__}); retry later") from exc
+    except DATA_REFUSED as exc:
+        raise DataRefused(f"{type(exc).__name__}: {exc}") from exc
+    except asyncpg.PostgresError as exc:
+        raise DatabaseError(f"{type(exc).__name__}: {exc}") from exc
 
 
 async def create_pool(
@@ -116,7 +124,9 @@ async def retrying_conflicts(work: Callable[[], Awaitable[_T]], *, attempts: int
     for attempt in range(1, attempts + 1):
         try:
             return await work()
-        except CONFLICTS:
+        except Exception as exc:  # a conflict, as the driver raised it or as translated
+            if not isinstance(exc, CONFLICTS) and not isinstance(exc.__cause__, CONFLICTS):
+                raise
             if attempt == attempts:
                 raise
             await asyncio.sleep(random.uniform(0.01, 0.05 * 2**attempt))
@@ -125,8 +135,8 @@ async def retrying_conflicts(work: Callable[[], Awaitable[_T]], *, attempts: int
 
 @contextlib.asynccontextmanager
 async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-    """A connection of ``pool`` for one piece of work, the database's unavailability translated
-    (``DatabaseUnavailable``): how everything above this layer borrows one."""
+    """A connection of ``pool`` for one piece of work, what the driver raises translated
+    (``translate_errors``): how everything above this layer borrows one."""
     with translate_errors():
         async with pool.acquire() as conn:
             yield conn
@@ -134,10 +144,13 @@ async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
 
 @contextlib.asynccontextmanager
 async def connect(dsn: str, *, unlimited: bool = False) -> AsyncIterator[asyncpg.Connection]:
-    """One connection; ``unlimited`` lifts the statement time limit (operator commands over the whole log)."""
+    """One connection, what the driver raises translated (``translate_errors``); ``unlimited`` lifts
+    the statement time limit (operator commands over the whole log)."""
     settings = {**SERVER_SETTINGS, "statement_timeout": "0"} if unlimited else SERVER_SETTINGS
-    conn = await asyncpg.connect(dsn, server_settings=settings)
+    with translate_errors():
+        conn = await asyncpg.connect(dsn, server_settings=settings)
     try:
-        yield conn
+        with translate_errors():
+            yield conn
     finally:
         await conn.close()

@@ -7,7 +7,9 @@
     ├── SignatureError           a webhook is not verifiably from Flex        -> 401
     ├── PayloadTooLarge          a webhook body is over the limit             -> 413
     ├── UnusableEvent            verified, but not an event we can log        -> 422
-    ├── DatabaseUnavailable      the database is down, too slow or overloaded -> 503
+    ├── DatabaseError            the database failed a statement: a bug, or a schema it does not have -> 500
+    │   ├── DatabaseUnavailable  the database is down, too slow or overloaded -> 503
+    │   └── DataRefused          one row's data refused: an id no index holds, a value no column takes
     ├── FlexUnavailable          Flex's API cannot be read now (sync)         -> 503
     ├── NotAuthenticated         a read-API call without a valid token        -> 401
     ├── TooManyFailures          too many failed credentials from one address -> 429
@@ -16,13 +18,16 @@
     └── InvalidRequest           bad query parameters                         -> 400
 
 The HTTP mapping lives in one place: ``api/errors.py``. Driver exceptions are translated
-into these in one place too: ``ledger.db.translate_errors``.
+into these in one place too: ``ledger.db.translate_errors`` (which ``ledger.db.connection`` and
+``ledger.db.connect`` apply), so nothing above ``ledger/`` catches a driver's exception.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DataRefused",
+    "DatabaseError",
     "DatabaseUnavailable",
     "FlexUnavailable",
     "InvalidRequest",
@@ -77,7 +82,23 @@ class UnusableEvent(LedgerError):
     code = "unprocessable_event"
 
 
-class DatabaseUnavailable(LedgerError):
+class DatabaseError(LedgerError):
+    """The database failed a statement for a reason of its own: a bug, or a table or function that is
+    not there. Above ``ledger/``, "anything the database did" is this class and its subclasses."""
+
+    code = "database_error"
+
+
+class DataRefused(DatabaseError):
+    """The database refused one row's data (an id too long for its index, a value its type refuses,
+    a constraint): that row's fault alone, never worth retrying as it is."""
+
+    code = "data_refused"
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database is down, too slow, overloaded or not set up yet: retry later."""
+
     code = "database_unavailable"
 
     def __init__(self, message: str = "the database is unavailable; retry later", retry_after: int = 5) -> None:

@@ -14,8 +14,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from ledger.db import DATA_REFUSED
-from ledger.errors import DatabaseUnavailable, UnusableEvent
+from ledger.errors import DatabaseUnavailable, DataRefused, UnusableEvent
 from ledger.log import AppendResult, EventLog, NewEvent
 
 __all__ = ["GroupCommitter"]
@@ -117,7 +116,7 @@ class GroupCommitter:
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        except DATA_REFUSED:
+        except DataRefused:
             if len(items) == 1:
                 _reject(items[0][1])
                 return

@@ -17,9 +17,9 @@ import asyncpg
 
 import ledger
 from api.logs import configure_logging
-from ledger.db import SCHEMA_VERSION, UNAVAILABLE, connect, retrying_conflicts
+from ledger.db import SCHEMA_VERSION, connect, retrying_conflicts
 from ledger.embedded import database_url
-from ledger.errors import ConfigError
+from ledger.errors import ConfigError, DatabaseError, DatabaseUnavailable
 from ledger.log import verify_chain
 from ledger.migrate import history, plan
 from ledger.settings import LOG_LEVELS, Settings, load_settings, log_settings
@@ -94,13 +94,13 @@ def _run_with_settings(work: Callable[[Settings], Coroutine[Any, Any, int]]) -> 
     except ConfigError as exc:
         return _fail(exc.message)
     try:
-        return asyncio.run(work(settings))
+        return asyncio.run(work(settings))  # its connections translate what the driver raises (ledger.db)
     except BrokenPipeError:
         raise  # the reader went away (``ledger status | head -1``): main() ends quietly
-    except UNAVAILABLE as exc:
-        return _fail(f"cannot reach the database: {exc}")
-    except asyncpg.PostgresError as exc:  # a database that does not exist, a role refused, ...
-        return _fail(f"the database refused: {type(exc).__name__}: {exc}")
+    except DatabaseUnavailable as exc:
+        return _fail(f"cannot reach the database: {exc.__cause__ or exc}")
+    except DatabaseError as exc:  # a database that does not exist, a role refused, ...
+        return _fail(f"the database refused: {exc.message}")
     except ConfigError as exc:
         return _fail(exc.message)
 

@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 import asyncpg
 import msgspec
 
-from ledger.db import DATA_REFUSED
+from ledger.db import translate_errors
+from ledger.errors import DataRefused
 from projections.base import Deltas, LogRow, Projection
 from projections.mergeable import Mergeable
 from projections.observations import as_snapshot
@@ -143,23 +144,25 @@ async def isolating(
     known: Collection[int] = (),
 ) -> BatchResult:
     """Runs a follower's ``apply`` on the batch in one go; if the database refuses some event's data
-    (``ledger.db.DATA_REFUSED``: an id no index can hold, a value no column takes), event by event,
+    (``DataRefused``: an id no index can hold, a value no column takes), event by event,
     each in a savepoint, so that only that event fails: recorded in the result (live mode, or a
     rebuild meeting a position in ``known``) or raised as ``ProjectionFailed`` naming its position
     (``strict``, a rebuild). Every follower of the log goes through here: one poison event never
     stops the rest."""
     try:
-        async with conn.transaction():  # a savepoint
-            return await apply(rows)
-    except DATA_REFUSED:
+        with translate_errors():
+            async with conn.transaction():  # a savepoint
+                return await apply(rows)
+    except DataRefused:
         pass
     result = BatchResult()
     for row in rows:
         try:
-            async with conn.transaction():
-                one = await apply([row])
-        except DATA_REFUSED as exc:
-            failure = ProjectionFailed(name, row.position, f"{type(exc).__name__}: {exc}")
+            with translate_errors():
+                async with conn.transaction():
+                    one = await apply([row])
+        except DataRefused as exc:
+            failure = ProjectionFailed(name, row.position, exc.message)
             if strict and row.position not in known:
                 raise failure from exc
             _log.warning("%s", failure)

@@ -17,7 +17,8 @@ from typing import Protocol
 
 import asyncpg
 
-from ledger.db import SERVER_SETTINGS, UNAVAILABLE
+from ledger.db import SERVER_SETTINGS, translate_errors
+from ledger.errors import DatabaseError
 from projections.sql import projection_queries as sql
 
 __all__ = [
@@ -88,22 +89,24 @@ async def run_exclusively(
     while True:
         conn = None
         try:
-            conn = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
-            if not await conn.fetchval(sql.try_lock, LOCK_NAMESPACE, lock):
+            with translate_errors():
+                conn = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
+                if not await conn.fetchval(sql.try_lock, LOCK_NAMESPACE, lock):
+                    failures = 0
+                    await asyncio.sleep(standby_interval)
+                    continue
+                owner.active = True
+                _log.info("%s: running", name)
+                await body(conn)
                 failures = 0
-                await asyncio.sleep(standby_interval)
-                continue
-            owner.active = True
-            _log.info("%s: running", name)
-            await body(conn)
-            failures = 0
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # whatever it is, the runner must not end: note it, wait, start again
             failures += 1
             delay = min(MAX_RESTART_DELAY, 0.5 * 2 ** min(failures - 1, 6))
-            reason = f"{type(exc).__name__}: {exc}"[:500]
-            if isinstance(exc, (*UNAVAILABLE, asyncpg.PostgresError)):
+            shown = exc.__cause__ if isinstance(exc, DatabaseError) and exc.__cause__ else exc  # the driver's words
+            reason = f"{type(shown).__name__}: {shown}"[:500]
+            if isinstance(exc, DatabaseError):
                 _log.warning("%s: %s; restarting in %.1fs", name, reason, delay)
             else:
                 _log.exception("%s: failed unexpectedly; restarting in %.1fs", name, delay)

@@ -18,7 +18,8 @@ import logging
 
 import asyncpg
 
-from ledger.db import SERVER_SETTINGS, UNAVAILABLE
+from ledger.db import SERVER_SETTINGS, translate_errors
+from ledger.errors import DatabaseError
 from ledger.log import NOTIFY_CHANNEL, head_position
 from projections.sql import projection_queries
 
@@ -103,7 +104,7 @@ class CheckpointWatcher:
             self._head_refresh = asyncio.ensure_future(self._read_head())
         try:
             return await asyncio.shield(self._head_refresh)
-        except (*UNAVAILABLE, asyncpg.PostgresError):
+        except DatabaseError:
             return self.head
 
     async def _read_head(self) -> int:
@@ -111,7 +112,8 @@ class CheckpointWatcher:
         if conn is None or conn.is_closed():
             return self.head
         async with self._query_lock:
-            head = await head_position(conn)
+            with translate_errors():
+                head = await head_position(conn)
         self._update(head=head)
         return self.head
 
@@ -157,23 +159,24 @@ class CheckpointWatcher:
         while True:
             conn = None
             try:
-                conn = await asyncpg.connect(self.dsn, server_settings=SERVER_SETTINGS)
-                await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
-                await conn.add_listener(CHECKPOINT_CHANNEL, self._on_notify)
-                self._conn = conn
-                await self._resync(conn)
-                self.connected.set()
-                self._wake_subscribers()  # anything missed while disconnected is found by polling
-                ticks = 0
-                while not conn.is_closed():
-                    await asyncio.sleep(self.resync_interval)
-                    ticks += 1
-                    if self._waiting or ticks % 5 == 0:  # also keeps the connection checked
-                        await self._resync(conn)
+                with translate_errors():
+                    conn = await asyncpg.connect(self.dsn, server_settings=SERVER_SETTINGS)
+                    await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+                    await conn.add_listener(CHECKPOINT_CHANNEL, self._on_notify)
+                    self._conn = conn
+                    await self._resync(conn)
+                    self.connected.set()
+                    self._wake_subscribers()  # anything missed while disconnected is found by polling
+                    ticks = 0
+                    while not conn.is_closed():
+                        await asyncio.sleep(self.resync_interval)
+                        ticks += 1
+                        if self._waiting or ticks % 5 == 0:  # also keeps the connection checked
+                            await self._resync(conn)
             except asyncio.CancelledError:
                 raise
-            except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
-                _log.warning("checkpoint watcher: %s; reconnecting", type(exc).__name__)
+            except DatabaseError as exc:
+                _log.warning("checkpoint watcher: %s; reconnecting", exc.message)
                 await asyncio.sleep(1)
             except Exception:  # anything else (a client-side state error, a bug): it must not end
                 _log.exception("checkpoint watcher: failed unexpectedly; reconnecting")

@@ -15,7 +15,8 @@ import time
 
 import asyncpg
 
-from ledger.db import UNAVAILABLE, connect
+from ledger.db import connect
+from ledger.errors import DatabaseError
 from projections.apply import ProjectionFailed
 from projections.base import Projection
 from projections.rebuild import Progress, RebuildBusy, rebuild
@@ -67,6 +68,6 @@ async def upgrade_projections(dsn: str, *, retry_interval: float = 30.0, progres
             _log.info("upgrade: another rebuild is running; checking again in %.0fs", retry_interval)
         except ProjectionFailed as exc:
             _log.error("upgrade: %s; the old tables keep serving; retrying in %.0fs", exc, retry_interval)
-        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+        except DatabaseError as exc:
             _log.warning("upgrade: %s; retrying in %.0fs", exc, retry_interval)
         await asyncio.sleep(retry_interval)

@@ -31,7 +31,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from ledger.db import DATA_REFUSED, UNAVAILABLE, connection
+from ledger.db import connection
+from ledger.errors import DatabaseError, DataRefused
 from ledger.log import append_with
 from projections.apply import BatchResult, isolating
 from projections.base import LogRow, like_patterns
@@ -269,20 +270,20 @@ class FulfillmentReactor:
                 return
             now = datetime.now(UTC)
             try:
-                async with self.pool.acquire() as conn, conn.transaction():
+                async with connection(self.pool) as conn, conn.transaction():
                     row = await conn.fetchrow(sql.queue_lock, session_id)
                     if row is None or row["status"] != "pending":
                         return  # fulfilled or parked meanwhile: nothing to record
                     await append_with(conn, fetched_events(session_id, raw, items, now, test_mode=test_mode))
                     await conn.execute(sql.queue_fulfilled, session_id)
-            except DATA_REFUSED as exc:  # the reply cannot be stored: fetching it again will not help
-                reason = f"Flex's line items cannot be recorded ({type(exc).__name__}: {exc})"
+            except DataRefused as exc:  # the reply cannot be stored: fetching it again will not help
+                reason = f"Flex's line items cannot be recorded ({exc.message})"
                 await self._record_failure(session_id, PermanentFlexError(reason, status=200))
                 return
             _log.info("fulfillment: %s fulfilled with %d line items", session_id, len(items))
         except asyncio.CancelledError:
             raise
-        except (*UNAVAILABLE, asyncpg.PostgresError) as exc:
+        except DatabaseError as exc:
             # counted as an attempt and retried later, never at once: no loop against Flex
             _log.warning("fulfillment: %s: could not record the outcome (%s); will retry", session_id, exc)
             with contextlib.suppress(Exception):

@@ -29,8 +29,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from ledger.db import DATA_REFUSED, UNAVAILABLE, connection
-from ledger.errors import FlexUnavailable, LedgerError, NotFound
+from ledger.db import connection, translate_errors
+from ledger.errors import DatabaseError, DataRefused, FlexUnavailable, LedgerError, NotFound
 from ledger.log import NewEvent, append_with, read_batch
 from projections.apply import decode_rows
 from projections.base import Deltas, LogRow
@@ -268,72 +268,73 @@ async def reconcile(
     Flex could not be read to the end; nothing is recorded then (a failed run is, unless dry)."""
     report = ReconcileReport(trigger=trigger, started_at=datetime.now(UTC), since=since, dry_run=dry_run)
     try:
-        baseline = await _Baseline.read(conn)
-        chosen: dict[str, _Chosen] = {}
-        db = asyncio.Lock()  # the kinds page concurrently; the connection answers one query at a time
-        since_micros = int(since.timestamp() * 1_000_000)
+        with translate_errors():
+            baseline = await _Baseline.read(conn)
+            chosen: dict[str, _Chosen] = {}
+            db = asyncio.Lock()  # the kinds page concurrently; the connection answers one query at a time
+            since_micros = int(since.timestamp() * 1_000_000)
 
-        async def walk(client: FlexClient, kind: Kind) -> None:
-            async for page in _pages(client, kind, since_micros, page_size, max_pages):
-                observed_at = datetime.now(UTC)
-                counts = report.kinds[kind.name]
-                counts.examined += len(page)
-                candidates = []
-                for resource in page:
-                    reason = unusable(kind, resource)
-                    if reason is None:
-                        candidates.append(_candidate(kind, resource, observed_at))
-                        continue
-                    counts.skipped += 1
-                    rid = resource_id(kind, resource) if isinstance(resource, dict) else None
-                    _log.warning("reconcile: skipped a %s from Flex (%s): %s", kind.name, (rid or "?")[:80], reason)
-                    if len(report.skipped) < _SKIPPED_LISTED:
-                        report.skipped.append(Skipped(kind=kind.name, id=rid[:80] if rid else None, reason=reason))
-                async with db:
-                    unknown = await baseline.unknown(conn, candidates)
-                for candidate, new in zip(candidates, unknown, strict=True):
-                    if new and candidate.event.event_id not in chosen:
-                        observed = _observed(candidate)
-                        chosen[candidate.event.event_id] = _Chosen(candidate.kind, candidate.event, observed)
+            async def walk(client: FlexClient, kind: Kind) -> None:
+                async for page in _pages(client, kind, since_micros, page_size, max_pages):
+                    observed_at = datetime.now(UTC)
+                    counts = report.kinds[kind.name]
+                    counts.examined += len(page)
+                    candidates = []
+                    for resource in page:
+                        reason = unusable(kind, resource)
+                        if reason is None:
+                            candidates.append(_candidate(kind, resource, observed_at))
+                            continue
+                        counts.skipped += 1
+                        rid = resource_id(kind, resource) if isinstance(resource, dict) else None
+                        _log.warning("reconcile: skipped a %s from Flex (%s): %s", kind.name, (rid or "?")[:80], reason)
+                        if len(report.skipped) < _SKIPPED_LISTED:
+                            report.skipped.append(Skipped(kind=kind.name, id=rid[:80] if rid else None, reason=reason))
+                    async with db:
+                        unknown = await baseline.unknown(conn, candidates)
+                    for candidate, new in zip(candidates, unknown, strict=True):
+                        if new and candidate.event.event_id not in chosen:
+                            observed = _observed(candidate)
+                            chosen[candidate.event.event_id] = _Chosen(candidate.kind, candidate.event, observed)
+                        else:
+                            counts.known += 1
+                    if on_progress is not None:
+                        on_progress(report)
+
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for client in clients:
+                        for kind in KINDS.values():
+                            group.create_task(walk(client, kind))
+            except ExceptionGroup as failed:
+                raise _first_cause(failed) from None
+            candidates = list(chosen.values())
+            if dry_run:
+                report.observations = [c.observed for c in candidates]
+                for seen in report.observations:
+                    _count_recorded(report, seen)
+                report.finished_at = datetime.now(UTC)
+                return report
+            async with conn.transaction():
+                results = await append_with(conn, [c.event for c in candidates]) if candidates else []
+                for c, result in zip(candidates, results, strict=True):
+                    if result.duplicate:  # another run (or a sync) recorded this very state meanwhile
+                        report.kinds[c.kind.name].known += 1
                     else:
-                        counts.known += 1
-                if on_progress is not None:
-                    on_progress(report)
-
-        try:
-            async with asyncio.TaskGroup() as group:
-                for client in clients:
-                    for kind in KINDS.values():
-                        group.create_task(walk(client, kind))
-        except ExceptionGroup as failed:
-            raise _first_cause(failed) from None
-        candidates = list(chosen.values())
-        if dry_run:
-            report.observations = [c.observed for c in candidates]
-            for seen in report.observations:
-                _count_recorded(report, seen)
-            report.finished_at = datetime.now(UTC)
+                        report.observations.append(msgspec.structs.replace(c.observed, position=result.position))
+                        _count_recorded(report, report.observations[-1])
+                report.finished_at = datetime.now(UTC)
+                await _record(conn, report)
             return report
-        async with conn.transaction():
-            results = await append_with(conn, [c.event for c in candidates]) if candidates else []
-            for c, result in zip(candidates, results, strict=True):
-                if result.duplicate:  # another run (or a sync) recorded this very state meanwhile
-                    report.kinds[c.kind.name].known += 1
-                else:
-                    report.observations.append(msgspec.structs.replace(c.observed, position=result.position))
-                    _count_recorded(report, report.observations[-1])
-            report.finished_at = datetime.now(UTC)
-            await _record(conn, report)
-        return report
     except ReconcileFailed as exc:
         await _failed(conn, report, exc, dry_run)
         raise
-    except DATA_REFUSED as exc:  # something Flex said that the checks did not foresee: this run fails
-        failure = ReconcileFailed(f"an observation could not be recorded ({type(exc).__name__}: {exc})")
+    except DataRefused as exc:  # something Flex said that the checks did not foresee: this run fails
+        failure = ReconcileFailed(f"an observation could not be recorded ({exc.message})")
         await _failed(conn, report, failure, dry_run)
         raise failure from exc
-    except (*UNAVAILABLE, asyncpg.PostgresError, LedgerError):
-        raise  # the database: the caller reconnects (nothing could be recorded anyway)
+    except LedgerError:
+        raise  # the database (the caller reconnects; nothing could be recorded anyway), Flex, ...
     except Exception as exc:  # a bug or an answer nothing expected: a failed run, on record
         _log.exception("reconcile: run failed unexpectedly, nothing recorded")
         failure = ReconcileFailed(f"unexpected error: {type(exc).__name__}: {exc}")
@@ -345,7 +346,7 @@ async def _failed(conn: asyncpg.Connection, report: ReconcileReport, exc: Reconc
     report.outcome, report.error, report.finished_at = "failed", exc.message[:2000], datetime.now(UTC)
     exc.report = report
     if not dry_run:
-        with contextlib.suppress(*UNAVAILABLE, asyncpg.PostgresError):
+        with contextlib.suppress(DatabaseError), translate_errors():
             await _record(conn, report)
 
 
@@ -584,7 +585,7 @@ class AutomaticReconcile:
                 _log.warning("reconcile: run failed, nothing recorded: %s", exc.message)
                 await asyncio.sleep(self.retry_after_failure)
                 continue
-            except (*UNAVAILABLE, asyncpg.PostgresError):
+            except DatabaseError:
                 raise  # the runner reconnects (projections.coordination.run_exclusively)
             except Exception:  # a bug or an answer nothing expected: the runner must not die of it
                 _log.exception("reconcile: run failed unexpectedly, nothing recorded")
