@@ -21,6 +21,7 @@ import ledger
 from api.admission import ReadAdmission, admit_unless_waiting
 from api.auth import require_token
 from api.console import TEMPLATE_CONFIG, console_router
+from api.destination_routes import DESTINATION_ROUTES
 from api.errors import EXCEPTION_HANDLERS
 from api.events import list_events
 from api.logs import RequestIdMiddleware
@@ -129,7 +130,13 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
             async with contextlib.AsyncExitStack() as stack:
                 if workers:
                     await stack.enter_async_context(
-                        running_workers(dsn, settings, watcher=checkpoints, on_flex_call=metrics.flex_call)
+                        running_workers(
+                            dsn,
+                            settings,
+                            watcher=checkpoints,
+                            on_flex_call=metrics.flex_call,
+                            on_delivery_attempt=metrics.delivery_attempt,
+                        )
                     )
                 committer = await stack.enter_async_context(GroupCommitter(log, on_batch=metrics.batch_size.observe))
                 # The success page's sync waits for Flex: fewer, shorter tries than the workers', and
@@ -160,7 +167,7 @@ def create_app(settings: Settings, *, api_tokens: tuple[str, ...], workers: bool
 
     v1 = Router(
         "/v1",
-        route_handlers=[list_events, *READ_ROUTES, *RECONCILE_ROUTES],
+        route_handlers=[list_events, *READ_ROUTES, *RECONCILE_ROUTES, *DESTINATION_ROUTES],
         guards=[require_token],
         security=[{"bearer": []}],
         before_request=before_read,

@@ -24,12 +24,14 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 import ledger
 from ledger.db import SCHEMA_VERSION
+from reactors.delivery import Outcome
+from reactors.destinations import Destination
 from reactors.reconcile import ReconcileStatus
 from reactors.status import FollowerStatus
 
@@ -77,6 +79,7 @@ class _Recorded(Collector):
     def __init__(self) -> None:
         self.followers: list[FollowerStatus] | None = None
         self.reconcile: ReconcileStatus | None = None
+        self.destinations: list[Destination] | None = None
 
     def collect(self) -> Iterator[Metric]:
         for name, help_text, field in _RECORDED_FOLLOWERS:
@@ -94,6 +97,29 @@ class _Recorded(Collector):
             if self.reconcile is not None:
                 family.add_metric([], getattr(self.reconcile, field))
             yield family
+        lag = GaugeMetricFamily(
+            "ledger_destination_lag",
+            "Log positions a destination has not derived messages from yet",
+            labels=["destination"],
+        )
+        messages = GaugeMetricFamily(
+            "ledger_destination_messages",
+            "A destination's messages by status (retrying | failed | delivered)",
+            labels=["destination", "status"],
+        )
+        enabled = GaugeMetricFamily(
+            "ledger_destination_enabled",
+            "1 while a destination is enabled (0: disabled, or by a 410)",
+            labels=["destination"],
+        )
+        for d in self.destinations or ():
+            lag.add_metric([d.id], d.lag)
+            enabled.add_metric([d.id], 1 if d.state == "enabled" else 0)
+            for status in ("retrying", "failed", "delivered"):
+                messages.add_metric([d.id, status], getattr(d, status))
+        yield lag
+        yield messages
+        yield enabled
 
 
 class Metrics:
@@ -158,6 +184,18 @@ class Metrics:
             buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
+        self.delivery_attempts = Counter(
+            "ledger_delivery_attempts",
+            "Outbound delivery attempts, by message type and outcome (delivered | failed | gone: 410)",
+            ["type", "outcome"],
+            registry=r,
+        )
+        self.delivery_seconds = Histogram(
+            "ledger_delivery_attempt_seconds",
+            "Outbound delivery attempt latency (address check, signing, the receiver's answer)",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30),
+            registry=r,
+        )
         self.flex_errors = Counter(
             "ledger_flex_api_errors",
             "Flex API calls that failed, by HTTP status ('error' when no answer)",
@@ -192,15 +230,28 @@ class Metrics:
         self.reads_queued.set_function(lambda: admission.queued)
         self.reads_working.set_function(lambda: admission.working)
 
+    def delivery_attempt(self, message_type: str, outcome: Outcome, seconds: float) -> None:
+        """One outbound attempt (``reactors.delivery``): its outcome by type, and how long it took."""
+        label = "delivered" if outcome.delivered else "gone" if outcome.status == 410 else "failed"
+        self.delivery_attempts.labels(message_type, label).inc()
+        self.delivery_seconds.observe(seconds)
+
     def flex_call(self, status: int | None, seconds: float) -> None:
         label = str(status) if status is not None else "error"
         self.flex_seconds.labels(label).observe(seconds)
         if status is None or not 200 <= status < 300:
             self.flex_errors.labels(label).inc()
 
-    def render(self, followers: list[FollowerStatus] | None, reconcile: ReconcileStatus | None = None) -> bytes:
-        """The exposition; ``followers`` (``reactors.status``) and ``reconcile``
-        (``reactors.reconcile.reconcile_status``) when the database could be read."""
+    def render(
+        self,
+        followers: list[FollowerStatus] | None,
+        reconcile: ReconcileStatus | None = None,
+        destinations: list[Destination] | None = None,
+    ) -> bytes:
+        """The exposition; ``followers`` (``reactors.status``), ``reconcile``
+        (``reactors.reconcile.reconcile_status``) and ``destinations`` when the database could be read."""
+        if destinations is not None:
+            self.recorded.destinations = destinations
         if followers is not None:
             self.recorded.followers = followers
         if reconcile is not None:

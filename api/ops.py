@@ -18,9 +18,11 @@ from litestar import Litestar, Response, get
 from api.errors import EXCEPTION_HANDLERS, error_response
 from api.metrics import CONTENT_TYPE_LATEST, Metrics
 from api.state import AppState
-from ledger.db import READ_SETTINGS, SCHEMA_VERSION, create_pool
+from ledger.db import READ_SETTINGS, SCHEMA_VERSION, connection, create_pool
 from ledger.errors import DatabaseError
 from ledger.log import EventLog
+from reactors import destinations
+from reactors.destinations import Destination
 from reactors.reconcile import ReconcileStatus, read_reconcile
 from reactors.status import FollowerStatus, read_status
 
@@ -52,13 +54,16 @@ async def readyz(state: AppState) -> object:
 async def prometheus_metrics(state: AppState) -> Response[bytes]:
     followers: list[FollowerStatus] | None
     reconcile: ReconcileStatus | None
+    outbound: list[Destination] | None
     try:
         async with asyncio.timeout(5):
             followers = await read_status(state.ops_log.pool)
             reconcile = await read_reconcile(state.ops_log.pool, 1)
+            async with connection(state.ops_log.pool) as conn:
+                outbound = await destinations.list_all(conn)
     except (TimeoutError, DatabaseError):
-        followers = reconcile = None  # what this process knows, without the database
-    return Response(state.metrics.render(followers, reconcile), media_type=CONTENT_TYPE_LATEST)
+        followers = reconcile = outbound = None  # what this process knows, without the database
+    return Response(state.metrics.render(followers, reconcile, outbound), media_type=CONTENT_TYPE_LATEST)
 
 
 OPS_ROUTES = [healthz, readyz, prometheus_metrics]

@@ -19,6 +19,10 @@ __all__ = ["Settings", "decode_secret", "load_settings", "log_settings", "parse_
 DEFAULT_FLEX_API_BASE_URL = "https://api.withflex.com/v1"
 
 
+# Standard Webhooks' schedule: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+DEFAULT_DELIVERY_SCHEDULE: tuple[float, ...] = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str | None = None
     data_dir: Path = Path(".ledger")
@@ -62,6 +66,21 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     auto_migrate: bool = True
     # `ledger work` serves /metrics, /healthz and /readyz on this port (0: none).
     metrics_port: int = 9464
+    # Outbound delivery to the merchant's destinations (reactors/delivery.py).
+    delivery_schedule: tuple[float, ...] = DEFAULT_DELIVERY_SCHEDULE  # seconds before each attempt
+    delivery_timeout: float = 15.0
+    delivery_concurrency: int = 8  # attempts in flight at once, per destination
+    delivery_allow_private: bool = False  # loopback, link-local and private addresses
+
+
+def parse_schedule(text: str) -> tuple[float, ...]:
+    """``0,5s,5m,30m`` as seconds before each attempt; ``ValueError`` with a reason otherwise."""
+    delays = []
+    for part in _split(text):
+        delays.append(0.0 if part.strip() in ("0", "0s") else parse_duration(part).total_seconds())
+    if not delays:
+        raise ValueError("needs at least one delay (the first attempt's, usually 0)")
+    return tuple(delays)
 
 
 def decode_secret(secret: str) -> bytes:
@@ -224,7 +243,21 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool
         auto_migrate=_choice(env, "LEDGER_AUTO_MIGRATE", _BOOLEAN, "true"),
         metrics_port=_int(env, "LEDGER_METRICS_PORT", 9464, 0),
         console_secure_cookie=_choice(env, "LEDGER_CONSOLE_SECURE_COOKIE", _BOOLEAN, "false"),
+        delivery_schedule=_schedule(env, "LEDGER_DELIVERY_SCHEDULE"),
+        delivery_timeout=_float(env, "LEDGER_DELIVERY_TIMEOUT", 15.0),
+        delivery_concurrency=_int(env, "LEDGER_DELIVERY_CONCURRENCY", 8, 1),
+        delivery_allow_private=_choice(env, "LEDGER_DELIVERY_ALLOW_PRIVATE", _BOOLEAN, "false"),
     )
+
+
+def _schedule(env: Mapping[str, str], name: str) -> tuple[float, ...]:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return DEFAULT_DELIVERY_SCHEDULE
+    try:
+        return parse_schedule(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -23,6 +24,7 @@ from ledger.errors import ConfigError, DatabaseError, DatabaseUnavailable
 from ledger.log import verify_chain
 from ledger.migrate import history, plan
 from ledger.settings import LOG_LEVELS, Settings, load_settings, log_settings
+from ledger_cli import destinations
 from ledger_cli.send import SCENARIOS
 from projections.registry import PROJECTIONS, install
 
@@ -184,7 +186,10 @@ def cmd_work(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         metrics = Metrics()
-        async with database(settings) as (_, dsn), running_workers(dsn, settings, on_flex_call=metrics.flex_call):
+        workers = functools.partial(
+            running_workers, on_flex_call=metrics.flex_call, on_delivery_attempt=metrics.delivery_attempt
+        )
+        async with database(settings) as (_, dsn), workers(dsn, settings):
             ops_server = None
             if settings.metrics_port:
                 config = uvicorn.Config(
@@ -815,6 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
     standin.add_argument("--api-key", default=None, help="require this bearer key (401 otherwise)")
     standin.add_argument("--delay", type=float, default=0.0, help="seconds to wait before every answer")
     standin.set_defaults(func=cmd_flex_standin)
+    destinations.add_parser(sub)
     return parser
 
 

@@ -25,7 +25,7 @@ from projections.orders import ORDERS
 from projections.shapes import Order
 from projections.sql import projection_queries as queries
 
-__all__ = ["order_as_of", "order_events", "order_timeline"]
+__all__ = ["order_as_of", "order_at", "order_events", "order_timeline"]
 
 _EVERY_POSITION = 2**63 - 1
 
@@ -91,30 +91,35 @@ async def order_as_of(
     order did not exist yet (or does not exist). ``flags`` that compare it with other orders
     (``duplicate_payment``) are as of now."""
     async with connection(pool) as conn:
-        record = await conn.fetchrow(queries.order_get, checkout_session_id)
-        if record is None:
-            return None
         upto = min(
             position if position is not None else _EVERY_POSITION,
             await position_at(conn, moment) if moment is not None else _EVERY_POSITION,
         )
-        [current] = await documents.with_intents(conn, [record])  # its intents, and flags as of now
-        now_intents = [p.payment_intent_id for p in current.payment_intents]
-        rows, _ = decode_rows(await events_at(conn, await _history(conn, record, upto, now_intents)))
-        deltas = Deltas()
-        for row in rows:
-            with contextlib.suppress(Exception):  # as the projection: an event it cannot fold is skipped
-                ORDERS.fold(row, deltas)
-        state = deltas.by_table.get("orders", {}).get(checkout_session_id)
-        if state is None:
-            return None
-        known = deltas.by_table.get("order_payment_intents", {})
-        listed = set(state.items("payment_intent_ids"))
-        naming = {pi for pi, s in known.items() if s.get("checkout_session_id") == checkout_session_id}
-        positions = deltas.positions
-        intents: documents.Intents = [
-            (pi, positions["order_payment_intents"][pi], known[pi]) if pi in known else (pi, 0, None)
-            for pi in sorted(listed | naming)
-        ]
+        return await order_at(conn, checkout_session_id, upto)
+
+
+async def order_at(conn: asyncpg.Connection, checkout_session_id: str, upto: int) -> Order | None:
+    """``order_as_of`` a log position, on a connection (outbound delivery's ``order.updated``)."""
+    record = await conn.fetchrow(queries.order_get, checkout_session_id)
+    if record is None:
+        return None
+    [current] = await documents.with_intents(conn, [record])  # its intents, and flags as of now
+    now_intents = [p.payment_intent_id for p in current.payment_intents]
+    rows, _ = decode_rows(await events_at(conn, await _history(conn, record, upto, now_intents)))
+    deltas = Deltas()
+    for row in rows:
+        with contextlib.suppress(Exception):  # as the projection: an event it cannot fold is skipped
+            ORDERS.fold(row, deltas)
+    state = deltas.by_table.get("orders", {}).get(checkout_session_id)
+    if state is None:
+        return None
+    known = deltas.by_table.get("order_payment_intents", {})
+    listed = set(state.items("payment_intent_ids"))
+    naming = {pi for pi, s in known.items() if s.get("checkout_session_id") == checkout_session_id}
+    positions = deltas.positions
+    intents: documents.Intents = [
+        (pi, positions["order_payment_intents"][pi], known[pi]) if pi in known else (pi, 0, None)
+        for pi in sorted(listed | naming)
+    ]
     as_of = {"checkout_session_id": checkout_session_id, "position": positions["orders"][checkout_session_id]}
     return documents.order_document(as_of, state, intents, completed_twice="duplicate_payment" in current.flags)

@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from projections.base import Deltas, LogRow, Projection, Table
-from projections.fields import as_bool, as_int, as_str, dict_of, epoch_micros, newest_first_key
+from projections.fields import as_bool, as_int, as_str, dict_of, epoch_micros, iso, newest_first_key
 from projections.ledger_events import ADJUSTED
 from projections.mergeable import Mergeable
+from projections.shapes import Adjustment
 from projections.sql import projection_queries as sql
 
-__all__ = ["INVENTORY"]
+__all__ = ["INVENTORY", "adjustment_at"]
 
 _FIELDS = ("checkout_session_id", "line_item_id", "price_id", "product_id", "upc_code", "reason")
 
@@ -49,6 +50,29 @@ def _row(_: str, state: Mergeable) -> tuple[Any, ...]:
         state.get("reason") or "sale",
         state.get("created_at"),
         bool(state.get("test_mode")),  # adjustments logged before modes were kept: live
+    )
+
+
+def adjustment_at(row: LogRow) -> Adjustment | None:
+    """The adjustment one ``ledger.inventory.adjusted`` event records, as the feed shows it (folded by
+    ``fold``, as the projection does); ``None`` for any other event."""
+    deltas = Deltas()
+    if not fold(row, deltas):
+        return None
+    [(adjustment_id, state)] = deltas.by_table["inventory_adjustments"].items()
+    (session, line_item, price, product, upc, delta, reason, created_at, test_mode) = _row(adjustment_id, state)
+    return Adjustment(
+        adjustment_id=adjustment_id,
+        position=row.position,
+        checkout_session_id=session,
+        line_item_id=line_item,
+        price_id=price,
+        product_id=product,
+        upc_code=upc,
+        quantity_delta=delta,
+        reason=reason,
+        created_at=iso(created_at),
+        test_mode=test_mode,
     )
 
 

@@ -18,11 +18,12 @@ from projections.inventory import INVENTORY
 from projections.orders import ORDERS
 from projections.subscriptions import SUBSCRIPTIONS
 
-__all__ = ["FOLLOWERS", "FULFILLMENT", "PROJECTIONS", "RECONCILE", "SHAPES", "get", "install", "lock_id"]
+__all__ = ["DELIVERY", "FOLLOWERS", "FULFILLMENT", "PROJECTIONS", "RECONCILE", "SHAPES", "get", "install", "lock_id"]
 
 PROJECTIONS: dict[str, Projection] = {p.name: p for p in (ORDERS, CUSTOMERS, SUBSCRIPTIONS, INVENTORY)}
 FULFILLMENT = "fulfillment"  # the reactor: follows the log too, but is never rebuilt
 RECONCILE = "reconcile"  # the automatic reconcile runner: not a follower, one across all processes
+DELIVERY = "delivery"  # outbound delivery: every destination follows the log in this one runner
 
 # Lock ids are compared between processes that may run different releases during a deploy: a
 # follower keeps its id for ever, and a new one takes the next free number.
@@ -33,8 +34,9 @@ _LOCK_IDS = {
     FULFILLMENT: 4,
     INVENTORY.name: 5,
     RECONCILE: 6,
+    DELIVERY: 7,
 }
-assert set(_LOCK_IDS) == {*PROJECTIONS, FULFILLMENT, RECONCILE}, "every runner needs a lock id"
+assert set(_LOCK_IDS) == {*PROJECTIONS, FULFILLMENT, RECONCILE, DELIVERY}, "every runner needs a lock id"
 assert len(set(_LOCK_IDS.values())) == len(_LOCK_IDS), "lock ids are unique"
 FOLLOWERS: tuple[str, ...] = (*PROJECTIONS, FULFILLMENT)
 SHAPES: dict[str, int] = {**{p.name: p.shape for p in PROJECTIONS.values()}, FULFILLMENT: 1}

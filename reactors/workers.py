@@ -1,9 +1,10 @@
-"""The background workers of a process: every projection runner, the fulfillment reactor and the
-automatic reconcile (``LEDGER_RECONCILE_INTERVAL``).
+"""The background workers of a process: every projection runner, the fulfillment reactor, the
+automatic reconcile (``LEDGER_RECONCILE_INTERVAL``) and outbound delivery to the destinations.
 
 ``ledger serve`` runs them next to the HTTP server (the default); ``ledger serve --no-workers``
 leaves them to ``ledger work`` processes. Any number of processes may run them: each projection,
-the reactor and reconcile is active in exactly one at a time (advisory locks); the others stand by.
+the reactor, reconcile and delivery is active in exactly one at a time (advisory locks); the others
+stand by.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from projections.freshness import CheckpointWatcher
 from projections.registry import PROJECTIONS
 from projections.runner import ProjectionRunner
 from projections.upgrade import upgrade_projections
+from reactors.delivery import DeliveryWorker, Outcome
 from reactors.flex_client import clients_for
 from reactors.fulfillment import FulfillmentReactor
 from reactors.reconcile import AutomaticReconcile
@@ -32,11 +34,14 @@ async def running_workers(
     *,
     watcher: CheckpointWatcher | None = None,
     on_flex_call: Callable[[int | None, float], None] | None = None,
+    on_delivery_attempt: Callable[[str, Outcome, float], None] | None = None,
 ) -> AsyncIterator[list[ProjectionRunner]]:
     """Runs the workers until the context ends. ``watcher`` is the process's own when it has one
     (``ledger serve``); otherwise the workers follow the log with one of their own."""
     # The workers' own connection budget: they never take the connections of ingest or reads.
     pool = await create_pool(dsn, max_size=settings.worker_pool_size, timeout=5, command_timeout=15)
+    # Delivery's own: a destination's attempts never wait for the reactor's connections, nor it for theirs.
+    delivery_pool = await create_pool(dsn, max_size=settings.worker_pool_size, timeout=5, command_timeout=15)
     tasks: list[asyncio.Task[None]] = []
     if watcher is None:
         watcher = CheckpointWatcher(dsn)
@@ -60,6 +65,17 @@ async def running_workers(
     tasks += [asyncio.create_task(r.run(), name=f"projection-{r.projection.name}") for r in runners]
     tasks.append(asyncio.create_task(upgrade_projections(dsn), name="projection-upgrade"))
     tasks.append(asyncio.create_task(reactor.run(), name="fulfillment"))
+    delivery = DeliveryWorker(
+        dsn,
+        delivery_pool,
+        watcher.subscribe(),
+        schedule=settings.delivery_schedule,
+        timeout=settings.delivery_timeout,
+        concurrency=settings.delivery_concurrency,
+        allow_private=settings.delivery_allow_private,
+        on_attempt=on_delivery_attempt,
+    )
+    tasks.append(asyncio.create_task(delivery.run(), name="delivery"))
     if settings.reconcile_interval > 0:
         reconciler = AutomaticReconcile(
             dsn,
@@ -78,3 +94,4 @@ async def running_workers(
         for client in clients.values():
             await client.aclose()
         await pool.close()
+        await delivery_pool.close()

@@ -20,9 +20,11 @@ from api.console.session import SESSION_HOURS, new_session, session_expiry, sign
 from api.params import checked
 from api.state import AppState
 from ledger.console_sessions import revoke
+from ledger.db import connection
 from ledger.errors import InvalidRequest, NotFound
 from projections import documents, history
 from projections.shapes import Order
+from reactors import destinations as outbound
 from reactors.fulfillment import failed_sessions, retry_failed
 from reactors.reconcile import read_reconcile
 from reactors.status import read_status
@@ -251,6 +253,32 @@ async def projections(request: Request[Any, Any, Any], state: AppState) -> Templ
     )
 
 
+@get("/destinations")
+async def destinations(request: Request[Any, Any, Any], state: AppState, retried: str | None = None) -> Template:
+    async with connection(state.pool) as conn:
+        listed = await outbound.list_all(conn)
+        failed = {
+            d.id: (await outbound.messages(conn, d.id, status="failed", limit=PAGE, cursor=None)).data
+            for d in listed
+            if d.failed
+        }
+    return _page("destinations.html", request, destinations=listed, failed=failed, retried=retried)
+
+
+@post("/destinations/retry", status_code=303)
+async def retry_message(state: AppState, data: Form) -> Redirect:
+    destination_id = data.get("destination_id", "").strip()
+    message_id = data.get("message_id", "").strip()
+    if not destination_id:
+        raise InvalidRequest("name the destination")
+    checked("destination_id", destination_id)
+    if message_id:
+        checked("message_id", message_id)
+    async with connection(state.pool) as conn:
+        done = await outbound.retry_failed(conn, destination_id, [message_id] if message_id else None)
+    return Redirect(f"/console/destinations?retried={len(done)}", status_code=303)
+
+
 CONSOLE_PAGES = [
     login_form,
     sign_in,
@@ -263,4 +291,6 @@ CONSOLE_PAGES = [
     quarantine,
     inventory,
     projections,
+    destinations,
+    retry_message,
 ]

@@ -1,0 +1,121 @@
+"""The ledger's own messages to the merchant's systems, derived from the log alone.
+
+A message is a function of one log position: ``inventory.adjusted`` for each adjustment the log
+records (``projections.inventory.adjustment_at``), ``order.updated`` for each order an event
+changed, carrying the order as it stood after that position (``projections.history.order_at``:
+the folds time travel uses). Its id is a function of (position, type, object id) and its body of
+the log, so every attempt, replay and destination sends the same id and the same bytes.
+
+Body: ``{"type", "timestamp" (when the source event was recorded), "position", "test_mode", "data"}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from projections.base import Deltas, LogRow, like_patterns
+from projections.history import order_at
+from projections.inventory import INVENTORY, adjustment_at
+from projections.ledger_events import ADJUSTED
+from projections.orders import ORDERS
+from reactors.sql import reactor_queries as sql
+
+__all__ = ["MESSAGE_TYPES", "PATTERNS", "SOURCES", "Message", "derive", "message_id", "wanted"]
+
+INVENTORY_ADJUSTED = "inventory.adjusted"
+ORDER_UPDATED = "order.updated"
+MESSAGE_TYPES = (INVENTORY_ADJUSTED, ORDER_UPDATED)
+# The projections whose documents messages carry: a destination derives no further than they have applied.
+SOURCES = (ORDERS.name, INVENTORY.name)
+PATTERNS = like_patterns({*ORDERS.prefixes, *INVENTORY.prefixes})
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True):
+    message_id: str
+    type: str
+    position: int
+    test_mode: bool
+    body: bytes
+
+
+class _Body(msgspec.Struct, kw_only=True):
+    type: str
+    timestamp: str
+    position: int
+    test_mode: bool
+    data: Any
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def message_id(position: int, message_type: str, object_id: str) -> str:
+    """The message's id: the same for (position, type, object) on every attempt, replay and destination."""
+    digest = hashlib.sha256(f"{position}\x1f{message_type}\x1f{object_id}".encode()).hexdigest()
+    return f"msg_{position}_{digest[:24]}"
+
+
+def wanted(message_type: str, types: Sequence[str]) -> bool:
+    """Whether a destination asking for ``types`` (types or prefixes like ``order.*``; none: all) gets it."""
+    return not types or any(fnmatch.fnmatchcase(message_type, t) for t in types)
+
+
+def _message(kind: str, position: int, object_id: str, recorded_at: datetime, test_mode: bool, data: Any) -> Message:
+    body = _Body(
+        type=kind,
+        timestamp=recorded_at.isoformat().replace("+00:00", "Z"),
+        position=position,
+        test_mode=test_mode,
+        data=data,
+    )
+    return Message(
+        message_id=message_id(position, kind, object_id),
+        type=kind,
+        position=position,
+        test_mode=test_mode,
+        body=_encode(body),
+    )
+
+
+async def derive(conn: asyncpg.Connection, rows: Sequence[LogRow]) -> list[Message]:
+    """Every message the events ``rows`` make, in log order; the projections in ``SOURCES`` have
+    applied them (the order's intents are read from the orders projection)."""
+    if not rows:
+        return []
+    recorded = {
+        r["position"]: r["recorded_at"] for r in await conn.fetch(sql.events_recorded_at, [r.position for r in rows])
+    }
+    touched: list[tuple[LogRow, set[str]]] = []
+    for row in rows:
+        deltas = Deltas()
+        if row.event_type != ADJUSTED:  # an adjustment is only the order's history: its own message says it
+            with contextlib.suppress(Exception):  # as the projection: an event it cannot fold is skipped
+                ORDERS.fold(row, deltas)
+        touched.append((row, {entity for entity, _ in deltas.touched}))
+    intents = {pi for _, entities in touched for pi in entities}
+    sessions_of = {
+        r["payment_intent_id"]: r["checkout_session_id"] for r in await conn.fetch(sql.intents_sessions, list(intents))
+    }
+    out: list[Message] = []
+    for row, entities in touched:
+        at = recorded[row.position]
+        adjustment = adjustment_at(row)
+        if adjustment is not None:
+            out.append(
+                _message(
+                    INVENTORY_ADJUSTED, row.position, adjustment.adjustment_id, at, adjustment.test_mode, adjustment
+                )
+            )
+        for session_id in sorted({sessions_of.get(e, e) for e in entities}):
+            order = await order_at(conn, session_id, row.position)
+            if order is not None:
+                out.append(_message(ORDER_UPDATED, row.position, session_id, at, bool(order.test_mode), order))
+    return out

@@ -1,0 +1,148 @@
+-- Outbound delivery: the merchant's destinations and the messages queued for each.
+
+-- name: destination_insert
+-- A new destination starts at the log's head: it is sent what happens from now on.
+INSERT INTO public.destinations (destination_id, url, types, mode, description, secret, position)
+SELECT $1, $2, $3::text[], $4, $5, $6, h.position FROM public.ledger_head h
+RETURNING destination_id, position;
+
+-- name: destinations_all
+-- Every destination with its lag and its messages by status.
+SELECT d.destination_id, d.url, d.types, d.mode, d.description, d.state, d.position, d.last_error,
+       d.last_error_at, d.created_at, d.updated_at, d.previous_secret_until,
+       greatest(h.position - d.position, 0) AS lag,
+       coalesce(c.delivered, 0) AS delivered, coalesce(c.retrying, 0) AS retrying, coalesce(c.failed, 0) AS failed
+FROM public.destinations d
+CROSS JOIN public.ledger_head h
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE status = 'delivered') AS delivered,
+           count(*) FILTER (WHERE status = 'retrying') AS retrying,
+           count(*) FILTER (WHERE status = 'failed') AS failed
+    FROM public.destination_messages m WHERE m.destination_id = d.destination_id
+) c ON true
+WHERE $1::text IS NULL OR d.destination_id = $1
+ORDER BY d.created_at, d.destination_id;
+
+-- name: destination_secrets
+-- What signs a message now: the secret, and the previous one during a rotation's overlap.
+SELECT url, state, mode, types, secret,
+       CASE WHEN previous_secret_until > now() THEN previous_secret END AS previous_secret
+FROM public.destinations WHERE destination_id = $1;
+
+-- name: destination_set_state
+UPDATE public.destinations SET state = $2, updated_at = now() WHERE destination_id = $1
+RETURNING destination_id;
+
+-- name: messages_due_now
+-- A destination enabled again: what was queued is due at once.
+UPDATE public.destination_messages SET next_attempt_at = now() WHERE destination_id = $1 AND status = 'retrying';
+
+-- name: destination_delete
+DELETE FROM public.destinations WHERE destination_id = $1 RETURNING destination_id;
+
+-- name: destination_rotate
+-- The new secret signs from now on; the old one too, until $3.
+UPDATE public.destinations
+SET previous_secret = secret, previous_secret_until = $3, secret = $2, updated_at = now()
+WHERE destination_id = $1
+RETURNING destination_id;
+
+-- name: destination_rewind
+-- Replay: messages are derived again from position $2 on (their ids are the same as the first time).
+UPDATE public.destinations SET position = greatest($2::bigint - 1, 0), updated_at = now()
+WHERE destination_id = $1
+RETURNING destination_id;
+
+-- name: destination_checkpoint
+-- The destination's checkpoint, and how far it may derive messages: the log's head, but no further
+-- than the projections whose documents the messages carry have applied.
+SELECT d.position, d.state,
+       least(h.position, (SELECT min(position) FROM public.projection_state WHERE name = ANY($2::text[]))) AS head
+FROM public.destinations d CROSS JOIN public.ledger_head h
+WHERE d.destination_id = $1;
+
+-- name: destination_advance
+-- Compare-and-set: moves the checkpoint from $2 to $3.
+UPDATE public.destinations SET position = $3 WHERE destination_id = $1 AND position = $2
+RETURNING position;
+
+-- name: destination_note_error
+UPDATE public.destinations SET last_error = $2, last_error_at = now() WHERE destination_id = $1;
+
+-- name: messages_enqueue
+-- New messages are due at once ($6: the schedule's first delay). A message queued again (a replay)
+-- is due again with its attempts counted afresh.
+INSERT INTO public.destination_messages AS m (destination_id, message_id, position, type, body, next_attempt_at)
+SELECT $1, i.message_id, i.position, i.type, i.body, now() + make_interval(secs => $6)
+FROM unnest($2::text[], $3::bigint[], $4::text[], $5::bytea[]) AS i(message_id, position, type, body)
+ON CONFLICT (destination_id, message_id) DO UPDATE
+SET status = 'retrying', attempts = 0, next_attempt_at = EXCLUDED.next_attempt_at, body = EXCLUDED.body,
+    delivered_at = NULL, leased_until = NULL
+WHERE $7::boolean;
+
+-- name: messages_backlog
+SELECT count(*) FROM public.destination_messages WHERE destination_id = $1 AND status = 'retrying';
+
+-- name: messages_claim
+-- Due messages, oldest first, leased for $3 seconds: a process that dies mid-attempt leaves them
+-- to be attempted again when the lease ends (or when the next worker starts: leases_clear).
+UPDATE public.destination_messages m SET leased_until = now() + make_interval(secs => $3)
+FROM (
+    SELECT message_id FROM public.destination_messages
+    WHERE destination_id = $1 AND status = 'retrying' AND next_attempt_at <= now()
+      AND (leased_until IS NULL OR leased_until < now())
+    ORDER BY next_attempt_at, position
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+) due
+WHERE m.destination_id = $1 AND m.message_id = due.message_id
+RETURNING m.message_id, m.position, m.type, m.body, m.attempts;
+
+-- name: leases_clear
+-- The delivery worker starting (it holds the delivery lock: no attempt is in flight anywhere).
+UPDATE public.destination_messages SET leased_until = NULL WHERE leased_until IS NOT NULL;
+
+-- name: message_delivered
+UPDATE public.destination_messages
+SET status = 'delivered', attempts = attempts + 1, last_status_code = $3, last_error = NULL,
+    last_attempt_at = now(), delivered_at = now(), next_attempt_at = NULL, leased_until = NULL
+WHERE destination_id = $1 AND message_id = $2;
+
+-- name: message_retry
+-- A failed attempt: due again in $5 seconds, or failed for good when $5 is NULL.
+UPDATE public.destination_messages
+SET attempts = attempts + 1, last_status_code = $3, last_error = $4, last_attempt_at = now(),
+    status = CASE WHEN $5::float8 IS NULL THEN 'failed' ELSE 'retrying' END,
+    next_attempt_at = CASE WHEN $5::float8 IS NULL THEN NULL ELSE now() + make_interval(secs => $5) END,
+    leased_until = NULL
+WHERE destination_id = $1 AND message_id = $2;
+
+-- name: message_release
+-- Not attempted after all (the destination was disabled meanwhile): due again when enabled.
+UPDATE public.destination_messages SET next_attempt_at = now(), leased_until = NULL
+WHERE destination_id = $1 AND message_id = $2 AND status = 'retrying';
+
+-- name: messages_retry_failed
+-- Failed messages queued again ($2: these ids; NULL: all of the destination's), attempts afresh.
+UPDATE public.destination_messages
+SET status = 'retrying', attempts = 0, next_attempt_at = now()
+WHERE destination_id = $1 AND status = 'failed' AND ($2::text[] IS NULL OR message_id = ANY($2::text[]))
+RETURNING message_id;
+
+-- name: messages_list
+SELECT message_id, type, position, status, attempts, next_attempt_at, last_status_code, last_error,
+       last_attempt_at, delivered_at
+FROM public.destination_messages
+WHERE destination_id = $1 AND ($2::text IS NULL OR status = $2) AND (position, message_id) > ($3::bigint, $5::text)
+ORDER BY position, message_id
+LIMIT $4;
+
+-- name: message_bodies
+SELECT message_id, body FROM public.destination_messages WHERE destination_id = $1 AND message_id = ANY($2::text[]);
+
+-- name: events_recorded_at
+SELECT position, recorded_at FROM public.events WHERE position = ANY($1::bigint[]);
+
+-- name: intents_sessions
+SELECT payment_intent_id, checkout_session_id FROM public.order_payment_intents
+WHERE payment_intent_id = ANY($1::text[]) AND checkout_session_id IS NOT NULL;
