@@ -108,12 +108,33 @@ def _summary(
     return out.getvalue()
 
 
+def _received(log: Path, *, api_url: str, token: str, timeout: float = 30) -> str:
+    """What the demo's receiver (``ledger destinations listen``) verified and printed: waits until
+    every inventory adjustment the API lists has arrived."""
+    with httpx.Client(base_url=api_url, headers={"authorization": f"Bearer {token}"}, timeout=30) as api:
+        wanted = len(api.get("/v1/inventory/adjustments?limit=1000").json()["data"])
+    deadline = time.monotonic() + timeout
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        lines = [line for line in log.read_text().splitlines() if line[:1].isdigit()]
+        if sum(" inventory.adjusted " in line for line in lines) >= wanted:
+            break
+        time.sleep(0.2)
+    shown = "".join(f"  {line}\n" for line in sorted(lines, key=lambda line: int(line.split()[0]))[:12])
+    more = f"  … and {len(lines) - 12} more\n" if len(lines) > 12 else ""
+    return (
+        f"\nYour systems' side: {len(lines)} signed messages arrived at `ledger destinations listen` "
+        f"(position, type, webhook-id; each verified with the destination's secret):\n{shown}{more}"
+        "  `ledger destinations list` shows the destination; `replay --from-position 1` sends them again."
+    )
+
+
 def run_demo(port: int = 8000, data_dir: Path | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="ledger-demo-")) if data_dir is None else data_dir
     work.mkdir(parents=True, exist_ok=True)
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     token = "flt_demo_" + secrets.token_urlsafe(16)
-    server = standin = None
+    server = standin = listener = None
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     started = time.monotonic()
@@ -138,6 +159,7 @@ def run_demo(port: int = 8000, data_dir: Path | None = None) -> int:
             "FLEX_API_BASE_URL": f"http://127.0.0.1:{flex_port}/v1",
             "FLEX_API_TIMEOUT": "5",
             "LEDGER_FULFILLMENT_RETRY_BASE": "0.5",
+            "LEDGER_DELIVERY_ALLOW_PRIVATE": "true",  # the demo's receiver listens on this machine
         }
         with open(work / "server.log", "wb") as log:
             server = subprocess.Popen(
@@ -150,6 +172,31 @@ def run_demo(port: int = 8000, data_dir: Path | None = None) -> int:
         url = f"http://127.0.0.1:{port}"
         wait_until_ok(f"http://127.0.0.1:{flex_port}/_standin/calls", standin, "the Flex stand-in")
         wait_until_ok(url + "/readyz", server, "the ledger server")
+        # Your systems' side: a receiver that verifies what it is sent, and a destination pointing at it.
+        listen_port = free_port()
+        added = subprocess.run(
+            [ledger_command(), "destinations", "add", f"http://127.0.0.1:{listen_port}/hooks", "--mode", "all"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if added.returncode != 0:
+            raise RuntimeError(f"ledger destinations add failed: {added.stderr.strip()}")
+        destination_secret = next(
+            line.split(":", 1)[1].strip() for line in added.stdout.splitlines() if line.startswith("secret:")
+        )
+        with open(work / "listen.log", "wb") as listened:
+            listener = subprocess.Popen(
+                [
+                    *(ledger_command(), "destinations", "listen", "--quiet"),
+                    *("--port", str(listen_port), "--secret", destination_secret),
+                ],
+                stdout=listened,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         print(f"demo: ledger serving on {url}, Flex stand-in on :{flex_port}; sending checkouts", flush=True)
 
         checkouts: list[tuple[str, Checkout, dict[str, Any]]] = [
@@ -210,6 +257,7 @@ def run_demo(port: int = 8000, data_dir: Path | None = None) -> int:
                 _summary(api, [(label, c.session_id) for label, c, _ in checkouts], calls, url, token, secret, work),
                 flush=True,
             )
+        print(_received(work / "listen.log", api_url=url, token=token), flush=True)
         print(f"demo: ready in {time.monotonic() - started:.1f} s", flush=True)
         while not stop.wait(0.5):
             if server.poll() is not None:
@@ -225,6 +273,7 @@ def run_demo(port: int = 8000, data_dir: Path | None = None) -> int:
     finally:
         stop_process(server)
         stop_process(standin)
+        stop_process(listener)
         _stop_postgres((work / "pgdata").resolve())
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -351,13 +351,16 @@ class ProgressPrinter:
 def cmd_status(args: argparse.Namespace) -> int:
     async def run(settings: Settings) -> int:
         from ledger.log import summary
+        from reactors import destinations
         from reactors.reconcile import reconcile_status
-        from reactors.status import projection_status
+        from reactors.status import delivery_runner, projection_status
 
         async with database(settings, reads_only=True) as (conn, _):
             rows = await projection_status(conn)
             log = await summary(conn)
             reconcile = await reconcile_status(conn)
+            outbound = await destinations.list_all(conn)
+            runner = await delivery_runner(conn)
         if args.json:
             import json
 
@@ -369,12 +372,19 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "quarantined": log.quarantined,
                 "projections": msgspec.to_builtins(rows),
                 "reconcile": msgspec.to_builtins(reconcile),
+                "delivery": {"runner": runner, "destinations": msgspec.to_builtins(outbound)},
             }
             print(json.dumps(doc, default=str))
             return 0
         print(f"database: {_described(settings)}")
         print(f"log: head at position {log.head}, {log.quarantined} quarantined deliveries")
         print(_reconcile_line(reconcile))
+        print(f"delivery: {len(outbound)} destination(s) (runner {runner})")
+        for d in outbound:
+            print(
+                f"  {d.id} {d.state}: lag {d.lag}, {d.delivered} delivered, {d.retrying} retrying, "
+                f"{d.failed} failed" + (f"; last error: {d.last_error}" if d.last_error else "")
+            )
         header = ("projection", "position", "lag", "state", "applied", "ignored", "failed", "last error")
         table = [header] + [
             (

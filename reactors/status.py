@@ -7,11 +7,11 @@ import msgspec
 
 from ledger.db import connection
 from projections.coordination import REBUILD_LOCK_OFFSET, held_locks
-from projections.registry import FOLLOWERS, FULFILLMENT, SHAPES, lock_id
+from projections.registry import DELIVERY, FOLLOWERS, FULFILLMENT, SHAPES, lock_id
 from projections.sql import projection_queries as sql
 from reactors.fulfillment import queue_counts
 
-__all__ = ["FollowerStatus", "projection_status", "read_status"]
+__all__ = ["FollowerStatus", "delivery_runner", "projection_status", "read_status"]
 
 
 class FollowerStatus(msgspec.Struct, kw_only=True):
@@ -99,3 +99,8 @@ async def read_status(pool: asyncpg.Pool) -> list[FollowerStatus]:
     """``projection_status`` on a connection of ``pool``; ``DatabaseUnavailable`` when it cannot be read."""
     async with connection(pool) as conn:
         return await projection_status(conn)
+
+
+async def delivery_runner(conn: asyncpg.Connection) -> str:
+    """``running`` while some process runs outbound delivery (holds its lock), else ``stopped``."""
+    return "running" if lock_id(DELIVERY) in await held_locks(conn) else "stopped"

@@ -72,6 +72,11 @@ def test_demo_reaches_its_summary_curls_work_and_ctrl_c_leaves_nothing(tmp_path:
         feed = json.loads(subprocess.run(shlex.split(curls[3]), capture_output=True, text=True, check=True).stdout)
         shown = re.findall(r"#(\d+)\s+(fcs_\w+)\s+(li_\w+)", out)
         assert [(str(a["position"]), a["checkout_session_id"], a["line_item_id"]) for a in feed["data"]] == shown
+        # the merchant's side: a destination and `ledger destinations listen`, every message verified
+        arrived = re.search(r"Your systems' side: (\d+) signed messages arrived", out)
+        assert arrived is not None, out
+        assert int(arrived.group(1)) >= len(feed["data"]) + len(sessions)  # adjustments and order updates
+        assert re.search(r"^  \d+ inventory\.adjusted msg_\d+_\w+$", out, re.MULTILINE), out
         assert _ours(str(data.resolve())), "the embedded postgres runs while the demo serves"
     finally:
         proc.send_signal(signal.SIGINT)
