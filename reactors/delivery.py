@@ -27,6 +27,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -50,6 +51,8 @@ __all__ = ["BACKLOG", "DeliveryWorker", "DestinationPolicy", "DestinationStore",
 _log = logging.getLogger(__name__)
 
 BACKLOG = 10_000  # messages waiting for one destination before it derives no more
+RETENTION = timedelta(days=7)  # delivered messages kept this long (a replay derives them again)
+_PURGE_EVERY = 600.0
 _RESPONSE_CAP = 4096  # bytes of a receiver's reply read (for the last error)
 _USER_AGENT = "flex-ledger (outbound delivery)"
 
@@ -289,10 +292,14 @@ class DeliveryWorker:
             headers={"user-agent": _USER_AGENT},
         )
         await conn.execute(sql.leases_clear)  # attempts a dead process left in flight: due again
+        purged_at = 0.0
         try:
             while True:
                 self.wake.clear()
                 busy = await self._derive_all(conn)
+                if time.monotonic() - purged_at > _PURGE_EVERY:
+                    await conn.execute(sql.messages_purge, datetime.now(UTC) - RETENTION, 10_000)
+                    purged_at = time.monotonic()
                 if not busy:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.wake.wait(), self.poll_interval)

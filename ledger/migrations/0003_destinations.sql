@@ -16,6 +16,7 @@ CREATE TABLE IF NOT EXISTS destinations (
     previous_secret       text,                          -- after a rotation, also signs until:
     previous_secret_until timestamptz,
     position              bigint NOT NULL,               -- messages queued through this log position
+    delivered_count       bigint NOT NULL DEFAULT 0,     -- messages delivered, in all (replays included)
     last_error            text,
     last_error_at         timestamptz,
     created_at            timestamptz NOT NULL DEFAULT now(),
@@ -42,7 +43,11 @@ CREATE TABLE IF NOT EXISTS destination_messages (
 );
 CREATE INDEX IF NOT EXISTS destination_messages_due
     ON destination_messages (destination_id, next_attempt_at) WHERE status = 'retrying';
-CREATE INDEX IF NOT EXISTS destination_messages_by_status
-    ON destination_messages (destination_id, status, position);
+CREATE INDEX IF NOT EXISTS destination_messages_failed
+    ON destination_messages (destination_id, position, message_id) WHERE status = 'failed';
+CREATE INDEX IF NOT EXISTS destination_messages_in_order
+    ON destination_messages (destination_id, position, message_id);
+CREATE INDEX IF NOT EXISTS destination_messages_delivered_at
+    ON destination_messages (delivered_at) WHERE status = 'delivered';
 
 UPDATE ledger_schema SET version = 9, applied_at = now() WHERE id = 1 AND version < 9;

@@ -7,19 +7,17 @@ SELECT $1, $2, $3::text[], $4, $5, $6, h.position FROM public.ledger_head h
 RETURNING destination_id, position;
 
 -- name: destinations_all
--- Every destination with its lag and its messages by status.
+-- Every destination with its lag and its messages by status: delivered from a counter, retrying and
+-- failed from their partial indexes (a bounded backlog, and what an operator must look at).
 SELECT d.destination_id, d.url, d.types, d.mode, d.description, d.state, d.position, d.last_error,
        d.last_error_at, d.created_at, d.updated_at, d.previous_secret_until,
-       greatest(h.position - d.position, 0) AS lag,
-       coalesce(c.delivered, 0) AS delivered, coalesce(c.retrying, 0) AS retrying, coalesce(c.failed, 0) AS failed
+       greatest(h.position - d.position, 0) AS lag, d.delivered_count AS delivered,
+       (SELECT count(*) FROM public.destination_messages m
+        WHERE m.destination_id = d.destination_id AND m.status = 'retrying') AS retrying,
+       (SELECT count(*) FROM public.destination_messages m
+        WHERE m.destination_id = d.destination_id AND m.status = 'failed') AS failed
 FROM public.destinations d
 CROSS JOIN public.ledger_head h
-LEFT JOIN LATERAL (
-    SELECT count(*) FILTER (WHERE status = 'delivered') AS delivered,
-           count(*) FILTER (WHERE status = 'retrying') AS retrying,
-           count(*) FILTER (WHERE status = 'failed') AS failed
-    FROM public.destination_messages m WHERE m.destination_id = d.destination_id
-) c ON true
 WHERE $1::text IS NULL OR d.destination_id = $1
 ORDER BY d.created_at, d.destination_id;
 
@@ -80,9 +78,6 @@ SET status = 'retrying', attempts = 0, next_attempt_at = EXCLUDED.next_attempt_a
     delivered_at = NULL, leased_until = NULL
 WHERE $7::boolean;
 
--- name: messages_backlog
-SELECT count(*) FROM public.destination_messages WHERE destination_id = $1 AND status = 'retrying';
-
 -- name: messages_claim
 -- Due messages, oldest first, leased for $3 seconds: a process that dies mid-attempt leaves them
 -- to be attempted again when the lease ends (or when the next worker starts: leases_clear).
@@ -100,13 +95,25 @@ RETURNING m.message_id, m.position, m.type, m.body, m.attempts;
 
 -- name: leases_clear
 -- The delivery worker starting (it holds the delivery lock: no attempt is in flight anywhere).
-UPDATE public.destination_messages SET leased_until = NULL WHERE leased_until IS NOT NULL;
+UPDATE public.destination_messages SET leased_until = NULL WHERE status = 'retrying' AND leased_until IS NOT NULL;
+
+-- name: messages_purge
+-- Delivered messages older than $1 go (a replay derives them again from the log), $2 at a time.
+DELETE FROM public.destination_messages m
+USING (SELECT destination_id, message_id FROM public.destination_messages
+       WHERE status = 'delivered' AND delivered_at < $1 ORDER BY delivered_at LIMIT $2) old
+WHERE m.destination_id = old.destination_id AND m.message_id = old.message_id;
 
 -- name: message_delivered
-UPDATE public.destination_messages
-SET status = 'delivered', attempts = attempts + 1, last_status_code = $3, last_error = NULL,
-    last_attempt_at = now(), delivered_at = now(), next_attempt_at = NULL, leased_until = NULL
-WHERE destination_id = $1 AND message_id = $2;
+WITH done AS (
+    UPDATE public.destination_messages
+    SET status = 'delivered', attempts = attempts + 1, last_status_code = $3, last_error = NULL,
+        last_attempt_at = now(), delivered_at = now(), next_attempt_at = NULL, leased_until = NULL
+    WHERE destination_id = $1 AND message_id = $2 AND status = 'retrying'
+    RETURNING 1
+)
+UPDATE public.destinations SET delivered_count = delivered_count + (SELECT count(*) FROM done)
+WHERE destination_id = $1;
 
 -- name: message_retry
 -- A failed attempt: due again in $5 seconds, or failed for good when $5 is NULL.
@@ -141,8 +148,13 @@ LIMIT $4;
 SELECT message_id, body FROM public.destination_messages WHERE destination_id = $1 AND message_id = ANY($2::text[]);
 
 -- name: events_recorded_at
-SELECT position, recorded_at FROM public.events WHERE position = ANY($1::bigint[]);
+SELECT e.position, e.recorded_at
+FROM unnest($1::bigint[]) AS k(position)
+CROSS JOIN LATERAL (SELECT position, recorded_at FROM public.events WHERE position = k.position LIMIT 1) e;
 
 -- name: intents_sessions
-SELECT payment_intent_id, checkout_session_id FROM public.order_payment_intents
-WHERE payment_intent_id = ANY($1::text[]) AND checkout_session_id IS NOT NULL;
+SELECT p.payment_intent_id, p.checkout_session_id
+FROM unnest($1::text[]) AS k(id)
+CROSS JOIN LATERAL (SELECT payment_intent_id, checkout_session_id FROM public.order_payment_intents
+                    WHERE payment_intent_id = k.id LIMIT 1) p
+WHERE p.checkout_session_id IS NOT NULL;

@@ -26,9 +26,11 @@ from ledger.db import create_pool
 from ledger.log import EventLog
 from ledger.sql import log_queries
 from ledger_cli.scenarios import Checkout, checkout_events, fulfillment_events
+from projections.follower import follow_once
 from projections.registry import PROJECTIONS
 from projections.runner import catch_up_once
 from projections.sql import projection_queries
+from reactors.delivery import DestinationPolicy, DestinationStore
 from reactors.fulfillment import intake_once
 from reactors.sql import reactor_queries
 from tests.projection_support import as_new_event
@@ -43,6 +45,7 @@ LARGE_TABLES = (
     "subscriptions",
     "inventory_adjustments",
     "fulfillment_queue",
+    "destination_messages",
 )
 
 # Pages of a list whose size is a parameter: the read pool plans them for each call
@@ -63,6 +66,8 @@ WHOLE_TABLE_BY_DESIGN = {
     "held_locks": "reads pg_locks",
     "migrations_table": "DDL, run by `ledger migrate` on a database an earlier release made (no plan to check)",
     "queue_requeue": "`ledger fulfill retry` with no session named re-queues every failed session",
+    "leases_clear": "the delivery worker, once as it starts: the retrying messages (a bounded backlog, by "
+    "their partial index)",
     "queue_counts": "counts pending and failed sessions from their partial indexes, fulfilled ones from a counter; "
     "when the queue is small the planner may rightly prefer reading the heap",
 }
@@ -244,6 +249,19 @@ async def _populate(pool: asyncpg.Pool) -> None:
         await conn.execute(
             "INSERT INTO quarantine (headers, body, reason) SELECT '{}', '\\x00', 'test' FROM generate_series(1, 50)"
         )
+        # A destination that followed the whole log: most messages delivered, some failed, some due.
+        await conn.execute(
+            reactor_queries.destination_insert, "dst_plans", "https://example.com/", [], "all", None, "s"
+        )
+        await conn.execute("UPDATE destinations SET position = 0")
+        policy = DestinationPolicy("dst_plans", [], "all", 0.0)
+        while await follow_once(DestinationStore(conn, "dst_plans"), policy, 1000):
+            pass
+        messages = [r[0] for r in await conn.fetch("SELECT message_id FROM destination_messages ORDER BY 1")]
+        for message in messages[:-40]:
+            await conn.execute(reactor_queries.message_delivered, "dst_plans", message, 200)
+        for message in messages[-40:-20]:
+            await conn.execute(reactor_queries.message_retry, "dst_plans", message, 500, "test", None)
 
 
 async def test_every_runtime_query_reaches_large_tables_through_an_index(db_dsn: str) -> None:
