@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -29,6 +30,8 @@ __all__ = [
     "EmbeddedServer",
     "RunningServer",
     "StandIn",
+    "console_csrf",
+    "console_signed_in",
     "flex_event",
     "free_port",
     "fulfillment_env",
@@ -192,3 +195,29 @@ def fulfillment_env(standin_api_base: str, key: str = FLEX_KEY) -> dict[str, str
         "FLEX_API_TIMEOUT": "1",
         "LEDGER_FULFILLMENT_RETRY_BASE": "0.2",
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# The operator console over plain HTTP
+
+_CSRF = re.compile(r'name="_csrf_token" value="([^"]+)"')
+
+
+def console_csrf(client: httpx.Client, url: str) -> str:
+    """The CSRF token of the form on the console page at ``url``."""
+    match = _CSRF.search(client.get(url).text)
+    assert match, "the page has a form with its CSRF token"
+    return match.group(1)
+
+
+@contextlib.contextmanager
+def console_signed_in(server: RunningServer) -> Iterator[httpx.Client]:
+    """A client signed in to the console with the test API token."""
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        reply = client.post(
+            "/console/login", data={"_csrf_token": console_csrf(client, "/console/login"), "token": API_TOKEN}
+        )
+        assert reply.status_code == 303, reply.text
+        assert reply.headers["location"] == "/console"
+        assert client.get("/console").status_code == 200
+        yield client

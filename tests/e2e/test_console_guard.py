@@ -14,25 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import API_TOKEN, RunningServer, run_server
+from tests.support import API_TOKEN, RunningServer, console_csrf, console_signed_in, run_server
 
 _CSRF = re.compile(r'name="_csrf_token" value="([^"]+)"')
-
-
-def _csrf(client: httpx.Client, url: str) -> str:
-    match = _CSRF.search(client.get(url).text)
-    assert match, "the page has a form with its CSRF token"
-    return match.group(1)
-
-
-@contextlib.contextmanager
-def _signed_in(server: RunningServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        reply = client.post("/console/login", data={"_csrf_token": _csrf(client, "/console/login"), "token": API_TOKEN})
-        assert reply.status_code == 303, reply.text
-        assert reply.headers["location"] == "/console"
-        assert client.get("/console").status_code == 200
-        yield client
+_csrf = console_csrf
+_signed_in = console_signed_in
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +113,12 @@ def test_every_console_response_forbids_framing_sniffing_caching_and_inline_scri
 
 @pytest.mark.parametrize(
     ("path", "field"),
-    [("/console/fulfillment/retry", "session_id"), ("/console/login", "token"), ("/console/logout", "anything")],
+    [
+        ("/console/fulfillment/retry", "session_id"),
+        ("/console/destinations/retry", "destination_id"),
+        ("/console/login", "token"),
+        ("/console/logout", "anything"),
+    ],
 )
 @pytest.mark.parametrize("value", ["a\x00b", "\x00", "x" * 100_000, "\u00ff\ufffd"])
 def test_no_console_form_field_causes_a_500(guarded: RunningServer, path: str, field: str, value: str) -> None:

@@ -24,6 +24,8 @@ from ledger_cli.flex_standin import made_up_line_items
 from ledger_cli.scenarios import Checkout, checkout_events
 from tests.support import (
     RunningServer,
+    console_csrf,
+    console_signed_in,
     fulfillment_env,
     ledger_command,
     run_server,
@@ -279,6 +281,34 @@ def test_failed_after_the_schedule_then_retried_on_request(db_dsn: str, tmp_path
         assert out.count("queued again") == items_of(c)
         wait_for(lambda: len(receiver.delivered()) == items_of(c), what="delivered after retry")
         assert server.get(f"/v1/destinations/{destination}").json()["failed"] == 0
+
+
+def test_the_console_shows_failed_messages_and_retries_them(db_dsn: str, tmp_path: Path) -> None:
+    with (
+        receiving(Receiver(answer=lambda _, __: 500)) as receiver,
+        ledger_with_delivery(tmp_path, db_dsn, schedule="0") as (server, env),
+    ):
+        destination, _ = add_destination(env, receiver.url, "--types", "inventory.adjusted", "--description", "ERP")
+        c = Checkout(seed=945)
+        send(server, checkout_events(c))
+        wait_for(lambda: server.get(f"/v1/destinations/{destination}").json()["failed"] == items_of(c), what="failed")
+        failed = server.get(f"/v1/destinations/{destination}/messages?status=failed").json()["data"]
+        with console_signed_in(server) as console:
+            page = console.get("/console/destinations").text
+            assert destination in page
+            assert "the receiver answered 500" in page
+            for m in failed:
+                assert m["message_id"] in page
+            receiver.answer = lambda _, __: 200
+            token = console_csrf(console, "/console/destinations")
+            reply = console.post(
+                "/console/destinations/retry",
+                data={"_csrf_token": token, "destination_id": destination, "message_id": failed[0]["message_id"]},
+            )
+            assert reply.status_code == 303
+            assert "1 failed message(s) queued again" in console.get(reply.headers["location"]).text
+        wait_for(lambda: failed[0]["message_id"] in receiver.delivered(), what="the retried message delivered")
+        assert server.get(f"/v1/destinations/{destination}").json()["failed"] == items_of(c) - 1
 
 
 def test_replay_sends_the_same_ids_and_bytes(db_dsn: str, tmp_path: Path) -> None:
