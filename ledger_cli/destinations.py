@@ -262,7 +262,7 @@ def add_parser(sub: Any) -> None:
     show.set_defaults(func=cmd_show)
 
     for action, text in (
-        ("disable", "stop sending (messages go on being queued)"),
+        ("disable", "stop sending; what happens meanwhile is sent once it is enabled again"),
         ("enable", "send again (also after a receiver's 410)"),
         ("delete", "delete a destination and its messages"),
     ):

@@ -152,6 +152,11 @@ class Outcome:
         return self.status is not None and 200 <= self.status < 300
 
 
+def _host_header(host: str, port: int, *, default: int) -> str:
+    named = f"[{host}]" if ":" in host else host  # an IPv6 literal
+    return named if port == default else f"{named}:{port}"
+
+
 def _retry_after(value: str | None) -> float | None:
     if value is None:
         return None
@@ -177,12 +182,14 @@ class _Destination:
         while True:
             try:
                 room = worker.concurrency - len(self.in_flight)
-                claimed = []
+                claimed: list[asyncpg.Record] = []
                 if room > 0:
                     async with connection(worker.pool) as conn:
-                        claimed = await conn.fetch(sql.messages_claim, self.id, room, lease)
+                        dest = await conn.fetchrow(sql.destination_secrets, self.id)
+                        if dest is not None and dest["state"] == "enabled":
+                            claimed = await conn.fetch(sql.messages_claim, self.id, room, lease)
                 for row in claimed:
-                    task = asyncio.create_task(self._attempt(row))
+                    task = asyncio.create_task(self._attempt(dest, row))
                     self.in_flight.add(task)
                     task.add_done_callback(self._done)
                 if claimed and len(self.in_flight) < worker.concurrency:
@@ -199,18 +206,11 @@ class _Destination:
         self.in_flight.discard(task)
         self.wake.set()
 
-    async def _attempt(self, row: asyncpg.Record) -> None:
+    async def _attempt(self, dest: asyncpg.Record, row: asyncpg.Record) -> None:
+        """One attempt of a leased message, signed with the secrets read when it was claimed."""
         worker = self.worker
         message_id, body = row["message_id"], bytes(row["body"])
         try:
-            async with connection(worker.pool) as conn:
-                dest = await conn.fetchrow(sql.destination_secrets, self.id)
-            if dest is None:
-                return  # deleted: its messages with it
-            if dest["state"] != "enabled":
-                async with connection(worker.pool) as conn:
-                    await conn.execute(sql.message_release, self.id, message_id)
-                return
             keys = [decode_secret(dest["secret"])]
             if dest["previous_secret"]:
                 keys.append(decode_secret(dest["previous_secret"]))
@@ -356,7 +356,7 @@ class DeliveryWorker:
             "webhook-id": message_id,
             "webhook-timestamp": str(timestamp),
             "webhook-signature": signature(keys, message_id, timestamp, body),
-            "host": target.host if target.port in (80, 443) else f"{target.host}:{target.port}",
+            "host": _host_header(target.host, target.port, default=443 if url.startswith("https") else 80),
         }
         pinned = httpx.URL(url).copy_with(host=target.address)
         extensions = {"sni_hostname": target.host} if pinned.scheme == "https" else {}

@@ -175,7 +175,7 @@ async def _changed(conn: asyncpg.Connection, query: str, destination_id: str, *a
 
 
 async def disable(conn: asyncpg.Connection, destination_id: str) -> Destination:
-    """Stops attempts; messages go on being queued, and are sent when it is enabled again."""
+    """Stops it: no attempts, no messages derived; what happens meanwhile is sent once it is enabled again."""
     return await _changed(conn, sql.destination_set_state, destination_id, "disabled")
 
 

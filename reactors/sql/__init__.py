@@ -1,4 +1,5 @@
-"""The reactors' SQL: the fulfillment queue, restocks, refund notes, reconcile runs."""
+"""The reactors' SQL: the fulfillment queue, restocks, refund notes, reconcile runs, destinations and their
+messages."""
 
 from ledger.sql import Queries
 

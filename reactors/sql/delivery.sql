@@ -124,11 +124,6 @@ SET attempts = attempts + 1, last_status_code = $3, last_error = $4, last_attemp
     leased_until = NULL
 WHERE destination_id = $1 AND message_id = $2;
 
--- name: message_release
--- Not attempted after all (the destination was disabled meanwhile): due again when enabled.
-UPDATE public.destination_messages SET next_attempt_at = now(), leased_until = NULL
-WHERE destination_id = $1 AND message_id = $2 AND status = 'retrying';
-
 -- name: messages_retry_failed
 -- Failed messages queued again ($2: these ids; NULL: all of the destination's), attempts afresh.
 UPDATE public.destination_messages
