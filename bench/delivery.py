@@ -119,14 +119,14 @@ async def main() -> None:
         )
         work = subprocess.Popen([ledger, "work"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         started = time.perf_counter()
-        first_at = None
+        derived_at = None
         last = (0, 0, 0)
         while True:
             await asyncio.sleep(1)
             last = await delivered(dsn)
-            count, position, retrying = last
-            if count and first_at is None:
-                first_at = time.perf_counter()
+            _, position, retrying = last
+            if position >= head and derived_at is None:
+                derived_at = time.perf_counter() - started
             if position >= head and retrying == 0:
                 break
             if time.perf_counter() - started > 3600:
@@ -137,7 +137,7 @@ async def main() -> None:
         print(
             f"{head:,} log events -> {last[0]:,} messages delivered in {elapsed:.1f} s: {rate:,.0f} messages/s; "
             f"ceiling {ceiling:,.0f}/s (concurrency {args.concurrency} / {args.latency * 1000:.0f} ms): "
-            f"ratio {rate / ceiling:.2f}"
+            f"ratio {rate / ceiling:.2f}; every message derived after {derived_at or 0:.1f} s"
         )
         print(
             json.dumps(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -25,7 +26,7 @@ from projections.orders import ORDERS
 from projections.shapes import Order
 from projections.sql import projection_queries as queries
 
-__all__ = ["order_as_of", "order_at", "order_events", "order_timeline"]
+__all__ = ["order_as_of", "order_at", "order_events", "order_timeline", "orders_at"]
 
 _EVERY_POSITION = 2**63 - 1
 
@@ -99,17 +100,41 @@ async def order_as_of(
 
 
 async def order_at(conn: asyncpg.Connection, checkout_session_id: str, upto: int) -> Order | None:
-    """``order_as_of`` a log position, on a connection (outbound delivery's ``order.updated``)."""
+    """``order_as_of`` a log position, on a connection."""
+    return (await orders_at(conn, checkout_session_id, [upto]))[upto]
+
+
+async def orders_at(
+    conn: asyncpg.Connection, checkout_session_id: str, positions: Sequence[int]
+) -> dict[int, Order | None]:
+    """The order as it stood after each of ``positions`` (``None`` where it did not exist yet): its
+    history read once, up to the last of them, and folded once in log order with the orders
+    projection's own fold, taking the document at each position (outbound delivery's
+    ``order.updated``, many positions of one order in a batch)."""
+    wanted = sorted(set(positions))
+    out: dict[int, Order | None] = dict.fromkeys(wanted)
     record = await conn.fetchrow(queries.order_get, checkout_session_id)
-    if record is None:
-        return None
+    if record is None or not wanted:
+        return out
     [current] = await documents.with_intents(conn, [record])  # its intents, and flags as of now
     now_intents = [p.payment_intent_id for p in current.payment_intents]
-    rows, _ = decode_rows(await events_at(conn, await _history(conn, record, upto, now_intents)))
+    rows, _ = decode_rows(await events_at(conn, await _history(conn, record, wanted[-1], now_intents)))
+    completed_twice = "duplicate_payment" in current.flags
     deltas = Deltas()
+    taken = 0
     for row in rows:
+        while taken < len(wanted) and wanted[taken] < row.position:
+            out[wanted[taken]] = _document(deltas, checkout_session_id, completed_twice)
+            taken += 1
         with contextlib.suppress(Exception):  # as the projection: an event it cannot fold is skipped
             ORDERS.fold(row, deltas)
+    for position in wanted[taken:]:
+        out[position] = _document(deltas, checkout_session_id, completed_twice)
+    return out
+
+
+def _document(deltas: Deltas, checkout_session_id: str, completed_twice: bool) -> Order | None:
+    """The order document of what ``deltas`` folded so far."""
     state = deltas.by_table.get("orders", {}).get(checkout_session_id)
     if state is None:
         return None
@@ -122,4 +147,4 @@ async def order_at(conn: asyncpg.Connection, checkout_session_id: str, upto: int
         for pi in sorted(listed | naming)
     ]
     as_of = {"checkout_session_id": checkout_session_id, "position": positions["orders"][checkout_session_id]}
-    return documents.order_document(as_of, state, intents, completed_twice="duplicate_payment" in current.flags)
+    return documents.order_document(as_of, state, intents, completed_twice=completed_twice)

@@ -22,7 +22,7 @@ import asyncpg
 import msgspec
 
 from projections.base import Deltas, LogRow, like_patterns
-from projections.history import order_at
+from projections.history import orders_at
 from projections.inventory import INVENTORY, adjustment_at
 from projections.ledger_events import ADJUSTED
 from projections.orders import ORDERS
@@ -104,18 +104,20 @@ async def derive(conn: asyncpg.Connection, rows: Sequence[LogRow]) -> list[Messa
     sessions_of = {
         r["payment_intent_id"]: r["checkout_session_id"] for r in await conn.fetch(sql.intents_sessions, list(intents))
     }
+    at_positions: dict[str, list[int]] = {}
+    for row, entities in touched:
+        for session_id in {sessions_of.get(e, e) for e in entities}:
+            at_positions.setdefault(session_id, []).append(row.position)
+    orders = {sid: await orders_at(conn, sid, positions) for sid, positions in at_positions.items()}
     out: list[Message] = []
     for row, entities in touched:
         at = recorded[row.position]
         adjustment = adjustment_at(row)
         if adjustment is not None:
-            out.append(
-                _message(
-                    INVENTORY_ADJUSTED, row.position, adjustment.adjustment_id, at, adjustment.test_mode, adjustment
-                )
-            )
+            kind, object_id = INVENTORY_ADJUSTED, adjustment.adjustment_id
+            out.append(_message(kind, row.position, object_id, at, adjustment.test_mode, adjustment))
         for session_id in sorted({sessions_of.get(e, e) for e in entities}):
-            order = await order_at(conn, session_id, row.position)
+            order = orders[session_id][row.position]
             if order is not None:
                 out.append(_message(ORDER_UPDATED, row.position, session_id, at, bool(order.test_mode), order))
     return out
