@@ -174,6 +174,7 @@ class _Destination:
         self.id = destination_id
         self.wake = asyncio.Event()
         self.in_flight: set[asyncio.Task[None]] = set()
+        self.delivered: list[tuple[str, int]] = []  # answered 2xx, recorded together by the send loop
         self.task = asyncio.create_task(self._send_loop(), name=f"delivery-{destination_id}")
 
     async def _send_loop(self) -> None:
@@ -181,9 +182,11 @@ class _Destination:
         lease = worker.timeout + 30
         while True:
             try:
+                await self._flush()
                 room = worker.concurrency - len(self.in_flight)
                 claimed: list[asyncpg.Record] = []
-                if room > 0:
+                # claim in batches (a quarter of the room at least), not one per finished attempt
+                if room >= max(1, worker.concurrency // 4) or (room > 0 and not self.in_flight):
                     async with connection(worker.pool) as conn:
                         dest = await conn.fetchrow(sql.destination_secrets, self.id)
                         if dest is not None and dest["state"] == "enabled":
@@ -202,6 +205,19 @@ class _Destination:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), worker.poll_interval)
 
+    async def _flush(self) -> None:
+        """Records the attempts answered 2xx since the last flush, in one statement. A process that
+        dies before it leaves them leased: they are sent again (at least once)."""
+        if not self.delivered:
+            return
+        done, self.delivered = self.delivered, []
+        try:
+            async with connection(self.worker.pool) as conn:
+                await conn.execute(sql.messages_delivered, self.id, [m for m, _ in done], [s for _, s in done])
+        except BaseException:
+            self.delivered = done + self.delivered
+            raise
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
         self.wake.set()
@@ -217,6 +233,9 @@ class _Destination:
             started = time.perf_counter()
             outcome = await worker.send(dest["url"], keys, message_id, body)
             worker.observe(row["type"], outcome, time.perf_counter() - started)
+            if outcome.delivered and outcome.status is not None:
+                self.delivered.append((message_id, outcome.status))
+                return
             async with connection(worker.pool) as conn:
                 await self._record(conn, row, outcome)
         except asyncio.CancelledError:
@@ -226,9 +245,6 @@ class _Destination:
 
     async def _record(self, conn: asyncpg.Connection, row: asyncpg.Record, outcome: Outcome) -> None:
         message_id = row["message_id"]
-        if outcome.delivered:
-            await conn.execute(sql.message_delivered, self.id, message_id, outcome.status)
-            return
         error = outcome.error or f"the receiver answered {outcome.status}"
         async with conn.transaction():
             if outcome.status == 410:  # Gone: the receiver asks us to stop
@@ -310,6 +326,9 @@ class DeliveryWorker:
                     t.cancel()
             tasks = [t for d in self._destinations.values() for t in (d.task, *d.in_flight)]
             await asyncio.gather(*tasks, return_exceptions=True)
+            for d in self._destinations.values():
+                with contextlib.suppress(Exception):  # what was answered 2xx: else it is sent again
+                    await d._flush()
             self._destinations.clear()
             await self._client.aclose()
             self._client = None
@@ -320,7 +339,10 @@ class DeliveryWorker:
         rows = await conn.fetch(sql.destinations_all, None)
         enabled = {r["destination_id"]: r for r in rows if r["state"] == "enabled"}
         for gone in set(self._destinations) - set(enabled):
-            self._destinations.pop(gone).task.cancel()
+            stopped = self._destinations.pop(gone)
+            stopped.task.cancel()
+            with contextlib.suppress(Exception):
+                await stopped._flush()
         behind = False
         for destination_id, r in enabled.items():
             sender = self._destinations.get(destination_id)

@@ -104,12 +104,14 @@ USING (SELECT destination_id, message_id FROM public.destination_messages
        WHERE status = 'delivered' AND delivered_at < $1 ORDER BY delivered_at LIMIT $2) old
 WHERE m.destination_id = old.destination_id AND m.message_id = old.message_id;
 
--- name: message_delivered
+-- name: messages_delivered
+-- Attempts answered 2xx ($2: message ids, $3: statuses), recorded together.
 WITH done AS (
-    UPDATE public.destination_messages
-    SET status = 'delivered', attempts = attempts + 1, last_status_code = $3, last_error = NULL,
+    UPDATE public.destination_messages m
+    SET status = 'delivered', attempts = m.attempts + 1, last_status_code = i.status, last_error = NULL,
         last_attempt_at = now(), delivered_at = now(), next_attempt_at = NULL, leased_until = NULL
-    WHERE destination_id = $1 AND message_id = $2 AND status = 'retrying'
+    FROM unnest($2::text[], $3::int[]) AS i(message_id, status)
+    WHERE m.destination_id = $1 AND m.message_id = i.message_id AND m.status = 'retrying'
     RETURNING 1
 )
 UPDATE public.destinations SET delivered_count = delivered_count + (SELECT count(*) FROM done)

@@ -258,8 +258,8 @@ async def _populate(pool: asyncpg.Pool) -> None:
         while await follow_once(DestinationStore(conn, "dst_plans"), policy, 1000):
             pass
         messages = [r[0] for r in await conn.fetch("SELECT message_id FROM destination_messages ORDER BY 1")]
-        for message in messages[:-40]:
-            await conn.execute(reactor_queries.message_delivered, "dst_plans", message, 200)
+        delivered = messages[:-40]
+        await conn.execute(reactor_queries.messages_delivered, "dst_plans", delivered, [200] * len(delivered))
         for message in messages[-40:-20]:
             await conn.execute(reactor_queries.message_retry, "dst_plans", message, 500, "test", None)
 
