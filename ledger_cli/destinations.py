@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from ledger.errors import LedgerError
+from ledger.errors import ConfigError, DatabaseError, LedgerError
 from ledger.settings import Settings
 
 __all__ = ["add_parser"]
@@ -32,8 +32,8 @@ def _run(work: Callable[[Any, Settings], Awaitable[int]], *, reads_only: bool = 
             async with cli.database(settings, reads_only=reads_only) as (conn, _):
                 return await work(conn, settings)
         except LedgerError as exc:
-            if exc.code in ("database_unavailable", "database_error", "config_error", "schema_too_new"):
-                raise
+            if isinstance(exc, DatabaseError | ConfigError):
+                raise  # reported as every command reports them
             print(f"ledger destinations: {exc.message}", file=sys.stderr)
             return 1
 

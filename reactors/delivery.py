@@ -25,6 +25,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -133,7 +134,6 @@ class DestinationPolicy:
                 [m.type for m in chosen],
                 [m.body for m in chosen],
                 self.first_delay,
-                True,  # derived again (a replay): due again
             )
         self.queued += len(chosen)
         return BatchResult(applied=len({m.position for m in chosen}))
@@ -161,9 +161,10 @@ def _retry_after(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
-        return None
+        return None  # an HTTP date, or nonsense: the schedule decides
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
 
 
 class _Destination:

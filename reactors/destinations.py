@@ -147,6 +147,8 @@ async def add(
     """Registers a destination, starting at the log's head. ``InvalidRequest`` for a bad URL, type or
     mode; ``AddressRefused`` when the URL resolves to an address delivery may not connect to."""
     check_url(url)
+    if description is not None and (len(description) > 500 or not description.isprintable()):
+        raise InvalidRequest("a description is at most 500 printable characters")
     if mode not in MODES:
         raise InvalidRequest(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     chosen = _checked_types(types or [])

@@ -35,6 +35,8 @@ class Target:
 
 def check_url(url: str) -> tuple[str, str, int]:
     """The URL's scheme, host and port; ``InvalidRequest`` unless it is an absolute http(s) URL."""
+    if len(url) > 2048 or not url.isprintable() or " " in url:
+        raise InvalidRequest("a destination URL is at most 2048 characters, without spaces or control characters")
     try:
         parts = urlsplit(url)
         port = parts.port

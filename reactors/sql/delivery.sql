@@ -68,15 +68,14 @@ RETURNING position;
 UPDATE public.destinations SET last_error = $2, last_error_at = now() WHERE destination_id = $1;
 
 -- name: messages_enqueue
--- New messages are due at once ($6: the schedule's first delay). A message queued again (a replay)
--- is due again with its attempts counted afresh.
+-- New messages are due after $6 seconds (the schedule's first delay). A message derived again (a
+-- replay) is due again, its attempts counted afresh.
 INSERT INTO public.destination_messages AS m (destination_id, message_id, position, type, body, next_attempt_at)
 SELECT $1, i.message_id, i.position, i.type, i.body, now() + make_interval(secs => $6)
 FROM unnest($2::text[], $3::bigint[], $4::text[], $5::bytea[]) AS i(message_id, position, type, body)
 ON CONFLICT (destination_id, message_id) DO UPDATE
 SET status = 'retrying', attempts = 0, next_attempt_at = EXCLUDED.next_attempt_at, body = EXCLUDED.body,
-    delivered_at = NULL, leased_until = NULL
-WHERE $7::boolean;
+    delivered_at = NULL, leased_until = NULL;
 
 -- name: messages_claim
 -- Due messages, oldest first, leased for $3 seconds: a process that dies mid-attempt leaves them
