@@ -41,6 +41,23 @@ def write_requests(bodies: list[str], path: Path) -> None:
             out.write(f"{msg_id}\t{int(now.timestamp())}\t{wh.sign(msg_id, now, body)}\t{body}\n")
 
 
+def add_destination(dsn: str) -> subprocess.Popen[bytes]:
+    """A receiver answering in 50 ms (``bench.delivery``'s), and a destination pointing at it."""
+    from bench.delivery import RECEIVER
+    from ledger_cli.processes import free_port
+
+    port = free_port()
+    receiver = subprocess.Popen([sys.executable, "-c", RECEIVER, str(port), "0.05"])
+    ledger = Path(sys.executable).parent / "ledger"
+    subprocess.run(
+        [str(ledger), "destinations", "add", f"http://127.0.0.1:{port}/hooks", "--mode", "all"],
+        env={**os.environ, "LEDGER_DATABASE_URL": dsn, "LEDGER_DELIVERY_ALLOW_PRIVATE": "true"},
+        capture_output=True,
+        check=True,
+    )
+    return receiver
+
+
 def start_worker(dsn: str, workdir: Path) -> subprocess.Popen[bytes]:
     """`ledger work`: the projections and the reactor in their own process."""
     ledger = Path(sys.executable).parent / "ledger"
@@ -57,6 +74,7 @@ def start_server(dsn: str, port: int, workdir: Path, *extra: str) -> subprocess.
         "LEDGER_WEBHOOK_SECRETS": SECRET,
         "LEDGER_API_TOKENS": "bench",
         "LEDGER_DATA_DIR": str(workdir),
+        "LEDGER_DELIVERY_ALLOW_PRIVATE": "true",  # the --destination receiver is on this machine
     }
     with open(workdir / "serve.log", "wb") as log:
         proc = subprocess.Popen(
@@ -117,6 +135,14 @@ async def ingest_window(dsn: str) -> tuple[int, float]:
         await conn.close()
 
 
+async def delivered_total(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT coalesce(sum(delivered_count), 0) FROM destinations"))
+    finally:
+        await conn.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=6000)
@@ -128,6 +154,11 @@ async def main() -> None:
         "--ingest-only",
         action="store_true",
         help="`ledger serve --no-workers` and no worker at all: the ingest path alone (projections wait)",
+    )
+    parser.add_argument(
+        "--destination",
+        action="store_true",
+        help="one outbound destination (a receiver answering in 50 ms, all message types) while webhooks come in",
     )
     parser.add_argument(
         "--split",
@@ -149,6 +180,7 @@ async def main() -> None:
                 # the same events for the server, under new ids (the naive table is separate anyway)
                 write_requests(bodies, work / "requests.tsv")
                 port = 18000 + r
+                receiver = add_destination(dsn) if args.destination else None
                 worker = start_worker(dsn, work) if args.split else None
                 no_workers = args.split or args.ingest_only
                 proc = start_server(dsn, port, work, *(["--no-workers"] if no_workers else []))
@@ -156,11 +188,12 @@ async def main() -> None:
                     seconds = int(len(bodies) / 500) + 10
                     res = run_wrk(port, work / "requests.tsv", args.concurrency, args.threads, seconds)
                 finally:
-                    for p in (proc, worker):
+                    for p in (proc, worker, receiver):
                         if p is not None:
                             p.send_signal(signal.SIGTERM)
                             p.wait(30)
             stored, window = await ingest_window(dsn)
+            sent = await delivered_total(dsn) if args.destination else None
             rate = (stored - 1) / window
             ratios.append(rate / naive)
             rates.append(rate)
@@ -169,7 +202,8 @@ async def main() -> None:
             print(
                 f"round {r + 1}: server {rate:,.0f} webhooks/s (p50 {res['p50_us'] / 1000:.1f} ms, "
                 f"p99 {res['p99_us'] / 1000:.1f} ms, non-2xx {res['non2xx']}, socket errors {res['errors']}, "
-                f"stored {stored}/{len(bodies)}), naive INSERT {naive:,.0f} rows/s, ratio {rate / naive:.2f}",
+                f"stored {stored}/{len(bodies)}), naive INSERT {naive:,.0f} rows/s, ratio {rate / naive:.2f}"
+                + (f"; {sent:,} messages delivered meanwhile" if sent is not None else ""),
                 flush=True,
             )
         print(
@@ -177,6 +211,7 @@ async def main() -> None:
                 {
                     "bench": "ingest",
                     "mode": "split" if args.split else "ingest only" if args.ingest_only else "one process",
+                    "destination": args.destination,
                     "events": args.events,
                     "concurrency": args.concurrency,
                     "server_per_s": round(median(rates)),
