@@ -167,7 +167,7 @@ def _port_taken(host: str, port: int) -> str | None:
 
 
 def cmd_work(args: argparse.Namespace) -> int:
-    """Projection runners and the fulfillment reactor, until SIGTERM or SIGINT; ``/metrics``,
+    """Projection runners, the fulfillment reactor, reconcile and delivery, until SIGTERM or SIGINT; ``/metrics``,
     ``/healthz`` and ``/readyz`` on ``LEDGER_METRICS_PORT`` (0: none)."""
     import signal
 
@@ -702,7 +702,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     work = sub.add_parser(
         "work",
-        help="run the projection runners and the fulfillment reactor without HTTP (beside `serve --no-workers`)",
+        help="run the projection runners, the fulfillment reactor, reconcile and outbound delivery without HTTP "
+        "(beside `serve --no-workers`)",
     )
     _log_options(work)
     work.add_argument(
