@@ -61,10 +61,13 @@ async def resolve(url: str, *, allow_private: bool) -> Target:
     loopback, link-local, private, multicast or otherwise not global (unless ``allow_private``)."""
     _, host, port = check_url(url)
     try:
-        answers = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise AddressRefused(f"{host} does not resolve: {exc}") from None
-    addresses = list(dict.fromkeys(str(a[4][0]) for a in answers))
+        addresses = [str(ipaddress.ip_address(host))]  # an address already: nothing to resolve
+    except ValueError:
+        try:
+            answers = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise AddressRefused(f"{host} does not resolve: {exc}") from None
+        addresses = list(dict.fromkeys(str(a[4][0]) for a in answers))
     if not addresses:
         raise AddressRefused(f"{host} does not resolve")
     refused = [a for a in addresses if _private(a)]

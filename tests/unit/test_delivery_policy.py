@@ -142,3 +142,12 @@ def test_a_name_that_rebinds_to_a_private_address_is_refused_on_the_next_attempt
             loop.run_until_complete(resolve("https://hooks.example.com:8443/x", allow_private=False))
     finally:
         loop.close()
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:9/x", "http://[::1]/x", "https://10.0.0.1/", "http://169.254.169.254/"]
+)
+def test_an_address_in_the_url_is_checked_without_dns(url: str) -> None:
+    with pytest.raises(AddressRefused, match="LEDGER_DELIVERY_ALLOW_PRIVATE"):
+        asyncio.run(resolve(url, allow_private=False))
+    assert asyncio.run(resolve("http://93.184.216.34:8080/x", allow_private=False)).address == "93.184.216.34"
