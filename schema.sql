@@ -339,6 +339,12 @@ CREATE TABLE IF NOT EXISTS customers (
     state        json NOT NULL
 );
 CREATE INDEX IF NOT EXISTS customers_email_idx ON customers (email);
+-- Which events touched which customer: its history, for its documents as of any position.
+CREATE TABLE IF NOT EXISTS customer_history (
+    entity_id  text NOT NULL,                      -- a customer id
+    position   bigint NOT NULL,
+    CONSTRAINT customer_history_pkey PRIMARY KEY (entity_id, position)
+);
 -- end projection: customers
 
 -- projection: subscriptions
@@ -350,6 +356,12 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     state            json NOT NULL
 );
 CREATE INDEX IF NOT EXISTS subscriptions_customer_idx ON subscriptions (customer_id);
+-- Which events touched which subscription: its history, for its documents as of any position.
+CREATE TABLE IF NOT EXISTS subscription_history (
+    entity_id  text NOT NULL,                      -- a subscription id
+    position   bigint NOT NULL,
+    CONSTRAINT subscription_history_pkey PRIMARY KEY (entity_id, position)
+);
 -- end projection: subscriptions
 
 -- projection: inventory
@@ -507,7 +519,8 @@ CREATE INDEX IF NOT EXISTS destination_messages_delivered_at
 -- Version 5: the rebuild functions above; checkpoints seeded by the service. Version 6: money
 -- after the sale on orders, test and live apart, projection shapes (see above). Version 7:
 -- reconcile runs. Version 8: events a follower skipped, by position (projection_failures); console sign-outs.
--- Version 9: outbound delivery (destinations, destination_messages).
+-- Version 9: outbound delivery (destinations, destination_messages); customers' and subscriptions'
+-- histories (their documents as of any position, for the messages).
 INSERT INTO ledger_schema (id, version) VALUES (1, 9)
 ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
 WHERE ledger_schema.version < EXCLUDED.version;

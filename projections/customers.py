@@ -98,6 +98,9 @@ CUSTOMERS = Projection(
     prefixes=("customer.", "checkout.session.", OBSERVED),
     tables=(Table("customers", load=sql.customers_load, upsert=sql.customers_upsert, row=_row),),
     fold=fold,
-    shape=2,  # 2: merge keys from the events' content, explicit nulls; modes; money after the sale
+    # 2: merge keys from the events' content, explicit nulls; modes; money after the sale. 3: history.
+    shape=3,
+    derived=("customer_history",),
+    history=sql.customer_history_add,
     description="customers with their contact details, orders and subscriptions",
 )

@@ -32,6 +32,7 @@ from projections.sql import projection_queries as queries
 
 __all__ = [
     "Intents",
+    "customer_document",
     "customers_by_email",
     "decode_cursor",
     "encode_cursor",
@@ -44,6 +45,7 @@ __all__ = [
     "list_adjustments",
     "list_orders",
     "order_document",
+    "subscription_document",
     "with_intents",
 ]
 
@@ -220,9 +222,11 @@ async def list_orders(
 
 async def get_customer(pool: asyncpg.Pool, customer_id: str) -> Customer | None:
     found = await _fetch_state(pool, queries.customer_get, customer_id)
-    if found is None:
-        return None
-    position, state = found
+    return None if found is None else customer_document(customer_id, *found)
+
+
+def customer_document(customer_id: str, position: int, state: Mergeable) -> Customer:
+    """A customer as the read API serves it, from its merged state."""
     return Customer(
         customer_id=customer_id,
         email=state.get("email"),
@@ -241,9 +245,11 @@ async def get_customer(pool: asyncpg.Pool, customer_id: str) -> Customer | None:
 
 async def get_subscription(pool: asyncpg.Pool, subscription_id: str) -> Subscription | None:
     found = await _fetch_state(pool, queries.subscription_get, subscription_id)
-    if found is None:
-        return None
-    position, state = found
+    return None if found is None else subscription_document(subscription_id, *found)
+
+
+def subscription_document(subscription_id: str, position: int, state: Mergeable) -> Subscription:
+    """A subscription as the read API serves it, from its merged state."""
     return Subscription(
         subscription_id=subscription_id,
         customer_id=state.get("customer_id"),

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -21,14 +21,16 @@ from ledger.db import connection
 from ledger.log import LoggedEvent, events_at, logged, position_at
 from projections import documents
 from projections.apply import decode_rows
-from projections.base import Deltas
+from projections.base import Deltas, LogRow, Projection
+from projections.mergeable import Mergeable
 from projections.orders import ORDERS
 from projections.shapes import Order
 from projections.sql import projection_queries as queries
 
-__all__ = ["order_as_of", "order_at", "order_events", "order_timeline", "orders_at"]
+__all__ = ["documents_at", "order_as_of", "order_at", "order_events", "order_timeline", "orders_at"]
 
 _EVERY_POSITION = 2**63 - 1
+_T = TypeVar("_T")
 
 
 async def _history(
@@ -120,17 +122,51 @@ async def orders_at(
     now_intents = [p.payment_intent_id for p in current.payment_intents]
     rows, _ = decode_rows(await events_at(conn, await _history(conn, record, wanted[-1], now_intents)))
     completed_twice = "duplicate_payment" in current.flags
+    return _snapshots(rows, ORDERS.fold, wanted, lambda d: _document(d, checkout_session_id, completed_twice))
+
+
+def _snapshots(
+    rows: Sequence[LogRow], fold: Callable[[LogRow, Deltas], bool], wanted: list[int], take: Callable[[Deltas], _T]
+) -> dict[int, _T]:
+    """Folds ``rows`` (one entity's history, in log order) once, taking ``take`` of what was folded
+    after each position in ``wanted`` (sorted): time travel to many positions at the cost of one."""
+    out: dict[int, _T] = {}
     deltas = Deltas()
     taken = 0
     for row in rows:
         while taken < len(wanted) and wanted[taken] < row.position:
-            out[wanted[taken]] = _document(deltas, checkout_session_id, completed_twice)
+            out[wanted[taken]] = take(deltas)
             taken += 1
         with contextlib.suppress(Exception):  # as the projection: an event it cannot fold is skipped
-            ORDERS.fold(row, deltas)
+            fold(row, deltas)
     for position in wanted[taken:]:
-        out[position] = _document(deltas, checkout_session_id, completed_twice)
+        out[position] = take(deltas)
     return out
+
+
+async def documents_at(
+    conn: asyncpg.Connection,
+    projection: Projection,
+    history: str,
+    entity_id: str,
+    positions: Sequence[int],
+    build: Callable[[str, int, Mergeable], _T],
+) -> dict[int, _T | None]:
+    """A customer's or a subscription's document (``build``: ``projections.documents``) as it stood
+    after each of ``positions``, folded from its history (``history``: the query of its positions)
+    with the projection's own fold; ``None`` where it did not exist yet."""
+    wanted = sorted(set(positions))
+    if not wanted:
+        return {}
+    table = projection.tables[0].name
+    found = [r["position"] for r in await conn.fetch(history, entity_id, wanted[-1])]
+    rows, _ = decode_rows(await events_at(conn, found))
+
+    def take(deltas: Deltas) -> _T | None:
+        state = deltas.by_table.get(table, {}).get(entity_id)
+        return None if state is None else build(entity_id, deltas.positions[table][entity_id], state)
+
+    return _snapshots(rows, projection.fold, wanted, take)
 
 
 def _document(deltas: Deltas, checkout_session_id: str, completed_twice: bool) -> Order | None:

@@ -132,6 +132,9 @@ SUBSCRIPTIONS = Projection(
     prefixes=("customer.subscription.", "invoice.", "checkout.session.", OBSERVED),
     tables=(Table("subscriptions", load=sql.subscriptions_load, upsert=sql.subscriptions_upsert, row=_row),),
     fold=fold,
-    shape=2,  # 2: merge keys from the events' content, explicit nulls; modes; money after the sale
+    # 2: merge keys from the events' content, explicit nulls; modes; money after the sale. 3: history.
+    shape=3,
+    derived=("subscription_history",),
+    history=sql.subscription_history_add,
     description="subscriptions with lifecycle status and payment state",
 )

@@ -1,10 +1,11 @@
 """The ledger's own messages to the merchant's systems, derived from the log alone.
 
 A message is a function of one log position: ``inventory.adjusted`` for each adjustment the log
-records (``projections.inventory.adjustment_at``), ``order.updated`` for each order an event
-changed, carrying the order as it stood after that position (``projections.history.order_at``:
-the folds time travel uses). Its id is a function of (position, type, object id) and its body of
-the log, so every attempt, replay and destination sends the same id and the same bytes.
+records (``projections.inventory.adjustment_at``); ``order.updated``, ``customer.updated`` and
+``subscription.updated`` for each order, customer and subscription an event changed, carrying the
+document as it stood after that position (``projections.history``: the folds time travel uses).
+Its id is a function of (position, type, object id) and its body of the log, so every attempt,
+replay and destination sends the same id and the same bytes.
 
 Body: ``{"type", "timestamp" (when the source event was recorded), "position", "test_mode", "data"}``.
 """
@@ -22,20 +23,32 @@ import asyncpg
 import msgspec
 
 from projections.base import Deltas, LogRow, like_patterns
-from projections.history import orders_at
+from projections.customers import CUSTOMERS
+from projections.documents import customer_document, subscription_document
+from projections.history import documents_at, orders_at
 from projections.inventory import INVENTORY, adjustment_at
 from projections.ledger_events import ADJUSTED
 from projections.orders import ORDERS
+from projections.sql import projection_queries
+from projections.subscriptions import SUBSCRIPTIONS
 from reactors.sql import reactor_queries as sql
 
 __all__ = ["MESSAGE_TYPES", "PATTERNS", "SOURCES", "Message", "derive", "message_id", "wanted"]
 
 INVENTORY_ADJUSTED = "inventory.adjusted"
 ORDER_UPDATED = "order.updated"
-MESSAGE_TYPES = (INVENTORY_ADJUSTED, ORDER_UPDATED)
+CUSTOMER_UPDATED = "customer.updated"
+SUBSCRIPTION_UPDATED = "subscription.updated"
+MESSAGE_TYPES = (INVENTORY_ADJUSTED, ORDER_UPDATED, CUSTOMER_UPDATED, SUBSCRIPTION_UPDATED)
+_READ_MODELS = (ORDERS, INVENTORY, CUSTOMERS, SUBSCRIPTIONS)
 # The projections whose documents messages carry: a destination derives no further than they have applied.
-SOURCES = (ORDERS.name, INVENTORY.name)
-PATTERNS = like_patterns({*ORDERS.prefixes, *INVENTORY.prefixes})
+SOURCES = tuple(p.name for p in _READ_MODELS)
+PATTERNS = like_patterns({prefix for p in _READ_MODELS for prefix in p.prefixes})
+# Customers and subscriptions: the projection, its table, the query of an entity's history, its document.
+_ENTITIES = (
+    (CUSTOMER_UPDATED, CUSTOMERS, projection_queries.customer_history_positions, customer_document),
+    (SUBSCRIPTION_UPDATED, SUBSCRIPTIONS, projection_queries.subscription_history_positions, subscription_document),
+)
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True):
@@ -109,6 +122,7 @@ async def derive(conn: asyncpg.Connection, rows: Sequence[LogRow]) -> list[Messa
         for session_id in {sessions_of.get(e, e) for e in entities}:
             at_positions.setdefault(session_id, []).append(row.position)
     orders = {sid: await orders_at(conn, sid, positions) for sid, positions in at_positions.items()}
+    others = await _entity_messages(conn, rows, recorded)
     out: list[Message] = []
     for row, entities in touched:
         at = recorded[row.position]
@@ -120,4 +134,30 @@ async def derive(conn: asyncpg.Connection, rows: Sequence[LogRow]) -> list[Messa
             order = orders[session_id][row.position]
             if order is not None:
                 out.append(_message(ORDER_UPDATED, row.position, session_id, at, bool(order.test_mode), order))
+        out.extend(others.get(row.position, ()))
+    return out
+
+
+async def _entity_messages(
+    conn: asyncpg.Connection, rows: Sequence[LogRow], recorded: dict[int, datetime]
+) -> dict[int, list[Message]]:
+    """``customer.updated`` and ``subscription.updated`` of the batch, by position: each entity an
+    event folded into, its document as of that position (one history read per entity and batch)."""
+    out: dict[int, list[Message]] = {}
+    for kind, projection, history, build in _ENTITIES:
+        table = projection.tables[0].name
+        at_positions: dict[str, list[int]] = {}
+        for row in rows:
+            deltas = Deltas()
+            with contextlib.suppress(Exception):
+                projection.fold(row, deltas)
+            for entity_id in deltas.by_table.get(table, {}):
+                at_positions.setdefault(entity_id, []).append(row.position)
+        for entity_id in sorted(at_positions):
+            docs = await documents_at(conn, projection, history, entity_id, at_positions[entity_id], build)
+            for position, doc in sorted(docs.items()):
+                if doc is not None:
+                    test_mode = bool(getattr(doc, "test_mode", False))
+                    message = _message(kind, position, entity_id, recorded[position], test_mode, doc)
+                    out.setdefault(position, []).append(message)
     return out

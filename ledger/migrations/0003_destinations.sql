@@ -1,7 +1,9 @@
 -- version: 9
 -- Outbound delivery: the merchant's destinations, each following the log with its own checkpoint
 -- (destinations.position), and the messages queued for each, with their attempts
--- (destination_messages: operational records, not log events).
+-- (destination_messages: operational records, not log events). Customers and subscriptions keep
+-- their history, as orders do (their documents as of any position, for the messages): filled by
+-- the rebuild their new shape brings.
 
 CREATE TABLE IF NOT EXISTS destinations (
     destination_id        text PRIMARY KEY,
@@ -49,5 +51,19 @@ CREATE INDEX IF NOT EXISTS destination_messages_in_order
     ON destination_messages (destination_id, position, message_id);
 CREATE INDEX IF NOT EXISTS destination_messages_delivered_at
     ON destination_messages (delivered_at) WHERE status = 'delivered';
+
+-- Which events touched which customer: its history, for its documents as of any position.
+CREATE TABLE IF NOT EXISTS customer_history (
+    entity_id  text NOT NULL,                      -- a customer id
+    position   bigint NOT NULL,
+    CONSTRAINT customer_history_pkey PRIMARY KEY (entity_id, position)
+);
+
+-- Which events touched which subscription: its history, for its documents as of any position.
+CREATE TABLE IF NOT EXISTS subscription_history (
+    entity_id  text NOT NULL,                      -- a subscription id
+    position   bigint NOT NULL,
+    CONSTRAINT subscription_history_pkey PRIMARY KEY (entity_id, position)
+);
 
 UPDATE ledger_schema SET version = 9, applied_at = now() WHERE id = 1 AND version < 9;

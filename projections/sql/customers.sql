@@ -11,6 +11,16 @@ SELECT * FROM unnest($1::text[], $2::text[], $3::boolean[], $4::bigint[], $5::js
 ON CONFLICT (customer_id) DO UPDATE
 SET email = EXCLUDED.email, deleted = EXCLUDED.deleted, position = EXCLUDED.position, state = EXCLUDED.state;
 
+-- name: customer_history_add
+-- The events of a batch, by the customers they touched ($1, $2 in step).
+INSERT INTO customer_history (entity_id, position)
+SELECT * FROM unnest($1::text[], $2::bigint[])
+ON CONFLICT DO NOTHING;
+
+-- name: customer_history_positions
+-- The positions, up to $2, of the events that touched customer $1, in log order.
+SELECT position FROM customer_history WHERE entity_id = $1 AND position <= $2 ORDER BY position;
+
 -- name: customer_get
 SELECT customer_id, position, state::text AS state FROM customers WHERE customer_id = $1;
 

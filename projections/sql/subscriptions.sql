@@ -12,5 +12,15 @@ ON CONFLICT (subscription_id) DO UPDATE
 SET customer_id = EXCLUDED.customer_id, status = EXCLUDED.status, position = EXCLUDED.position,
     state = EXCLUDED.state;
 
+-- name: subscription_history_add
+-- The events of a batch, by the subscriptions they touched ($1, $2 in step).
+INSERT INTO subscription_history (entity_id, position)
+SELECT * FROM unnest($1::text[], $2::bigint[])
+ON CONFLICT DO NOTHING;
+
+-- name: subscription_history_positions
+-- The positions, up to $2, of the events that touched subscription $1, in log order.
+SELECT position FROM subscription_history WHERE entity_id = $1 AND position <= $2 ORDER BY position;
+
 -- name: subscription_get
 SELECT subscription_id, position, state::text AS state FROM subscriptions WHERE subscription_id = $1;

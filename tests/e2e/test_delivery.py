@@ -166,7 +166,10 @@ def ledger_with_delivery(
 def test_every_adjustment_and_order_is_delivered_signed_whatever_the_arrival_order(db_dsn: str, tmp_path: Path) -> None:
     with receiving(Receiver()) as receiver, ledger_with_delivery(tmp_path, db_dsn) as (server, env):
         destination, secret = add_destination(env, receiver.url, "--mode", "all")
-        checkouts = [Checkout(seed=900 + i, items=2) for i in range(3)] + [Checkout(seed=910, test_mode=True)]
+        checkouts = [Checkout(seed=900 + i, items=2) for i in range(3)] + [
+            Checkout(seed=910, test_mode=True),
+            Checkout(seed=911, mode="subscription"),
+        ]
         events = [e for c in checkouts for e in checkout_events(c)]
         random.Random(7).shuffle(events)
         send(server, events)
@@ -208,6 +211,26 @@ def test_every_adjustment_and_order_is_delivered_signed_whatever_the_arrival_ord
             lambda: server.get("/v1/destinations").json()["data"][0]["delivered"] == len(receiver.delivered()),
             what="the deliveries recorded",
         )
+
+        # customer.updated and subscription.updated: their last message is the document served now
+        def latest(kind: str, key: str) -> dict[str, dict[str, Any]]:
+            found: dict[str, dict[str, Any]] = {}
+            for r in receiver.delivered().values():
+                d = verified(secret, r)
+                if d["type"] == kind and (
+                    d["data"][key] not in found or d["position"] > found[d["data"][key]]["position"]
+                ):
+                    found[d["data"][key]] = d
+            return found
+
+        customers = {c.customer_id for c in checkouts}
+        wait_for(lambda: set(latest("customer.updated", "customer_id")) == customers, what="every customer")
+        for cid, doc in latest("customer.updated", "customer_id").items():
+            assert doc["data"] == server.get(f"/v1/customers/{cid}").json()
+        subscription = str(checkouts[-1].subscription_id)
+        wait_for(lambda: subscription in latest("subscription.updated", "subscription_id"), what="the subscription")
+        sub_doc = latest("subscription.updated", "subscription_id")[subscription]
+        assert sub_doc["data"] == server.get(f"/v1/subscriptions/{subscription}").json()
         listed = server.get("/v1/destinations").json()["data"]
         assert [d["id"] for d in listed] == [destination]
         assert listed[0]["failed"] == 0
