@@ -89,13 +89,16 @@ def _where(dsn: str) -> str:
     )
 
 
-def _run_with_settings(work: Callable[[Settings], Coroutine[Any, Any, int]]) -> int:
-    """Reads the settings and runs ``work``; bad settings and an unreachable database end in one line."""
+def _run_with_settings(work: Callable[[Settings], Coroutine[Any, Any, int]], *, uvloop: bool = False) -> int:
+    """Reads the settings and runs ``work``; bad settings and an unreachable database end in one line.
+    ``uvloop``: on uvloop's event loop where it is installed (the long-running workers, as ``serve``)."""
     try:
         settings = load_settings()
     except ConfigError as exc:
         return _fail(exc.message)
     try:
+        if uvloop and (fast := _uvloop()) is not None:
+            return int(fast.run(work(settings)))
         return asyncio.run(work(settings))  # its connections translate what the driver raises (ledger.db)
     except BrokenPipeError:
         raise  # the reader went away (``ledger status | head -1``): main() ends quietly
@@ -105,6 +108,14 @@ def _run_with_settings(work: Callable[[Settings], Coroutine[Any, Any, int]]) -> 
         return _fail(f"the database refused: {exc.message}")
     except ConfigError as exc:
         return _fail(exc.message)
+
+
+def _uvloop() -> Any:
+    try:
+        import uvloop
+    except ImportError:  # not on Windows
+        return None
+    return uvloop
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -203,14 +214,17 @@ def cmd_work(args: argparse.Namespace) -> int:
                 ops_server = uvicorn.Server(config)
                 serving = asyncio.create_task(ops_server.serve(), name="ops-http")
             where = f"; /metrics on {args.metrics_host}:{settings.metrics_port}" if settings.metrics_port else ""
-            print(f"ledger work: running projections and fulfillment{where}; Ctrl-C to stop", flush=True)
+            print(
+                f"ledger work: running projections, fulfillment, reconcile and delivery{where}; Ctrl-C to stop",
+                flush=True,
+            )
             await stop.wait()
             if ops_server is not None:
                 ops_server.should_exit = True
                 await serving
         return 0
 
-    return _run_with_settings(run)
+    return _run_with_settings(run, uvloop=True)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

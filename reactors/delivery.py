@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import logging
 import math
@@ -176,6 +177,8 @@ class _Destination:
         self.wake = asyncio.Event()
         self.in_flight: set[asyncio.Task[None]] = set()
         self.delivered: list[tuple[str, int]] = []  # answered 2xx, recorded together by the send loop
+        # claimed ahead (up to ``concurrency`` more), so that a finished attempt's slot is taken at once
+        self.ready: collections.deque[tuple[asyncpg.Record, asyncpg.Record]] = collections.deque()
         self.task = asyncio.create_task(self._send_loop(), name=f"delivery-{destination_id}")
 
     async def _send_loop(self) -> None:
@@ -184,20 +187,18 @@ class _Destination:
         while True:
             try:
                 await self._flush()
-                room = worker.concurrency - len(self.in_flight)
+                room = 2 * worker.concurrency - len(self.in_flight) - len(self.ready)
                 claimed: list[asyncpg.Record] = []
                 # claim in batches (a quarter of the room at least), not one per finished attempt
-                if room >= max(1, worker.concurrency // 4) or (room > 0 and not self.in_flight):
+                if room >= max(1, worker.concurrency // 4):
                     async with connection(worker.pool) as conn:
                         dest = await conn.fetchrow(sql.destination_secrets, self.id)
                         if dest is not None and dest["state"] == "enabled":
                             claimed = await conn.fetch(sql.messages_claim, self.id, room, lease)
-                for row in claimed:
-                    task = asyncio.create_task(self._attempt(dest, row))
-                    self.in_flight.add(task)
-                    task.add_done_callback(self._done)
-                if claimed and len(self.in_flight) < worker.concurrency:
-                    continue
+                    self.ready.extend((dest, row) for row in claimed)
+                self._start()
+                if claimed and len(claimed) == room:
+                    continue  # more may be due: claim again at once
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database: wait and go on
@@ -219,8 +220,17 @@ class _Destination:
             self.delivered = done + self.delivered
             raise
 
+    def _start(self) -> None:
+        """Attempts what was claimed, up to ``concurrency`` in flight."""
+        while self.ready and len(self.in_flight) < self.worker.concurrency:
+            dest, row = self.ready.popleft()
+            task = asyncio.create_task(self._attempt(dest, row))
+            self.in_flight.add(task)
+            task.add_done_callback(self._done)
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self.in_flight.discard(task)
+        self._start()  # the next claimed message takes the slot at once
         self.wake.set()
 
     async def _attempt(self, dest: asyncpg.Record, row: asyncpg.Record) -> None:
