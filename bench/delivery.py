@@ -1,26 +1,40 @@
 """Outbound delivery's throughput against its ceiling, replaying a log to one destination.
 
     python -m bench.delivery [--checkouts 20000] [--latency 0.05] [--concurrency 32] [--dsn DSN]
+    python -m bench.delivery --live [--rate 200] [--seconds 30] [--dsn DSN]
+    python -m bench.delivery --failing [--checkouts 20000] [--dsn DSN]
 
-Fills a fresh database with realistic checkouts and their fulfillment (the reactor's events),
-projects it, then adds a destination pointing at a receiver (another process, aiohttp) that answers
-``200`` after ``--latency`` seconds, replays it from position 1 and runs ``ledger work`` until every
-message is delivered. The ceiling is ``concurrency / latency`` messages per second (what the
-receiver allows); the figure is delivered messages per second, and its ratio to the ceiling.
+Replay (the default): fills a fresh database with realistic checkouts and their fulfillment (the
+reactor's events), projects it, then adds a destination pointing at a receiver (another process,
+aiohttp) that answers ``200`` after ``--latency`` seconds, replays it from position 1 and runs
+``ledger work`` until every message is delivered. The ceiling is ``concurrency / latency`` messages
+per second (what the receiver allows); the figure is delivered messages per second, and its ratio
+to the ceiling.
+
+``--live``: ``ledger serve`` takes signed webhooks at ``--rate`` per second while one healthy
+destination (answering at once) is delivered to; the figure is each message's latency from the
+moment its source event was recorded to its arrival at the receiver (p50, p99).
+
+``--failing``: the same replay to a receiver that answers ``500``, with a one-attempt schedule, so
+every message ends ``failed``; the figure is ``ledger work``'s resident memory as they pile up.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import asyncpg
+import httpx
+import psutil
 
 from bench.common import Server
 from ledger.log import EventLog, NewEvent
@@ -30,13 +44,17 @@ from projections.registry import PROJECTIONS
 from projections.runner import catch_up_once
 
 RECEIVER = """
-import asyncio, sys
+import asyncio, json, sys, time
+from datetime import datetime
 from aiohttp import web
-latency = float(sys.argv[2])
+latency, status = float(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 200
 async def hook(request):
-    await request.read()
+    body = await request.read()
     await asyncio.sleep(latency)
-    return web.Response(status=200)
+    if len(sys.argv) > 4:  # print each message's age: from its source event's recording to now
+        recorded = datetime.fromisoformat(json.loads(body)["timestamp"].replace("Z", "+00:00")).timestamp()
+        print(f"{time.time() - recorded:.4f}", flush=True)
+    return web.Response(status=status)
 app = web.Application()
 app.router.add_post("/hooks", hook)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
@@ -68,6 +86,14 @@ async def fill(dsn: str, checkouts: int) -> int:
         await pool.close()
 
 
+async def _failed(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM destination_messages WHERE status = 'failed'"))
+    finally:
+        await conn.close()
+
+
 async def delivered(dsn: str) -> tuple[int, int, int]:
     conn = await asyncpg.connect(dsn)
     try:
@@ -80,21 +106,112 @@ async def delivered(dsn: str) -> tuple[int, int, int]:
         await conn.close()
 
 
+async def live(server: Server, rate: int, seconds: int) -> None:
+    """Latency of delivery while ``ledger serve`` takes ``rate`` webhooks a second."""
+    import statistics
+
+    from bench.common import SECRET, events, signed_headers
+
+    dsn = await server.fresh_database()
+    port, serve_port = free_port(), free_port()
+    ages = Path(tempfile.mkdtemp()) / "ages.txt"
+    with ages.open("w") as out:
+        receiver = subprocess.Popen([sys.executable, "-c", RECEIVER, str(port), "0", "200", "ages"], stdout=out)
+    env = {
+        **os.environ,
+        "LEDGER_DATABASE_URL": dsn,
+        "LEDGER_DELIVERY_ALLOW_PRIVATE": "true",
+        "LEDGER_RECONCILE_INTERVAL": "0",
+        "LEDGER_WEBHOOK_SECRETS": SECRET,
+        "LEDGER_API_TOKENS": "bench",
+    }
+    ledger = str(Path(sys.executable).parent / "ledger")
+    subprocess.run(
+        [ledger, "destinations", "add", f"http://127.0.0.1:{port}/hooks", "--mode", "all"],
+        env=env,
+        capture_output=True,
+        check=True,
+    )
+    serve = subprocess.Popen([ledger, "serve", "--port", str(serve_port), "--log-level", "warning"], env=env)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{serve_port}", timeout=30) as client:
+            for _ in range(100):
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                await asyncio.sleep(0.2)
+            bodies = events(rate * seconds, seed=7)
+            started = time.perf_counter()
+            pending = []
+            for i, body in enumerate(bodies):
+                due = started + i / rate
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                pending.append(
+                    asyncio.ensure_future(client.post("/webhooks/flex", content=body, headers=signed_headers(body)))
+                )
+            await asyncio.gather(*pending)
+        while (await delivered(dsn))[2] or (await delivered(dsn))[1] < int(await _head(dsn)):
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(1)
+    finally:
+        serve.terminate()
+        serve.wait(30)
+        receiver.terminate()
+        receiver.wait(30)
+    values = sorted(float(line) for line in ages.read_text().split())
+    p50 = statistics.median(values)
+    p99 = values[int(len(values) * 0.99) - 1]
+    print(
+        f"{len(bodies)} webhooks at {rate}/s -> {len(values)} messages; age at arrival p50 {p50 * 1000:.0f} ms, "
+        f"p99 {p99 * 1000:.0f} ms, max {values[-1] * 1000:.0f} ms"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "delivery-live",
+                "rate": rate,
+                "messages": len(values),
+                "p50_ms": round(p50 * 1000),
+                "p99_ms": round(p99 * 1000),
+            }
+        )
+    )
+
+
+async def _head(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT position FROM ledger_head"))
+    finally:
+        await conn.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkouts", type=int, default=20_000)
     parser.add_argument("--latency", type=float, default=0.05)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--dsn", default=None)
+    parser.add_argument("--live", action="store_true", help="latency while serve takes webhooks")
+    parser.add_argument("--rate", type=int, default=200)
+    parser.add_argument("--seconds", type=int, default=30)
+    parser.add_argument("--failing", action="store_true", help="every message fails: memory as they pile up")
     args = parser.parse_args()
     server = Server(args.dsn)
+    if args.live:
+        try:
+            await live(server, args.rate, args.seconds)
+        finally:
+            server.close()
+        return
     ledger = str(Path(sys.executable).parent / "ledger")
     receiver = work = None
     try:
         dsn = await server.fresh_database()
         head = await fill(dsn, args.checkouts)
         port = free_port()
-        receiver = subprocess.Popen([sys.executable, "-c", RECEIVER, str(port), str(args.latency)])
+        status = "500" if args.failing else "200"
+        receiver = subprocess.Popen([sys.executable, "-c", RECEIVER, str(port), str(args.latency), status])
         env = {
             **os.environ,
             "LEDGER_DATABASE_URL": dsn,
@@ -102,6 +219,7 @@ async def main() -> None:
             "LEDGER_DELIVERY_CONCURRENCY": str(args.concurrency),
             "LEDGER_RECONCILE_INTERVAL": "0",
             "LEDGER_METRICS_PORT": "0",
+            **({"LEDGER_DELIVERY_SCHEDULE": "0"} if args.failing else {}),
         }
         out = subprocess.run(
             [ledger, "destinations", "add", f"http://127.0.0.1:{port}/hooks", "--mode", "all"],
@@ -121,16 +239,25 @@ async def main() -> None:
         started = time.perf_counter()
         derived_at = None
         last = (0, 0, 0)
+        rss: list[tuple[int, float]] = []  # (failed messages, MiB) as they pile up
         while True:
             await asyncio.sleep(1)
             last = await delivered(dsn)
             _, position, retrying = last
+            if args.failing:
+                rss.append((await _failed(dsn), psutil.Process(work.pid).memory_info().rss / 2**20))
             if position >= head and derived_at is None:
                 derived_at = time.perf_counter() - started
             if position >= head and retrying == 0:
                 break
             if time.perf_counter() - started > 3600:
                 raise RuntimeError(f"not done in an hour: {last}")
+        if args.failing:
+            for i in (len(rss) // 10, len(rss) // 2, len(rss) - 1):
+                print(f"{rss[i][0]:,} failed messages queued: ledger work RSS {rss[i][1]:.0f} MiB")
+            sampled = [[failed, round(mib)] for failed, mib in rss[:: max(1, len(rss) // 20)]]
+            print(json.dumps({"bench": "delivery-failing", "rss_mib": sampled}))
+            return
         elapsed = time.perf_counter() - started
         rate = last[0] / elapsed
         ceiling = args.concurrency / args.latency

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,12 +37,11 @@ import httpx
 
 from ledger.db import connection
 from ledger.errors import DatabaseError, LedgerError
-from ledger.log import read_batch
 from ledger.settings import decode_secret
 from ledger.signing import sign
 from projections.apply import BatchResult
 from projections.coordination import run_exclusively
-from projections.follower import Checkpoint, CheckpointMoved, follow_once
+from projections.follower import Checkpoint, CheckpointMoved, PostgresFollowerStore, follow_once
 from projections.registry import DELIVERY, lock_id
 from reactors.messages import PATTERNS, SOURCES, Message, derive, wanted
 from reactors.outbound_guard import AddressRefused, resolve
@@ -75,12 +74,12 @@ def signature(keys: Sequence[bytes], message_id: str, timestamp: int, body: byte
     return " ".join("v1," + base64.b64encode(sign(key, message_id, str(timestamp), body)).decode() for key in keys)
 
 
-class DestinationStore:
+class DestinationStore(PostgresFollowerStore):
     """``FollowerStore`` of one destination, on one connection: its checkpoint is
     ``destinations.position``; its head, the log's, no further than ``SOURCES`` have applied."""
 
     def __init__(self, conn: asyncpg.Connection, destination_id: str) -> None:
-        self.conn = conn
+        super().__init__(conn)
         self.destination_id = destination_id
 
     async def checkpoint(self, name: str) -> Checkpoint:
@@ -88,14 +87,6 @@ class DestinationStore:
         if row is None:
             raise CheckpointMoved  # deleted meanwhile
         return Checkpoint(position=row["position"], generation=0, head=row["head"] or 0)
-
-    async def read(self, after: int, upto: int, patterns: Sequence[str]) -> Sequence[Any]:
-        return await read_batch(self.conn, after, upto, patterns)
-
-    @contextlib.asynccontextmanager
-    async def unit(self) -> AsyncIterator[asyncpg.Connection]:
-        async with self.conn.transaction():
-            yield self.conn
 
     async def advance(
         self, unit: Any, name: str, start: int, generation: int, end: int, applied: int, skipped: int

@@ -76,7 +76,8 @@ def test_demo_reaches_its_summary_curls_work_and_ctrl_c_leaves_nothing(tmp_path:
         arrived = re.search(r"Your systems' side: (\d+) signed messages arrived", out)
         assert arrived is not None, out
         assert int(arrived.group(1)) >= len(feed["data"]) + len(sessions)  # adjustments and order updates
-        assert re.search(r"^  \d+ inventory\.adjusted msg_\d+_\w+$", out, re.MULTILINE), out
+        kinds = r"(inventory\.adjusted|order\.updated|customer\.updated|subscription\.updated)"
+        assert re.search(rf"^  \d+ {kinds} msg_\d+_\w+$", out, re.MULTILINE), out
         assert _ours(str(data.resolve())), "the embedded postgres runs while the demo serves"
     finally:
         proc.send_signal(signal.SIGINT)
