@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -24,6 +25,7 @@ from ledger_cli.processes import StandIn, free_port, ledger_command, wait_until_
 
 __all__ = [
     "API_TOKEN",
+    "CONSOLE_CSRF",
     "FLEX_KEY",
     "OTHER_SECRET",
     "SECRET",
@@ -32,6 +34,7 @@ __all__ = [
     "StandIn",
     "console_csrf",
     "console_signed_in",
+    "deliver",
     "flex_event",
     "free_port",
     "fulfillment_env",
@@ -200,12 +203,12 @@ def fulfillment_env(standin_api_base: str, key: str = FLEX_KEY) -> dict[str, str
 # ---------------------------------------------------------------------------------------------
 # The operator console over plain HTTP
 
-_CSRF = re.compile(r'name="_csrf_token" value="([^"]+)"')
+CONSOLE_CSRF = re.compile(r'name="_csrf_token" value="([^"]+)"')
 
 
 def console_csrf(client: httpx.Client, url: str) -> str:
     """The CSRF token of the form on the console page at ``url``."""
-    match = _CSRF.search(client.get(url).text)
+    match = CONSOLE_CSRF.search(client.get(url).text)
     assert match, "the page has a form with its CSRF token"
     return match.group(1)
 
@@ -221,3 +224,15 @@ def console_signed_in(server: RunningServer) -> Iterator[httpx.Client]:
         assert reply.headers["location"] == "/console"
         assert client.get("/console").status_code == 200
         yield client
+
+
+def deliver(server: RunningServer, events: list[dict[str, Any]]) -> int:
+    """Posts every event, signed, to the server's webhook endpoint; returns the last position."""
+    last = 0
+    with httpx.Client(timeout=30) as client:
+        for event in events:
+            body = json.dumps(event)
+            reply = client.post(server.url + "/webhooks/flex", content=body, headers=signed_headers(body))
+            assert reply.status_code == 200, reply.text
+            last = max(last, reply.json()["position"])
+    return last

@@ -6,7 +6,6 @@ unchecked."""
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import API_TOKEN, RunningServer, console_csrf, console_signed_in, run_server
+from tests.support import API_TOKEN, CONSOLE_CSRF, RunningServer, console_csrf, console_signed_in, run_server
 
-_CSRF = re.compile(r'name="_csrf_token" value="([^"]+)"')
 _csrf = console_csrf
 _signed_in = console_signed_in
 
@@ -140,7 +138,7 @@ def test_the_secure_flag_is_set_when_asked(module_db: str, tmp_path: Path) -> No
             # a browser sends a Secure cookie over HTTPS only; this client is told to send it anyway
             reply = client.post(
                 "/console/login",
-                data={"_csrf_token": _CSRF.search(form.text).group(1), "token": API_TOKEN},  # type: ignore[union-attr]
+                data={"_csrf_token": CONSOLE_CSRF.search(form.text).group(1), "token": API_TOKEN},  # type: ignore[union-attr]
                 headers={"cookie": csrf_cookie.split(";")[0]},
             )
             assert reply.status_code == 303

@@ -17,7 +17,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 from standardwebhooks.webhooks import Webhook
 
 from ledger_cli.flex_standin import made_up_line_items
@@ -26,11 +25,11 @@ from tests.support import (
     RunningServer,
     console_csrf,
     console_signed_in,
+    deliver,
     fulfillment_env,
     ledger_command,
     run_server,
     run_standin,
-    signed_headers,
 )
 
 
@@ -114,17 +113,6 @@ def add_destination(env: Mapping[str, str], url: str, *extra: str) -> tuple[str,
     return fields["id"].strip(), fields["secret"].strip()
 
 
-def send(server: RunningServer, events: list[dict[str, Any]]) -> int:
-    last = 0
-    with httpx.Client(timeout=30) as client:
-        for event in events:
-            body = json.dumps(event)
-            reply = client.post(server.url + "/webhooks/flex", content=body, headers=signed_headers(body))
-            assert reply.status_code == 200, reply.text
-            last = max(last, reply.json()["position"])
-    return last
-
-
 def wait_for(condition: Callable[[], bool], timeout: float = 60, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -172,7 +160,7 @@ def test_every_adjustment_and_order_is_delivered_signed_whatever_the_arrival_ord
         ]
         events = [e for c in checkouts for e in checkout_events(c)]
         random.Random(7).shuffle(events)
-        send(server, events)
+        deliver(server, events)
         wait_for(lambda: len(adjustments(server)) == sum(items_of(c) for c in checkouts), what="fulfillment")
         feed = {a["adjustment_id"]: a for a in adjustments(server)}
         wanted_ids = set(feed)
@@ -258,7 +246,7 @@ def test_a_failing_receiver_gets_the_same_id_and_body_until_it_answers_2xx(db_ds
     ):
         _destination, secret = add_destination(env, receiver.url, "--types", "inventory.adjusted")
         c = Checkout(seed=920)
-        send(server, checkout_events(c))
+        deliver(server, checkout_events(c))
         wait_for(lambda: len(receiver.delivered()) == items_of(c), what="delivery after two 500s")
         for message_id in receiver.delivered():
             attempts = receiver.attempts_of(message_id)
@@ -278,13 +266,13 @@ def test_410_disables_the_destination_and_nothing_more_is_attempted(db_dsn: str,
         ),
     ):
         destination, _ = add_destination(env, receiver.url)
-        send(server, checkout_events(Checkout(seed=930)))
+        deliver(server, checkout_events(Checkout(seed=930)))
         wait_for(
             lambda: server.get(f"/v1/destinations/{destination}").json()["state"] == "disabled_by_receiver",
             what="disabled by the receiver",
         )
         attempts = len(receiver.got)
-        send(server, checkout_events(Checkout(seed=931)))
+        deliver(server, checkout_events(Checkout(seed=931)))
         time.sleep(3)
         assert len(receiver.got) == attempts
         receiver.answer = lambda _, __: 200
@@ -302,7 +290,7 @@ def test_failed_after_the_schedule_then_retried_on_request(db_dsn: str, tmp_path
     ):
         destination, _ = add_destination(env, receiver.url, "--types", "inventory.*")
         c = Checkout(seed=940)
-        send(server, checkout_events(c))
+        deliver(server, checkout_events(c))
         wait_for(
             lambda: server.get(f"/v1/destinations/{destination}").json()["failed"] == items_of(c),
             what="failed after the schedule",
@@ -325,7 +313,7 @@ def test_the_console_shows_failed_messages_and_retries_them(db_dsn: str, tmp_pat
     ):
         destination, _ = add_destination(env, receiver.url, "--types", "inventory.adjusted", "--description", "ERP")
         c = Checkout(seed=945)
-        send(server, checkout_events(c))
+        deliver(server, checkout_events(c))
         wait_for(lambda: server.get(f"/v1/destinations/{destination}").json()["failed"] == items_of(c), what="failed")
         failed = server.get(f"/v1/destinations/{destination}/messages?status=failed").json()["data"]
         with console_signed_in(server) as console:
@@ -350,7 +338,7 @@ def test_replay_sends_the_same_ids_and_bytes(db_dsn: str, tmp_path: Path) -> Non
     with receiving(Receiver()) as receiver, ledger_with_delivery(tmp_path, db_dsn) as (server, env):
         destination, _ = add_destination(env, receiver.url)
         c = Checkout(seed=950, items=2)
-        send(server, checkout_events(c))
+        deliver(server, checkout_events(c))
         wait_for(
             lambda: sum(verified_type(r) == "inventory.adjusted" for r in receiver.delivered().values()) == items_of(c),
             what="first delivery",
@@ -374,7 +362,7 @@ def test_rotation_signs_with_both_secrets_during_the_overlap(db_dsn: str, tmp_pa
         new = ledger(env, "destinations", "rotate-secret", destination).stdout.split("secret:", 1)[1].split()[0]
         assert new != old
         assert new.startswith("whsec_")
-        send(server, checkout_events(Checkout(seed=960)))
+        deliver(server, checkout_events(Checkout(seed=960)))
         wait_for(lambda: bool(receiver.delivered()), what="a message")
         for got in receiver.delivered().values():
             assert len(got.headers["webhook-signature"].split()) == 2
@@ -397,7 +385,7 @@ def test_live_and_test_objects_go_to_their_modes(db_dsn: str, tmp_path: Path) ->
     ):
         add_destination(env, live.url, "--types", "inventory.adjusted")
         add_destination(env, test.url, "--types", "inventory.adjusted", "--mode", "test")
-        send(server, checkout_events(Checkout(seed=970)) + checkout_events(Checkout(seed=971, test_mode=True)))
+        deliver(server, checkout_events(Checkout(seed=970)) + checkout_events(Checkout(seed=971, test_mode=True)))
         wait_for(lambda: bool(live.delivered()) and bool(test.delivered()), what="both modes")
         time.sleep(1)
         assert {r.doc["test_mode"] for r in live.delivered().values()} == {False}
@@ -416,11 +404,11 @@ def test_a_hanging_receiver_delays_neither_another_destination_nor_ingest(db_dsn
         started = time.monotonic()
         c = Checkout(seed=980, items=3)
         events = checkout_events(c)
-        send(server, events)
+        deliver(server, events)
         wait_for(lambda: len(fast.delivered()) >= items_of(c) + 1, timeout=15, what="the fast destination")
         assert time.monotonic() - started < 15
         t0 = time.monotonic()
-        send(server, checkout_events(Checkout(seed=981)))
+        deliver(server, checkout_events(Checkout(seed=981)))
         assert time.monotonic() - t0 < 5  # ingest is not held by the hanging receiver
 
 
@@ -448,7 +436,7 @@ def test_a_process_killed_mid_delivery_delivers_after_restart(db_dsn: str, tmp_p
         destination, _ = add_destination(env, receiver.url, "--types", "inventory.adjusted")
         c = Checkout(seed=990, items=3)
         with run_server(tmp_path, env) as server:
-            send(server, checkout_events(c))
+            deliver(server, checkout_events(c))
             wait_for(lambda: len(receiver.got) >= 1, what="an attempt in flight")
             server.process.send_signal(signal.SIGKILL)
             server.process.wait()

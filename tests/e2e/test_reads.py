@@ -16,21 +16,9 @@ import asyncpg
 import httpx
 
 from ledger_cli.scenarios import Checkout, checkout_events
-from tests.support import API_TOKEN, SECRET, RunningServer, ledger_command, run_server, signed_headers
+from tests.support import API_TOKEN, SECRET, RunningServer, deliver, ledger_command, run_server
 
 SECRET_FOR_WORK = SECRET
-
-
-def deliver(server: RunningServer, events: list[dict[str, Any]]) -> int:
-    """Posts every event; returns the last position."""
-    last = 0
-    with httpx.Client(timeout=30) as client:
-        for event in events:
-            body = json.dumps(event)
-            reply = client.post(server.url + "/webhooks/flex", content=body, headers=signed_headers(body))
-            assert reply.status_code == 200, reply.text
-            last = max(last, reply.json()["position"])
-    return last
 
 
 def test_read_routes_after_webhooks(db_dsn: str, tmp_path: Path) -> None:
