@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Collection
 
 import asyncpg
 
@@ -39,20 +40,34 @@ class CheckpointWatcher:
         self.connected = asyncio.Event()
         self._waiting: list[tuple[list[str], int, asyncio.Future[None]]] = []
         self._subscribers: list[asyncio.Event] = []
+        self._checkpoint_subscribers: list[tuple[frozenset[str], asyncio.Event]] = []
         self._conn: asyncpg.Connection | None = None
         self._query_lock = asyncio.Lock()
         self._head_refresh: asyncio.Task[int] | None = None
 
-    def subscribe(self) -> asyncio.Event:
+    def subscribe(self, *, after: Collection[str] = ()) -> asyncio.Event:
         """An event set whenever the log grows (and after every reconnect, when a notification may
-        have been missed): what wakes a projection runner or the reactor. Polling stays the truth."""
+        have been missed): what wakes a projection runner or the reactor. Given projections
+        (``after``), whenever one of them commits a batch instead: what wakes a follower of those
+        read models (outbound delivery), to which the log's growth alone gives nothing to do.
+        Polling stays the truth."""
         event = asyncio.Event()
-        self._subscribers.append(event)
+        if after:
+            self._checkpoint_subscribers.append((frozenset(after), event))
+        else:
+            self._subscribers.append(event)
         return event
 
-    def _wake_subscribers(self) -> None:
-        for event in self._subscribers:
-            event.set()
+    def _wake_subscribers(self, moved: str | None = None) -> None:
+        """Wakes the log's subscribers, or those following projection ``moved``; everyone after a
+        reconnect (``moved`` = ``"*"``)."""
+        if moved is None or moved == "*":
+            for event in self._subscribers:
+                event.set()
+        if moved is not None:
+            for names, event in self._checkpoint_subscribers:
+                if moved == "*" or moved in names:
+                    event.set()
 
     def reached(self, names: list[str], position: int) -> bool:
         """Whether every named projection (none: the log itself) has applied ``position``."""
@@ -150,6 +165,7 @@ class CheckpointWatcher:
             else:
                 name, _, position = payload.rpartition(":")
                 self.positions[name] = max(self.positions.get(name, 0), int(position))
+                self._wake_subscribers(moved=name)
                 self._update()
         except ValueError:
             return
@@ -166,7 +182,7 @@ class CheckpointWatcher:
                     self._conn = conn
                     await self._resync(conn)
                     self.connected.set()
-                    self._wake_subscribers()  # anything missed while disconnected is found by polling
+                    self._wake_subscribers("*")  # anything missed while disconnected is found by polling
                     ticks = 0
                     while not conn.is_closed():
                         await asyncio.sleep(self.resync_interval)

@@ -10,8 +10,9 @@ Time travel folds those events, up to a position, with the projection's own fold
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -27,7 +28,7 @@ from projections.orders import ORDERS
 from projections.shapes import Order
 from projections.sql import projection_queries as queries
 
-__all__ = ["documents_at", "order_as_of", "order_at", "order_events", "order_timeline", "orders_at"]
+__all__ = ["documents_at", "histories", "order_as_of", "order_at", "order_events", "order_timeline", "orders_at"]
 
 _EVERY_POSITION = 2**63 - 1
 _T = TypeVar("_T")
@@ -43,7 +44,23 @@ async def _history(
         [(_, _, found)] = await documents.intents_of(conn, [record])
         intents = [pi for pi, _, _ in found]
     entities = [record["checkout_session_id"], *intents]
-    return [r["position"] for r in await conn.fetch(queries.order_history_positions, entities, upto)]
+    touched = await histories(conn, queries.order_history_of, entities, upto)
+    return sorted({position for positions in touched.values() for position in positions})
+
+
+async def histories(conn: asyncpg.Connection, query: str, entities: Sequence[str], upto: int) -> dict[str, list[int]]:
+    """The positions (up to ``upto``) of the events that touched each of ``entities``, by a
+    ``*_history_of`` query: one round trip for them all."""
+    out: dict[str, list[int]] = {entity: [] for entity in entities}
+    for r in await conn.fetch(query, list(out), upto):
+        out[r["entity_id"]].append(r["position"])
+    return out
+
+
+async def _rows_at(conn: asyncpg.Connection, positions: set[int]) -> dict[int, LogRow]:
+    """The decoded events at ``positions``, by position: one round trip."""
+    rows, _ = decode_rows(await events_at(conn, sorted(positions)))
+    return {row.position: row for row in rows}
 
 
 async def _order_records(pool: asyncpg.Pool, checkout_session_id: str) -> list[asyncpg.Record] | None:
@@ -103,26 +120,37 @@ async def order_as_of(
 
 async def order_at(conn: asyncpg.Connection, checkout_session_id: str, upto: int) -> Order | None:
     """``order_as_of`` a log position, on a connection."""
-    return (await orders_at(conn, checkout_session_id, [upto]))[upto]
+    return (await orders_at(conn, {checkout_session_id: [upto]}))[checkout_session_id][upto]
 
 
 async def orders_at(
-    conn: asyncpg.Connection, checkout_session_id: str, positions: Sequence[int]
-) -> dict[int, Order | None]:
-    """The order as it stood after each of ``positions`` (``None`` where it did not exist yet): its
-    history read once, up to the last of them, and folded once in log order with the orders
-    projection's own fold, taking the document at each position (outbound delivery's
-    ``order.updated``, many positions of one order in a batch)."""
-    wanted = sorted(set(positions))
-    out: dict[int, Order | None] = dict.fromkeys(wanted)
-    record = await conn.fetchrow(queries.order_get, checkout_session_id)
-    if record is None or not wanted:
+    conn: asyncpg.Connection, wanted: Mapping[str, Sequence[int]]
+) -> dict[str, dict[int, Order | None]]:
+    """Each order (by checkout session id) as it stood after each of its ``wanted`` positions
+    (``None`` where it did not exist yet): every history read at once, up to the last position
+    asked, and each folded once in log order with the orders projection's own fold, taking the
+    document at each position (outbound delivery's ``order.updated``: a batch's orders, many
+    positions each). A fixed number of round trips, whatever the number of orders."""
+    asked = {sid: sorted(set(positions)) for sid, positions in wanted.items()}
+    out: dict[str, dict[int, Order | None]] = {sid: dict.fromkeys(positions) for sid, positions in asked.items()}
+    records = [r for r in await conn.fetch(queries.orders_get_many, list(asked)) if asked[r["checkout_session_id"]]]
+    if not records:
         return out
-    [current] = await documents.with_intents(conn, [record])  # its intents, and flags as of now
-    now_intents = [p.payment_intent_id for p in current.payment_intents]
-    rows, _ = decode_rows(await events_at(conn, await _history(conn, record, wanted[-1], now_intents)))
-    completed_twice = "duplicate_payment" in current.flags
-    return _snapshots(rows, ORDERS.fold, wanted, lambda d: _document(d, checkout_session_id, completed_twice))
+    currents = await documents.with_intents(conn, records)  # their intents, and flags as of now
+    entities = {
+        order.checkout_session_id: [order.checkout_session_id, *(p.payment_intent_id for p in order.payment_intents)]
+        for order in currents
+    }
+    upto = max(asked[sid][-1] for sid in entities)
+    touched = await histories(conn, queries.order_history_of, [e for es in entities.values() for e in es], upto)
+    history = {sid: sorted({p for e in es for p in touched[e] if p <= asked[sid][-1]}) for sid, es in entities.items()}
+    rows = await _rows_at(conn, {p for positions in history.values() for p in positions})
+    for order in currents:
+        sid, completed_twice = order.checkout_session_id, "duplicate_payment" in order.flags
+        own = [rows[p] for p in history[sid] if p in rows]
+        take = functools.partial(_document, checkout_session_id=sid, completed_twice=completed_twice)
+        out[sid] = _snapshots(own, ORDERS.fold, asked[sid], take)
+    return out
 
 
 def _snapshots(
@@ -148,25 +176,29 @@ async def documents_at(
     conn: asyncpg.Connection,
     projection: Projection,
     history: str,
-    entity_id: str,
-    positions: Sequence[int],
+    wanted: Mapping[str, Sequence[int]],
     build: Callable[[str, int, Mergeable], _T],
-) -> dict[int, _T | None]:
-    """A customer's or a subscription's document (``build``: ``projections.documents``) as it stood
-    after each of ``positions``, folded from its history (``history``: the query of its positions)
-    with the projection's own fold; ``None`` where it did not exist yet."""
-    wanted = sorted(set(positions))
-    if not wanted:
+) -> dict[str, dict[int, _T | None]]:
+    """Customers' or subscriptions' documents (``build``: ``projections.documents``) as they stood
+    after each of their ``wanted`` positions, folded from their histories (``history``: the
+    ``*_history_of`` query) with the projection's own fold; ``None`` where one did not exist yet.
+    Two round trips, whatever the number of entities."""
+    asked = {entity_id: sorted(set(positions)) for entity_id, positions in wanted.items() if positions}
+    if not asked:
         return {}
     table = projection.tables[0].name
-    found = [r["position"] for r in await conn.fetch(history, entity_id, wanted[-1])]
-    rows, _ = decode_rows(await events_at(conn, found))
+    touched = await histories(conn, history, list(asked), max(positions[-1] for positions in asked.values()))
+    rows = await _rows_at(conn, {p for e, positions in touched.items() for p in positions if p <= asked[e][-1]})
+    out: dict[str, dict[int, _T | None]] = {}
+    for entity_id, positions in asked.items():
 
-    def take(deltas: Deltas) -> _T | None:
-        state = deltas.by_table.get(table, {}).get(entity_id)
-        return None if state is None else build(entity_id, deltas.positions[table][entity_id], state)
+        def take(deltas: Deltas, entity_id: str = entity_id) -> _T | None:
+            state = deltas.by_table.get(table, {}).get(entity_id)
+            return None if state is None else build(entity_id, deltas.positions[table][entity_id], state)
 
-    return _snapshots(rows, projection.fold, wanted, take)
+        own = [rows[p] for p in touched[entity_id] if p <= positions[-1] and p in rows]
+        out[entity_id] = _snapshots(own, projection.fold, positions, take)
+    return out
 
 
 def _document(deltas: Deltas, checkout_session_id: str, completed_twice: bool) -> Order | None:

@@ -46,8 +46,8 @@ SOURCES = tuple(p.name for p in _READ_MODELS)
 PATTERNS = like_patterns({prefix for p in _READ_MODELS for prefix in p.prefixes})
 # Customers and subscriptions: the projection, its table, the query of an entity's history, its document.
 _ENTITIES = (
-    (CUSTOMER_UPDATED, CUSTOMERS, projection_queries.customer_history_positions, customer_document),
-    (SUBSCRIPTION_UPDATED, SUBSCRIPTIONS, projection_queries.subscription_history_positions, subscription_document),
+    (CUSTOMER_UPDATED, CUSTOMERS, projection_queries.customer_history_of, customer_document),
+    (SUBSCRIPTION_UPDATED, SUBSCRIPTIONS, projection_queries.subscription_history_of, subscription_document),
 )
 
 
@@ -121,7 +121,7 @@ async def derive(conn: asyncpg.Connection, rows: Sequence[LogRow]) -> list[Messa
     for row, entities in touched:
         for session_id in {sessions_of.get(e, e) for e in entities}:
             at_positions.setdefault(session_id, []).append(row.position)
-    orders = {sid: await orders_at(conn, sid, positions) for sid, positions in at_positions.items()}
+    orders = await orders_at(conn, at_positions)
     others = await _entity_messages(conn, rows, recorded)
     out: list[Message] = []
     for row, entities in touched:
@@ -142,7 +142,7 @@ async def _entity_messages(
     conn: asyncpg.Connection, rows: Sequence[LogRow], recorded: dict[int, datetime]
 ) -> dict[int, list[Message]]:
     """``customer.updated`` and ``subscription.updated`` of the batch, by position: each entity an
-    event folded into, its document as of that position (one history read per entity and batch)."""
+    event folded into, its document as of that position (every history of a kind read at once)."""
     out: dict[int, list[Message]] = {}
     for kind, projection, history, build in _ENTITIES:
         table = projection.tables[0].name
@@ -153,9 +153,9 @@ async def _entity_messages(
                 projection.fold(row, deltas)
             for entity_id in deltas.by_table.get(table, {}):
                 at_positions.setdefault(entity_id, []).append(row.position)
-        for entity_id in sorted(at_positions):
-            docs = await documents_at(conn, projection, history, entity_id, at_positions[entity_id], build)
-            for position, doc in sorted(docs.items()):
+        documents = await documents_at(conn, projection, history, at_positions, build)
+        for entity_id in sorted(documents):
+            for position, doc in sorted(documents[entity_id].items()):
                 if doc is not None:
                     test_mode = bool(getattr(doc, "test_mode", False))
                     message = _message(kind, position, entity_id, recorded[position], test_mode, doc)

@@ -22,6 +22,7 @@ from projections.upgrade import upgrade_projections
 from reactors.delivery import DeliveryWorker, Outcome
 from reactors.flex_client import clients_for
 from reactors.fulfillment import FulfillmentReactor
+from reactors.messages import SOURCES
 from reactors.reconcile import AutomaticReconcile
 
 __all__ = ["running_workers"]
@@ -68,7 +69,7 @@ async def running_workers(
     delivery = DeliveryWorker(
         dsn,
         delivery_pool,
-        watcher.subscribe(),
+        watcher.subscribe(after=SOURCES),  # messages read these read models: derived once they apply
         schedule=settings.delivery_schedule,
         timeout=settings.delivery_timeout,
         concurrency=settings.delivery_concurrency,

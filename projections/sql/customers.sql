@@ -17,9 +17,13 @@ INSERT INTO customer_history (entity_id, position)
 SELECT * FROM unnest($1::text[], $2::bigint[])
 ON CONFLICT DO NOTHING;
 
--- name: customer_history_positions
--- The positions, up to $2, of the events that touched customer $1, in log order.
-SELECT position FROM customer_history WHERE entity_id = $1 AND position <= $2 ORDER BY position;
+-- name: customer_history_of
+-- The positions, up to $2, of the events that touched each customer of $1 (entity_id, position), in
+-- log order per customer: one range probe of the key per customer.
+SELECT k.id AS entity_id, h.position
+FROM unnest($1::text[]) AS k(id)
+CROSS JOIN LATERAL (SELECT position FROM customer_history WHERE entity_id = k.id AND position <= $2
+                    ORDER BY position) h;
 
 -- name: customer_get
 SELECT customer_id, position, state::text AS state FROM customers WHERE customer_id = $1;

@@ -135,9 +135,10 @@ INSERT INTO order_history (entity_id, position)
 SELECT * FROM unnest($1::text[], $2::bigint[])
 ON CONFLICT DO NOTHING;
 
--- name: order_history_positions
--- The positions of the events that touched any of the entities $1, up to position $2, in order.
-SELECT DISTINCT h.position
+-- name: order_history_of
+-- The positions, up to $2, of the events that touched each of the entities $1 (a session or a
+-- payment intent): (entity_id, position), in log order per entity; one range probe per entity.
+SELECT k.id AS entity_id, h.position
 FROM unnest($1::text[]) AS k(id)
-CROSS JOIN LATERAL (SELECT position FROM order_history WHERE entity_id = k.id AND position <= $2) h
-ORDER BY h.position;
+CROSS JOIN LATERAL (SELECT position FROM order_history WHERE entity_id = k.id AND position <= $2
+                    ORDER BY position) h;

@@ -18,9 +18,13 @@ INSERT INTO subscription_history (entity_id, position)
 SELECT * FROM unnest($1::text[], $2::bigint[])
 ON CONFLICT DO NOTHING;
 
--- name: subscription_history_positions
--- The positions, up to $2, of the events that touched subscription $1, in log order.
-SELECT position FROM subscription_history WHERE entity_id = $1 AND position <= $2 ORDER BY position;
+-- name: subscription_history_of
+-- The positions, up to $2, of the events that touched each subscription of $1 (entity_id, position), in
+-- log order per subscription: one range probe of the key per subscription.
+SELECT k.id AS entity_id, h.position
+FROM unnest($1::text[]) AS k(id)
+CROSS JOIN LATERAL (SELECT position FROM subscription_history WHERE entity_id = k.id AND position <= $2
+                    ORDER BY position) h;
 
 -- name: subscription_get
 SELECT subscription_id, position, state::text AS state FROM subscriptions WHERE subscription_id = $1;

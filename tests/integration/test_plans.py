@@ -46,6 +46,9 @@ LARGE_TABLES = (
     "inventory_adjustments",
     "fulfillment_queue",
     "destination_messages",
+    "order_history",
+    "customer_history",
+    "subscription_history",
 )
 
 # Pages of a list whose size is a parameter: the read pool plans them for each call
