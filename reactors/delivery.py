@@ -170,24 +170,26 @@ class _Destination:
         self.in_flight: set[asyncio.Task[None]] = set()
         self.delivered: list[tuple[str, int]] = []  # answered 2xx, recorded together by the send loop
         # claimed ahead (up to ``concurrency`` more), so that a finished attempt's slot is taken at once
-        self.ready: collections.deque[tuple[asyncpg.Record, asyncpg.Record]] = collections.deque()
+        self.ready: collections.deque[asyncpg.Record] = collections.deque()
         self.task = asyncio.create_task(self._send_loop(), name=f"delivery-{destination_id}")
 
     async def _send_loop(self) -> None:
         worker = self.worker
         lease = worker.timeout + 30
+        quiet = False
         while True:
             try:
-                await self._flush()
                 room = 2 * worker.concurrency - len(self.in_flight) - len(self.ready)
+                # a round records what was delivered and claims in batches (a quarter of the room at
+                # least), not one round trip per finished attempt; when quiet, it records at once
                 claimed: list[asyncpg.Record] = []
-                # claim in batches (a quarter of the room at least), not one per finished attempt
-                if room >= max(1, worker.concurrency // 4):
-                    async with connection(worker.pool) as conn:
-                        dest = await conn.fetchrow(sql.destination_secrets, self.id)
-                        if dest is not None and dest["state"] == "enabled":
-                            claimed = await conn.fetch(sql.messages_claim, self.id, room, lease)
-                    self.ready.extend((dest, row) for row in claimed)
+                if (
+                    room >= max(1, worker.concurrency // 4)
+                    or len(self.delivered) >= worker.concurrency
+                    or (quiet and self.delivered)
+                ):
+                    claimed = await self._round(max(room, 0), lease)
+                    self.ready.extend(claimed)
                 self._start()
                 if claimed and len(claimed) == room:
                     continue  # more may be due: claim again at once
@@ -198,25 +200,34 @@ class _Destination:
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), worker.poll_interval)
+            quiet = not self.wake.is_set()
 
-    async def _flush(self) -> None:
-        """Records the attempts answered 2xx since the last flush, in one statement. A process that
-        dies before it leaves them leased: they are sent again (at least once)."""
-        if not self.delivered:
-            return
+    async def _round(self, room: int, lease: float) -> list[asyncpg.Record]:
+        """Records the attempts answered 2xx since the last round and claims up to ``room`` due
+        messages, in one round trip. A process that dies before it leaves them leased: they are
+        sent again (at least once)."""
         done, self.delivered = self.delivered, []
         try:
             async with connection(self.worker.pool) as conn:
-                await conn.execute(sql.messages_delivered, self.id, [m for m, _ in done], [s for _, s in done])
+                return list(
+                    await conn.fetch(
+                        sql.messages_claim, self.id, room, lease, [m for m, _ in done], [s for _, s in done]
+                    )
+                )
         except BaseException:
             self.delivered = done + self.delivered
             raise
 
+    async def _flush(self) -> None:
+        """Records the attempts answered 2xx since the last round, claiming nothing."""
+        if self.delivered:
+            await self._round(0, 0)
+
     def _start(self) -> None:
         """Attempts what was claimed, up to ``concurrency`` in flight."""
         while self.ready and len(self.in_flight) < self.worker.concurrency:
-            dest, row = self.ready.popleft()
-            task = asyncio.create_task(self._attempt(dest, row))
+            row = self.ready.popleft()
+            task = asyncio.create_task(self._attempt(row))
             self.in_flight.add(task)
             task.add_done_callback(self._done)
 
@@ -225,16 +236,16 @@ class _Destination:
         self._start()  # the next claimed message takes the slot at once
         self.wake.set()
 
-    async def _attempt(self, dest: asyncpg.Record, row: asyncpg.Record) -> None:
+    async def _attempt(self, row: asyncpg.Record) -> None:
         """One attempt of a leased message, signed with the secrets read when it was claimed."""
         worker = self.worker
         message_id, body = row["message_id"], bytes(row["body"])
         try:
-            keys = [decode_secret(dest["secret"])]
-            if dest["previous_secret"]:
-                keys.append(decode_secret(dest["previous_secret"]))
+            keys = [decode_secret(row["secret"])]
+            if row["previous_secret"]:
+                keys.append(decode_secret(row["previous_secret"]))
             started = time.perf_counter()
-            outcome = await worker.send(dest["url"], keys, message_id, body)
+            outcome = await worker.send(row["url"], keys, message_id, body)
             worker.observe(row["type"], outcome, time.perf_counter() - started)
             if outcome.delivered and outcome.status is not None:
                 self.delivered.append((message_id, outcome.status))

@@ -21,12 +21,6 @@ CROSS JOIN public.ledger_head h
 WHERE $1::text IS NULL OR d.destination_id = $1
 ORDER BY d.created_at, d.destination_id;
 
--- name: destination_secrets
--- What signs a message now: the secret, and the previous one during a rotation's overlap.
-SELECT url, state, mode, types, secret,
-       CASE WHEN previous_secret_until > now() THEN previous_secret END AS previous_secret
-FROM public.destinations WHERE destination_id = $1;
-
 -- name: destination_set_state
 UPDATE public.destinations SET state = $2, updated_at = now() WHERE destination_id = $1
 RETURNING destination_id;
@@ -78,19 +72,40 @@ SET status = 'retrying', attempts = 0, next_attempt_at = EXCLUDED.next_attempt_a
     delivered_at = NULL, leased_until = NULL;
 
 -- name: messages_claim
--- Due messages, oldest first, leased for $3 seconds: a process that dies mid-attempt leaves them
--- to be attempted again when the lease ends (or when the next worker starts: leases_clear).
-UPDATE public.destination_messages m SET leased_until = now() + make_interval(secs => $3)
-FROM (
-    SELECT message_id FROM public.destination_messages
-    WHERE destination_id = $1 AND status = 'retrying' AND next_attempt_at <= now()
-      AND (leased_until IS NULL OR leased_until < now())
-    ORDER BY next_attempt_at, position
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-) due
-WHERE m.destination_id = $1 AND m.message_id = due.message_id
-RETURNING m.message_id, m.position, m.type, m.body, m.attempts;
+-- A round of a destination's sender, in one round trip: the attempts answered 2xx since its last
+-- round recorded ($4: message ids, $5: statuses), then up to $2 due messages, oldest first, leased
+-- for $3 seconds (a process that dies mid-attempt leaves them to be attempted again when the lease
+-- ends, or when the next worker starts: leases_clear), each with what signs it now: the secret, and
+-- the previous one during a rotation's overlap. Nothing is claimed unless the destination is enabled.
+WITH done AS (
+    UPDATE public.destination_messages m
+    SET status = 'delivered', attempts = m.attempts + 1, last_status_code = i.status, last_error = NULL,
+        last_attempt_at = now(), delivered_at = now(), next_attempt_at = NULL, leased_until = NULL
+    FROM unnest($4::text[], $5::int[]) AS i(message_id, status)
+    WHERE m.destination_id = $1 AND m.message_id = i.message_id AND m.status = 'retrying'
+    RETURNING 1
+), counted AS (
+    UPDATE public.destinations SET delivered_count = delivered_count + (SELECT count(*) FROM done)
+    WHERE destination_id = $1 AND cardinality($4::text[]) > 0
+), signing AS (
+    SELECT url, secret, CASE WHEN previous_secret_until > now() THEN previous_secret END AS previous_secret
+    FROM public.destinations WHERE destination_id = $1 AND state = 'enabled'
+), claimed AS (
+    UPDATE public.destination_messages m SET leased_until = now() + make_interval(secs => $3)
+    FROM (
+        SELECT message_id FROM public.destination_messages
+        WHERE destination_id = $1 AND status = 'retrying' AND next_attempt_at <= now()
+          AND (leased_until IS NULL OR leased_until < now()) AND message_id <> ALL($4::text[])
+          AND EXISTS (SELECT 1 FROM signing)
+        ORDER BY next_attempt_at, position
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    ) due
+    WHERE m.destination_id = $1 AND m.message_id = due.message_id
+    RETURNING m.message_id, m.position, m.type, m.body, m.attempts
+)
+SELECT c.message_id, c.position, c.type, c.body, c.attempts, s.url, s.secret, s.previous_secret
+FROM claimed c CROSS JOIN signing s;
 
 -- name: leases_clear
 -- The delivery worker starting (it holds the delivery lock: no attempt is in flight anywhere).
@@ -102,19 +117,6 @@ DELETE FROM public.destination_messages m
 USING (SELECT destination_id, message_id FROM public.destination_messages
        WHERE status = 'delivered' AND delivered_at < $1 ORDER BY delivered_at LIMIT $2) old
 WHERE m.destination_id = old.destination_id AND m.message_id = old.message_id;
-
--- name: messages_delivered
--- Attempts answered 2xx ($2: message ids, $3: statuses), recorded together.
-WITH done AS (
-    UPDATE public.destination_messages m
-    SET status = 'delivered', attempts = m.attempts + 1, last_status_code = i.status, last_error = NULL,
-        last_attempt_at = now(), delivered_at = now(), next_attempt_at = NULL, leased_until = NULL
-    FROM unnest($2::text[], $3::int[]) AS i(message_id, status)
-    WHERE m.destination_id = $1 AND m.message_id = i.message_id AND m.status = 'retrying'
-    RETURNING 1
-)
-UPDATE public.destinations SET delivered_count = delivered_count + (SELECT count(*) FROM done)
-WHERE destination_id = $1;
 
 -- name: message_retry
 -- A failed attempt: due again in $5 seconds, or failed for good when $5 is NULL.

@@ -262,7 +262,7 @@ async def _populate(pool: asyncpg.Pool) -> None:
             pass
         messages = [r[0] for r in await conn.fetch("SELECT message_id FROM destination_messages ORDER BY 1")]
         delivered = messages[:-40]
-        await conn.execute(reactor_queries.messages_delivered, "dst_plans", delivered, [200] * len(delivered))
+        await conn.execute(reactor_queries.messages_claim, "dst_plans", 0, 0, delivered, [200] * len(delivered))
         for message in messages[-40:-20]:
             await conn.execute(reactor_queries.message_retry, "dst_plans", message, 500, "test", None)
 
