@@ -364,6 +364,29 @@ CREATE TABLE IF NOT EXISTS subscription_history (
 );
 -- end projection: subscriptions
 
+-- projection: invoices
+CREATE TABLE IF NOT EXISTS invoices (
+    invoice_id       text PRIMARY KEY,
+    subscription_id  text,
+    customer_id      text,
+    status           text,                         -- draft | open | paid | void | uncollectible
+    test_mode        boolean,
+    sort_at          bigint NOT NULL,              -- microseconds: created_at, else period_start, else first seen
+    position         bigint NOT NULL,
+    state            json NOT NULL
+);
+CREATE INDEX IF NOT EXISTS invoices_sort_idx ON invoices (sort_at DESC, invoice_id DESC);
+CREATE INDEX IF NOT EXISTS invoices_subscription_idx ON invoices (subscription_id, sort_at DESC, invoice_id DESC);
+CREATE INDEX IF NOT EXISTS invoices_customer_idx ON invoices (customer_id, sort_at DESC, invoice_id DESC);
+CREATE INDEX IF NOT EXISTS invoices_status_idx ON invoices (status, sort_at DESC, invoice_id DESC);
+-- Which events touched which invoice: its history, for its documents as of any position.
+CREATE TABLE IF NOT EXISTS invoice_history (
+    entity_id  text NOT NULL,                      -- an invoice id
+    position   bigint NOT NULL,
+    CONSTRAINT invoice_history_pkey PRIMARY KEY (entity_id, position)
+);
+-- end projection: invoices
+
 -- projection: inventory
 CREATE TABLE IF NOT EXISTS inventory_adjustments (
     adjustment_id        text PRIMARY KEY,
@@ -507,8 +530,10 @@ CREATE TABLE IF NOT EXISTS destination_messages (
     created_at       timestamptz NOT NULL DEFAULT now(),
     CONSTRAINT destination_messages_pkey PRIMARY KEY (destination_id, message_id)
 );
-CREATE INDEX IF NOT EXISTS destination_messages_due
-    ON destination_messages (destination_id, next_attempt_at) WHERE status = 'retrying';
+-- What is due, in the order a sender claims it (due time, then log position): a claim reads only
+-- the rows it takes, however many wait.
+CREATE INDEX IF NOT EXISTS destination_messages_due_order
+    ON destination_messages (destination_id, next_attempt_at, position) WHERE status = 'retrying';
 CREATE INDEX IF NOT EXISTS destination_messages_failed
     ON destination_messages (destination_id, position, message_id) WHERE status = 'failed';
 CREATE INDEX IF NOT EXISTS destination_messages_in_order
@@ -521,6 +546,6 @@ CREATE INDEX IF NOT EXISTS destination_messages_delivered_at
 -- reconcile runs. Version 8: events a follower skipped, by position (projection_failures); console sign-outs.
 -- Version 9: outbound delivery (destinations, destination_messages); customers' and subscriptions'
 -- histories (their documents as of any position, for the messages).
-INSERT INTO ledger_schema (id, version) VALUES (1, 9)
+INSERT INTO ledger_schema (id, version) VALUES (1, 10)
 ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
 WHERE ledger_schema.version < EXCLUDED.version;

@@ -51,9 +51,14 @@ def checked(name: str, value: int | str | None) -> None:
         raise InvalidRequest(f"{name} must be 1 to 255 characters, none of them control characters")
 
 
-# Parameters that are numbers, booleans or a fixed set of words on every route. The framework reads the text "null" as
-# "not given" for an optional one; a client that sends it means something, so it is refused.
-_NOT_TEXT = frozenset({"min_position", "after", "limit", "test_mode", "payment_status", "as_of_position", "as_of"})
+def _takes_text(request: Request[Any, Any, Any], name: str) -> bool:
+    """Whether the route's query parameter ``name`` is free text (not a number, a boolean, a time or
+    one of a fixed set of words): read from the route's own signature."""
+    field = request.route_handler.parsed_fn_signature.parameters.get(name)
+    if field is None:
+        return True
+    kinds = [t.annotation for t in field.inner_types] if field.is_optional else [field.annotation]
+    return all(kind is str for kind in kinds if kind is not type(None))
 
 
 async def strict_query(request: Request[Any, Any, Any]) -> None:
@@ -68,5 +73,7 @@ async def strict_query(request: Request[Any, Any, Any]) -> None:
         if name in seen:
             raise InvalidRequest(f"{name}: give it once")
         seen.add(name)
-        if name in _NOT_TEXT and value.strip().lower() == "null":
+        # The framework reads the text "null" as "not given" for an optional parameter that is not
+        # text; a client that sends it means something, so it is refused.
+        if value.strip().lower() == "null" and not _takes_text(request, name):
             raise InvalidRequest(f"{name}: null is not a value here; leave the parameter out instead")

@@ -1,4 +1,4 @@
-"""Read routes under ``/v1``: orders, customers, subscriptions and projection status.
+"""Read routes under ``/v1``: orders, customers, subscriptions, invoices and projection status.
 
 Every route accepts ``?min_position=N`` (the position a webhook reply returned, or another reply's
 ``Ledger-Position``) and waits, up to a few seconds, until the projections it reads from have
@@ -161,6 +161,51 @@ async def get_subscription(state: AppState, subscription_id: PathId, min_positio
     )
 
 
+InvoiceStatus = Literal["draft", "open", "paid", "void", "uncollectible"]
+
+
+@get(
+    "/invoices/{invoice_id:str}",
+    summary="One invoice",
+    tags=["subscriptions"],
+    responses=ok(schemas.Invoice, "The invoice", can_404=True),
+)
+async def get_invoice(state: AppState, invoice_id: PathId, min_position: MinPosition = None) -> Response[Any]:
+    headers = await fresh_headers(state, ["invoices"], min_position)
+    return _found_or_404(await documents.get_invoice(state.pool, invoice_id), f"no invoice {invoice_id!r}", headers)
+
+
+@get(
+    "/invoices",
+    summary="Invoices, newest first",
+    tags=["subscriptions"],
+    responses=ok(schemas.InvoicePage, "A page of invoices"),
+)
+async def list_invoices(
+    state: AppState,
+    subscription_id: Text = None,
+    customer_id: Text = None,
+    status: InvoiceStatus | None = None,
+    test_mode: bool | None = None,
+    limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
+    cursor: OrdersCursor = None,
+    min_position: MinPosition = None,
+) -> Response[Any]:
+    for name, value in (("subscription_id", subscription_id), ("customer_id", customer_id)):
+        checked(name, value)
+    headers = await fresh_headers(state, ["invoices"], min_position)
+    data, next_cursor = await documents.list_invoices(
+        state.pool,
+        subscription_id=subscription_id,
+        customer_id=customer_id,
+        status=status,
+        test_mode=test_mode,
+        limit=limit,
+        cursor=cursor,
+    )
+    return Response({"data": data, "next_cursor": next_cursor}, headers=headers)
+
+
 @get(
     "/projections",
     summary="Every projection's position, lag and state",
@@ -221,6 +266,8 @@ READ_ROUTES = [
     list_orders,
     get_customer,
     get_subscription,
+    get_invoice,
+    list_invoices,
     list_projections,
     get_inventory,
     list_adjustments,

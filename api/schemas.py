@@ -9,15 +9,20 @@ from litestar.openapi.datastructures import ResponseSpec
 
 from api.errors import ErrorBody
 from ledger.log import LoggedEvent
-from projections.shapes import Adjustment, Customer, InventoryLevel, Order, Subscription
+from projections.shapes import Adjustment, Customer, InventoryLevel, Invoice, Order, Subscription
 from reactors.reconcile import ReconcileStatus
 from reactors.status import FollowerStatus
 
-__all__ = ["ERRORS", "Customer", "ErrorBody", "Order", "ReconcileStatus", "Subscription", "ok"]
+__all__ = ["ERRORS", "Customer", "ErrorBody", "Invoice", "Order", "ReconcileStatus", "Subscription", "ok"]
 
 
 class OrderPage(msgspec.Struct):
     data: list[Order]
+    next_cursor: str | None
+
+
+class InvoicePage(msgspec.Struct):
+    data: list[Invoice]
     next_cursor: str | None
 
 

@@ -9,7 +9,8 @@ reactor's events), projects it, then adds a destination pointing at a receiver (
 aiohttp) that answers ``200`` after ``--latency`` seconds, replays it from position 1 and runs
 ``ledger work`` until every message is delivered. The ceiling is ``concurrency / latency`` messages
 per second (what the receiver allows); the figure is delivered messages per second, and its ratio
-to the ceiling.
+to the ceiling and to a baseline of the same run: a plain client (no signing, no database) posting
+to the same receiver at the same concurrency (on two shared cores it falls short of the ceiling).
 
 ``--live``: ``ledger serve`` takes signed webhooks at ``--rate`` per second while one healthy
 destination (answering at once) is delivered to; the figure is each message's latency from the
@@ -85,6 +86,24 @@ async def fill(dsn: str, checkouts: int) -> int:
             return int(await conn.fetchval("SELECT position FROM ledger_head"))
     finally:
         await pool.close()
+
+
+async def plain_client_rate(port: int, concurrency: int, count: int = 3000) -> float:
+    """The baseline of the same run: what a plain client (httpx over aiohttp, no signing, no
+    database) gets from the same receiver at the same concurrency, in messages per second."""
+    body = b'{"type":"order.updated","data":{}}' + b" " * 600
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
+    async with httpx.AsyncClient(transport=AiohttpTransport(limits=limits), timeout=30) as client:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one() -> None:
+            async with gate:
+                await client.post(f"http://127.0.0.1:{port}/hooks", content=body)
+
+        await asyncio.gather(*(one() for _ in range(200)))  # connections opened, receiver warm
+        started = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(count)))
+        return count / (time.perf_counter() - started)
 
 
 async def _failed(dsn: str) -> int:
@@ -217,6 +236,13 @@ async def main() -> None:
         port = free_port()
         status = "500" if args.failing else "200"
         receiver = subprocess.Popen([sys.executable, "-c", RECEIVER, str(port), str(args.latency), status])
+        baseline = None
+        if not args.failing:
+            for _ in range(50):
+                with contextlib.suppress(httpx.HTTPError):
+                    baseline = await plain_client_rate(port, args.concurrency)
+                    break
+                await asyncio.sleep(0.2)
         env = {
             **os.environ,
             "LEDGER_DATABASE_URL": dsn,
@@ -266,10 +292,12 @@ async def main() -> None:
         elapsed = time.perf_counter() - started
         rate = last[0] / elapsed
         ceiling = args.concurrency / args.latency
+        plain = baseline or 0.0
         print(
             f"{head:,} log events -> {last[0]:,} messages delivered in {elapsed:.1f} s: {rate:,.0f} messages/s; "
             f"ceiling {ceiling:,.0f}/s (concurrency {args.concurrency} / {args.latency * 1000:.0f} ms): "
-            f"ratio {rate / ceiling:.2f}; every message derived after {derived_at or 0:.1f} s"
+            f"ratio {rate / ceiling:.2f}; a plain client to the same receiver, same run: {plain:,.0f}/s "
+            f"(ratio {rate / plain if plain else 0:.2f}); every message derived after {derived_at or 0:.1f} s"
         )
         print(
             json.dumps(
@@ -281,6 +309,8 @@ async def main() -> None:
                     "per_s": round(rate),
                     "ceiling_per_s": round(ceiling),
                     "ratio": round(rate / ceiling, 3),
+                    "plain_client_per_s": round(plain),
+                    "ratio_to_plain_client": round(rate / plain, 3) if plain else None,
                 }
             )
         )

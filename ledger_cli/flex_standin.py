@@ -7,9 +7,11 @@ Run it with ``ledger flex-standin --port 8100`` and point ``FLEX_API_BASE_URL`` 
 * ``GET /v1/checkout/sessions/{id}/line_items``: line items registered with
   ``POST /_standin/sessions/{id}`` (body ``{"line_items": [...]}``), else 1-3 items made up
   deterministically from the session id;
-* ``GET /v1/checkout/sessions/{id}`` (404 ``{"detail": "not_found"}`` when unknown), and the lists
-  ``GET /v1/checkout/sessions``, ``/v1/payment_intents`` and ``/v1/refunds`` (newest first;
-  ``limit`` 1-100, ``starting_after``; ``checkout_session`` and ``payment_intent`` filters), of the
+* ``GET /v1/checkout/sessions/{id}``, ``/v1/subscriptions/{id}`` and ``/v1/invoices/{id}`` (404
+  ``{"detail": "not_found"}`` when unknown), and the lists ``GET /v1/checkout/sessions``,
+  ``/v1/payment_intents``, ``/v1/refunds``, ``/v1/invoices`` and ``/v1/subscriptions`` (newest
+  first; ``limit`` 1-100, ``starting_after``; ``checkout_session``, ``payment_intent``,
+  ``subscription`` and, for subscriptions, ``status`` filters), of the
   resources it learned from Flex events posted to ``POST /_standin/events`` (body
   ``{"events": [...], "line_items": {session_id: [...]}}``): what ``ledger send --flex-standin``
   and the demo post, whether or not the webhooks themselves are delivered;
@@ -22,7 +24,8 @@ Run it with ``ledger flex-standin --port 8100`` and point ``FLEX_API_BASE_URL`` 
   every S seconds), ``{"huge": N}`` (a JSON answer of N bytes, streamed without a length) or, on a
   list route, ``{"endless": true}`` (a full page of new resources, created now, every time);
   TARGET is a session id or ``*`` (the per-session routes), or a route: ``line_items``,
-  ``checkout_session``, ``checkout_sessions``, ``payment_intents``, ``refunds``;
+  ``checkout_session``, ``checkout_sessions``, ``payment_intents``, ``refunds``, ``invoices``,
+  ``subscriptions``, or ``invoice`` / ``subscription`` (reading one by id);
 * every call is recorded: ``GET /_standin/calls`` gives ``{"count": N, "calls": [...]}``.
 
 A plain ASGI app, so tests and the demo run it exactly as the service runs.
@@ -90,12 +93,23 @@ _RESOURCES = {
     "checkout_session": ("checkout_session_id", "checkout_sessions"),
     "payment_intent": ("payment_intent_id", "payment_intents"),
     "refund": ("refund_id", "refunds"),
+    "invoice": ("invoice_id", "invoices"),
+    "subscription": ("subscription_id", "subscriptions"),
 }
 _LISTS = {
     "/v1/checkout/sessions": "checkout_session",
     "/v1/payment_intents": "payment_intent",
     "/v1/refunds": "refund",
+    "/v1/invoices": "invoice",
+    "/v1/subscriptions": "subscription",
 }
+# ``GET /v1/<route>/{id}``: the resources one can be read by id, answered {"<kind>": {...}}.
+_ONE = re.compile(r"^/v1/(invoices|subscriptions)/([^/]+)$")
+
+
+def _id(value: Any, id_field: str) -> Any:
+    """A reference as an id, whether Flex sent the id or the object."""
+    return value.get(id_field) if isinstance(value, dict) else value
 
 
 def _micros(value: Any) -> int:
@@ -146,6 +160,10 @@ class FlexStandIn:
         if match:
             session_id = match.group(1)
             return await self._serve(scope, send, session_id, "checkout_session", lambda: self._get(session_id))
+        match = _ONE.match(path)
+        if match:
+            kind, rid = _LISTS["/v1/" + match.group(1)], match.group(2)
+            return await self._serve(scope, send, None, kind, lambda: self._one(kind, rid))
         if path in _LISTS:
             kind = _LISTS[path]
             return await self._serve(scope, send, None, _RESOURCES[kind][1], lambda: self._list(kind, query))
@@ -183,7 +201,8 @@ class FlexStandIn:
         self.scripts.setdefault(target, deque()).extend(script or [])
 
     def learn(self, events: list[dict[str, Any]]) -> int:
-        """Keeps the newest state of every session, payment intent and refund the events carry
+        """Keeps the newest state of every session, payment intent, refund, invoice and subscription
+        the events carry
         (fields of older events fill only what newer ones did not say), as Flex's API would show it."""
         learned = 0
         for event in events:
@@ -268,6 +287,12 @@ class FlexStandIn:
             return 404, {"detail": "not_found"}
         return 200, {"checkout_session": known[1]}
 
+    def _one(self, kind: str, rid: str) -> tuple[int, Any]:
+        known = self.resources[kind].get(rid)
+        if known is None:
+            return 404, {"detail": "not_found"}
+        return 200, {kind: known[1]}
+
     def _ordered(self, kind: str) -> list[dict[str, Any]]:
         """Newest first, by creation time then id, as Flex lists."""
         cached = self._sorted[kind]
@@ -289,6 +314,10 @@ class FlexStandIn:
             items = [o for o in items if self._session_of(kind, o) == session]
         if query.get("payment_intent") is not None:
             items = [o for o in items if o.get("payment_intent_id") == query["payment_intent"]]
+        if query.get("subscription") is not None:
+            items = [o for o in items if _id(o.get("subscription"), "subscription_id") == query["subscription"]]
+        if kind == "subscription" and query.get("status") is not None:
+            items = [o for o in items if o.get("status") == query["status"]]
         after = query.get("starting_after")
         if after is not None:
             at = next((i for i, o in enumerate(items) if o.get(id_field) == after), None)

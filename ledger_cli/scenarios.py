@@ -6,6 +6,7 @@ own ``event_dt``; a scenario's events are returned in the order Flex would emit 
 
 from __future__ import annotations
 
+import hashlib
 import random
 import uuid
 from dataclasses import dataclass
@@ -17,12 +18,16 @@ from projections.ledger_events import fetched_events
 from projections.line_items import parse_line_items
 
 __all__ = [
+    "PERIOD",
     "Checkout",
+    "cancel_at_period_end_events",
     "cancel_events",
     "checkout_events",
     "dispute_events",
     "fulfillment_events",
     "refund_events",
+    "renewal_events",
+    "renewal_invoice_id",
 ]
 
 
@@ -41,6 +46,7 @@ class Checkout:
     start: int = 1_767_225_600  # 2026-01-01T00:00:00Z
     test_mode: bool = False  # a live checkout unless asked
     capture: str = "automatic"  # "manual": authorized at checkout, captured (or voided) later
+    billing_reason: bool = True  # a subscription's invoices say why they were made (Flex may not)
 
     def __post_init__(self) -> None:
         rng = random.Random(self.seed)
@@ -105,6 +111,7 @@ class Checkout:
             "customer_email": self.email,
             "payment_intents": list(self.intents) if status == "complete" else [],
             "subscription": self.subscription_id,
+            "invoice": self.invoice_id,
             "created_at": self.start,
             "expires_at": self.start + 3600,
             "success_url": "https://shop.example.com/thanks?session={CHECKOUT_SESSION_ID}",
@@ -171,7 +178,7 @@ def checkout_events(c: Checkout) -> list[dict[str, Any]]:
             "items": [{"price": p["price_id"], "quantity": 1} for p in c.prices],
             "test_mode": c.test_mode,
             "current_period_start": t + 12,
-            "current_period_end": t + 12 + 30 * 86400,
+            "current_period_end": t + 12 + PERIOD,
             "created_at": t + 12,
         }
         events.append(
@@ -186,8 +193,15 @@ def checkout_events(c: Checkout) -> list[dict[str, Any]]:
                         "invoice_id": c.invoice_id,
                         "subscription": c.subscription_id,
                         "customer": c.customer_id,
+                        "amount_due": c.total,
                         "amount_paid": c.total,
                         "status": "paid",
+                        "payment_intent": c.intents[0],
+                        "period_start": t + 12,
+                        "period_end": t + 12 + PERIOD,
+                        "created_at": t + 12,
+                        **({"billing_reason": "subscription_create"} if c.billing_reason else {}),
+                        "test_mode": c.test_mode,
                     }
                 },
             )
@@ -195,6 +209,92 @@ def checkout_events(c: Checkout) -> list[dict[str, Any]]:
         events.append(c._event("customer.subscription.updated", t + 14, {"subscription": {**sub, "status": "active"}}))
     events.append(c._event("checkout.session.completed", t + 20, {"checkout_session": c.session("complete")}))
     return events
+
+
+PERIOD = 30 * 86400  # a subscription's billing period in the scenarios
+
+
+def renewal_invoice_id(c: Checkout, cycle: int) -> str:
+    """The invoice of a subscription's ``cycle`` (1: the first renewal; 0 is the checkout's)."""
+    if cycle == 0:
+        assert c.invoice_id is not None
+        return c.invoice_id
+    return f"in_{hashlib.sha256(f'{c.subscription_id}:{cycle}'.encode()).hexdigest()[:26].upper()}"
+
+
+def renewal_events(
+    c: Checkout, cycle: int, *, outcome: str = "paid", both_paid_events: bool = True
+) -> list[dict[str, Any]]:
+    """Renewal ``cycle`` (1, 2, ...) of a subscription checkout, a period after the one before: its
+    invoice created and finalized, then paid (``invoice.paid`` and ``invoice.payment_succeeded``),
+    failed (``invoice.payment_failed``, the subscription ``past_due``) or ``recovered`` (failed,
+    then paid a day later), and the subscription's period moved on."""
+    assert c.subscription_id is not None
+    assert cycle >= 1
+    start = c.start + 12 + cycle * PERIOD
+    invoice = {
+        "invoice_id": renewal_invoice_id(c, cycle),
+        "subscription": c.subscription_id,
+        "customer": c.customer_id,
+        "amount_due": c.total,
+        "amount_paid": 0,
+        "period_start": start,
+        "period_end": start + PERIOD,
+        "created_at": start,
+        "payment_intent": f"fpi_{hashlib.sha256(f'{c.subscription_id}:{cycle}:pi'.encode()).hexdigest()[:26]}",
+        **({"billing_reason": "subscription_cycle"} if c.billing_reason else {}),
+        "test_mode": c.test_mode,
+    }
+    sub = {
+        "subscription_id": c.subscription_id,
+        "customer": c.customer_id,
+        "latest_invoice": invoice["invoice_id"],
+        "items": [{"price": p["price_id"], "quantity": 1} for p in c.prices],
+        "current_period_start": start,
+        "current_period_end": start + PERIOD,
+        "test_mode": c.test_mode,
+    }
+    events = [
+        c._event("invoice.created", start, {"invoice": {**invoice, "status": "draft"}}),
+        c._event("invoice.finalized", start + 1, {"invoice": {**invoice, "status": "open"}}),
+    ]
+    paid_at = start + 2
+    if outcome in ("failed", "recovered"):
+        events.append(c._event("invoice.payment_failed", start + 2, {"invoice": {**invoice, "status": "open"}}))
+        events.append(
+            c._event("customer.subscription.updated", start + 3, {"subscription": {**sub, "status": "past_due"}})
+        )
+        paid_at = start + 86400
+    if outcome in ("paid", "recovered"):
+        paid = {**invoice, "status": "paid", "amount_paid": c.total}
+        events.append(c._event("invoice.paid", paid_at, {"invoice": paid}))
+        if both_paid_events:
+            events.append(c._event("invoice.payment_succeeded", paid_at, {"invoice": paid}))
+        events.append(
+            c._event("customer.subscription.updated", paid_at + 1, {"subscription": {**sub, "status": "active"}})
+        )
+    return events
+
+
+def cancel_at_period_end_events(c: Checkout, cycle: int) -> list[dict[str, Any]]:
+    """The subscription set to end with the period of ``cycle``, then ended (``deleted``) then."""
+    assert c.subscription_id is not None
+    start = c.start + 12 + cycle * PERIOD
+    sub = {
+        "subscription_id": c.subscription_id,
+        "customer": c.customer_id,
+        "current_period_start": start,
+        "current_period_end": start + PERIOD,
+        "test_mode": c.test_mode,
+    }
+    return [
+        c._event(
+            "customer.subscription.updated",
+            start + 10,
+            {"subscription": {**sub, "status": "active", "cancel_at_period_end": True}},
+        ),
+        c._event("customer.subscription.deleted", start + PERIOD, {"subscription": {**sub, "status": "canceled"}}),
+    ]
 
 
 def fulfillment_events(c: Checkout, *, test_mode: bool = False) -> list[NewEvent]:

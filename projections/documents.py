@@ -13,6 +13,7 @@ import msgspec
 from ledger.db import connection, translate_errors
 from ledger.errors import InvalidRequest
 from projections.fields import iso
+from projections.invoices import renewal_of
 from projections.line_items import LineItem
 from projections.mergeable import Mergeable
 from projections.money import order_money
@@ -23,12 +24,14 @@ from projections.shapes import (
     Dispute,
     Fulfillment,
     InventoryLevel,
+    Invoice,
     Order,
     PaymentIntent,
     Refund,
     Subscription,
 )
 from projections.sql import projection_queries as queries
+from projections.subscriptions import ENTITLING
 
 __all__ = [
     "Intents",
@@ -37,16 +40,20 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "get_customer",
+    "get_invoice",
     "get_order",
     "get_subscription",
     "intents_of",
     "inventory_levels",
     "inventory_levels_body",
+    "invoice_document",
     "list_adjustments",
+    "list_invoices",
     "list_orders",
     "order_document",
     "subscription_document",
     "with_intents",
+    "with_subscriptions",
 ]
 
 
@@ -162,8 +169,9 @@ async def get_order(pool: asyncpg.Pool, checkout_session_id: str) -> Order | Non
         return (await with_intents(conn, [record]))[0]
 
 
-def encode_cursor(sort_at: int, checkout_session_id: str) -> str:
-    return f"{sort_at}:{checkout_session_id}"
+def encode_cursor(sort_at: int, key: str) -> str:
+    """A list's cursor: the (sort_at, key) of the page's last row (orders, invoices)."""
+    return f"{sort_at}:{key}"
 
 
 _BIGINT_MAX = 2**63 - 1
@@ -266,7 +274,91 @@ def subscription_document(subscription_id: str, position: int, state: Mergeable)
         created_at=iso(state.get("created_at")),
         test_mode=state.get("test_mode"),
         position=position,
+        entitled=state.get("status") in ENTITLING,
+        invoice_ids=state.items("invoice_ids"),
     )
+
+
+async def get_invoice(pool: asyncpg.Pool, invoice_id: str) -> Invoice | None:
+    async with connection(pool) as conn:
+        record = await conn.fetchrow(queries.invoice_get, invoice_id)
+        if record is None:
+            return None
+        return (await with_subscriptions(conn, [record]))[0]
+
+
+async def with_subscriptions(conn: asyncpg.Connection, records: list[asyncpg.Record]) -> list[Invoice]:
+    """Invoices as documents, each with what its subscription says of it (``renewal``): one round
+    trip for the whole page."""
+    states = [Mergeable.loads(r["state"]) for r in records]
+    wanted = sorted({s.get("subscription_id") for s in states if s.get("subscription_id")})
+    subscriptions = {r["id"]: Mergeable.loads(r["state"]) for r in await conn.fetch(queries.subscriptions_load, wanted)}
+    return [
+        invoice_document(r["invoice_id"], r["position"], state, subscriptions.get(state.get("subscription_id")))
+        for r, state in zip(records, states, strict=True)
+    ]
+
+
+def invoice_document(
+    invoice_id: str, position: int, state: Mergeable, subscription: Mergeable | None = None
+) -> Invoice:
+    """An invoice as the read API serves it, from its merged state (and its subscription's)."""
+    renewal = renewal_of(invoice_id, state, subscription)
+    return Invoice(
+        invoice_id=invoice_id,
+        subscription_id=state.get("subscription_id"),
+        customer_id=state.get("customer_id"),
+        status=state.get("status"),
+        amount_due=state.get("amount_due"),
+        amount_paid=state.get("amount_paid"),
+        period_start=iso(state.get("period_start")),
+        period_end=iso(state.get("period_end")),
+        payment_intent_id=state.get("payment_intent_id"),
+        billing_reason=state.get("billing_reason"),
+        renewal=renewal,
+        fulfillment=Fulfillment(
+            status="pending" if renewal and state.get("status") == "paid" else "not_applicable",
+            line_items=[],
+            error=None,
+            fulfilled_at=None,
+        ),
+        paid_at=iso(state.min_of("paid_at")),
+        created_at=iso(state.get("created_at")),
+        test_mode=state.get("test_mode"),
+        position=position,
+    )
+
+
+def _invoices_query(subscription_id: str | None, customer_id: str | None, status: str | None) -> str:
+    """The query whose index leads with the most selective filter given."""
+    if subscription_id is not None:
+        return queries.invoices_list_by_subscription
+    if customer_id is not None:
+        return queries.invoices_list_by_customer
+    if status is not None:
+        return queries.invoices_list_by_status
+    return queries.invoices_list
+
+
+async def list_invoices(
+    pool: asyncpg.Pool,
+    *,
+    subscription_id: str | None,
+    customer_id: str | None,
+    status: str | None,
+    test_mode: bool | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Invoice], str | None]:
+    after = decode_cursor(cursor) if cursor is not None else _FIRST_PAGE
+    query = _invoices_query(subscription_id, customer_id, status)
+    async with connection(pool) as conn:
+        records = await conn.fetch(query, subscription_id, customer_id, status, after[0], after[1], limit, test_mode)
+        invoices = await with_subscriptions(conn, list(records))
+    next_cursor = None
+    if len(records) == limit:
+        next_cursor = encode_cursor(records[-1]["sort_at"], records[-1]["invoice_id"])
+    return invoices, next_cursor
 
 
 async def list_adjustments(

@@ -39,13 +39,15 @@ SOURCE = "flex-api"
 @dataclass(frozen=True)
 class Kind:
     """A resource Flex's API lists: its key in an observation, its id field, its list route and
-    reply key, and the event type its snapshot is read as."""
+    reply key, the event type its snapshot is read as, and the projection that says whether an
+    observation of it is news (reconcile)."""
 
     name: str
     id_field: str
     list_path: str
     list_key: str
     snapshot_type: str
+    projection: str = "orders"
 
 
 KINDS: dict[str, Kind] = {
@@ -60,6 +62,15 @@ KINDS: dict[str, Kind] = {
         ),
         Kind("payment_intent", "payment_intent_id", "/payment_intents", "payment_intents", "payment_intent.observed"),
         Kind("refund", "refund_id", "/refunds", "refunds", "refund.observed"),
+        Kind("invoice", "invoice_id", "/invoices", "invoices", "invoice.observed", "invoices"),
+        Kind(
+            "subscription",
+            "subscription_id",
+            "/subscriptions",
+            "subscriptions",
+            "customer.subscription.observed",
+            "subscriptions",
+        ),
     )
 }
 

@@ -15,12 +15,13 @@ from projections.base import Projection
 from projections.customers import CUSTOMERS
 from projections.follower import seed_checkpoints
 from projections.inventory import INVENTORY
+from projections.invoices import INVOICES
 from projections.orders import ORDERS
 from projections.subscriptions import SUBSCRIPTIONS
 
 __all__ = ["DELIVERY", "FOLLOWERS", "FULFILLMENT", "PROJECTIONS", "RECONCILE", "SHAPES", "get", "install", "lock_id"]
 
-PROJECTIONS: dict[str, Projection] = {p.name: p for p in (ORDERS, CUSTOMERS, SUBSCRIPTIONS, INVENTORY)}
+PROJECTIONS: dict[str, Projection] = {p.name: p for p in (ORDERS, CUSTOMERS, SUBSCRIPTIONS, INVENTORY, INVOICES)}
 FULFILLMENT = "fulfillment"  # the reactor: follows the log too, but is never rebuilt
 RECONCILE = "reconcile"  # the automatic reconcile runner: not a follower, one across all processes
 DELIVERY = "delivery"  # outbound delivery: every destination follows the log in this one runner
@@ -35,6 +36,7 @@ _LOCK_IDS = {
     INVENTORY.name: 5,
     RECONCILE: 6,
     DELIVERY: 7,
+    INVOICES.name: 8,
 }
 assert set(_LOCK_IDS) == {*PROJECTIONS, FULFILLMENT, RECONCILE, DELIVERY}, "every runner needs a lock id"
 assert len(set(_LOCK_IDS.values())) == len(_LOCK_IDS), "lock ids are unique"

@@ -20,6 +20,7 @@ __all__ = [
     "Dispute",
     "Fulfillment",
     "InventoryLevel",
+    "Invoice",
     "Order",
     "PaymentIntent",
     "Refund",
@@ -117,6 +118,29 @@ class Subscription(msgspec.Struct):
     cancel_at_period_end: bool | None
     canceled_at: str | None
     price_ids: list[str]
+    created_at: str | None
+    test_mode: bool | None
+    position: int
+    entitled: bool = False  # while its status is active or trialing
+    invoice_ids: list[str] = msgspec.field(default_factory=list)
+
+
+class Invoice(msgspec.Struct):
+    """One invoice of a subscription (``projections.invoices``)."""
+
+    invoice_id: str
+    subscription_id: str | None
+    customer_id: str | None
+    status: str | None  # draft | open | paid | void | uncollectible
+    amount_due: int | None
+    amount_paid: int | None
+    period_start: str | None
+    period_end: str | None
+    payment_intent_id: str | None
+    billing_reason: str | None  # as Flex sends it, else null
+    renewal: bool | None  # null: not yet decidable
+    fulfillment: Fulfillment
+    paid_at: str | None
     created_at: str | None
     test_mode: bool | None
     position: int

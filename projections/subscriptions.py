@@ -29,11 +29,13 @@ from projections.observations import OBSERVED
 from projections.orders import SESSION_FINAL
 from projections.sql import projection_queries as sql
 
-__all__ = ["SUBSCRIPTIONS"]
+__all__ = ["ENTITLING", "SUBSCRIPTIONS"]
 
 # States a subscription never leaves; between the others (past_due -> active is a recovery, not a
 # step back) the newest snapshot decides.
 _FINAL = frozenset({"canceled", "incomplete_expired"})
+# The statuses in which a customer has what the subscription sells (its ``entitled``).
+ENTITLING = frozenset({"active", "trialing"})
 _INVOICE_PAYMENT = {
     "invoice.created": "open",
     "invoice.finalized": "open",
@@ -89,7 +91,9 @@ def _invoice(row: LogRow, deltas: Deltas) -> bool:
     key = newest_first_key(row.payload, final=payment in _PAYMENT_FINAL)
     state = deltas.state("subscriptions", subscription_id, row.position)
     state.offer("payment_status", payment, key)
-    state.offer("latest_invoice", as_str(invoice.get("invoice_id")), key)
+    invoice_id = as_str(invoice.get("invoice_id")) or as_str(invoice.get("id"))
+    state.offer("latest_invoice", invoice_id, key)
+    state.add("invoice_ids", invoice_id)
     state.offer("latest_invoice_amount", as_int(invoice.get("amount_paid", invoice.get("total"))), key)
     state.offer("customer_id", id_of(invoice.get("customer"), "customer_id"), [0, *key])
     if payment == "paid":
@@ -110,6 +114,13 @@ def _session(row: LogRow, deltas: Deltas) -> bool:
     state = deltas.state("subscriptions", subscription_id, row.position)
     state.offer("checkout_session_id", session_id, key)
     state.offer("customer_id", id_of(session.get("customer"), "customer_id"), [0, *key])
+    # What tells its first invoice from a renewal when Flex gives no billing_reason (invoices.py):
+    # whether the checkout completed, and the invoice and payments it names.
+    state.offer("checkout_status", status, key)
+    state.offer("checkout_invoice", id_of(session.get("invoice"), "invoice_id"), key)
+    intents = session.get("payment_intents")
+    for intent in intents if isinstance(intents, list) else [session.get("payment_intent")]:
+        state.add("checkout_payment_intents", id_of(intent, "payment_intent_id"))
     return True
 
 
@@ -133,7 +144,8 @@ SUBSCRIPTIONS = Projection(
     tables=(Table("subscriptions", load=sql.subscriptions_load, upsert=sql.subscriptions_upsert, row=_row),),
     fold=fold,
     # 2: merge keys from the events' content, explicit nulls; modes; money after the sale. 3: history.
-    shape=3,
+    # 4: the subscription's invoice ids, and what its checkout says of its first invoice.
+    shape=4,
     derived=("subscription_history",),
     history=sql.subscription_history_add,
     description="subscriptions with lifecycle status and payment state",

@@ -38,8 +38,7 @@ from projections.coordination import held_locks, run_exclusively
 from projections.fields import epoch_micros
 from projections.mergeable import Mergeable
 from projections.observations import KINDS, Kind, as_snapshot, observed_event, resource_id, unusable
-from projections.orders import ORDERS
-from projections.registry import RECONCILE, lock_id
+from projections.registry import PROJECTIONS, RECONCILE, lock_id
 from projections.sql import projection_queries as sql
 from reactors.flex_client import FlexApiError, FlexClient
 from reactors.sql import reactor_queries
@@ -104,7 +103,12 @@ _SKIPPED_LISTED = 100  # a run lists this many skipped resources; the counts cov
 # What a lost webhook costs: a completed checkout, a payment taken or a refund made. Recorded
 # observations of other states (an abandoned, open or expired session, a payment still in
 # progress) are drift too, but Flex may never send a webhook for them.
-_MONEY_STATES = {"checkout_session": {"complete"}, "payment_intent": {"succeeded"}, "refund": {"succeeded"}}
+_MONEY_STATES = {
+    "checkout_session": {"complete"},
+    "payment_intent": {"succeeded"},
+    "refund": {"succeeded"},
+    "invoice": {"paid"},
+}
 
 
 def missed_money(kind: str, status: str | None) -> bool:
@@ -161,49 +165,55 @@ class _Chosen:
 
 @dataclass
 class _Baseline:
-    """What the log shows of the orders: the projection's rows plus the events after its checkpoint
-    (read once per run), so a lagging or stopped projection does not make known things look new."""
+    """What the log shows of each kind's resources: the rows of the projection that folds them
+    (orders for sessions, payment intents and refunds; invoices; subscriptions) plus the events after
+    its checkpoint (read once per run), so a lagging or stopped projection does not make known
+    things look new."""
 
-    tail: Deltas = field(default_factory=Deltas)
+    tails: dict[str, Deltas] = field(default_factory=dict)  # by projection name
 
     @classmethod
-    async def read(cls, conn: asyncpg.Connection, *, max_tail: int | None = None) -> _Baseline:
+    async def read(cls, conn: asyncpg.Connection, kinds: Sequence[Kind], *, max_tail: int | None = None) -> _Baseline:
         baseline = cls()
-        state = await conn.fetchrow(sql.state_get, ORDERS.name)
-        start, head = state["position"], state["head"]
-        if max_tail is not None and head - start > max_tail:
-            return baseline  # too far behind to fold here: compare with the rows alone (may over-record)
-        while start < head:
-            end = min(head, start + _TAIL_BATCH)
-            rows, _ = decode_rows(await read_batch(conn, start, end, ORDERS.patterns))
-            for row in rows:
-                with contextlib.suppress(Exception):  # what the projection cannot fold, it records as failed
-                    ORDERS.fold(row, baseline.tail)
-            start = end
+        for name in dict.fromkeys(kind.projection for kind in kinds):
+            projection = PROJECTIONS[name]
+            tail = baseline.tails[name] = Deltas()
+            state = await conn.fetchrow(sql.state_get, name)
+            start, head = state["position"], state["head"]
+            if max_tail is not None and head - start > max_tail:
+                continue  # too far behind to fold here: compare with the rows alone (may over-record)
+            while start < head:
+                end = min(head, start + _TAIL_BATCH)
+                rows, _ = decode_rows(await read_batch(conn, start, end, projection.patterns))
+                for row in rows:
+                    with contextlib.suppress(Exception):  # what the projection cannot fold, it records as failed
+                        projection.fold(row, tail)
+                start = end
         return baseline
 
     async def unknown(self, conn: asyncpg.Connection, candidates: Sequence[_Candidate]) -> list[bool]:
         """For each candidate, whether its observation would change what the log shows."""
-        folded: list[Deltas] = []
-        wanted: dict[str, set[str]] = {}
+        folded: list[tuple[str, Deltas]] = []
+        wanted: dict[tuple[str, str], set[str]] = {}  # (projection, table): entity ids
         for candidate in candidates:
+            name = candidate.kind.projection
             deltas = Deltas()
             with contextlib.suppress(Exception):
-                ORDERS.fold(candidate.row, deltas)
-            folded.append(deltas)
+                PROJECTIONS[name].fold(candidate.row, deltas)
+            folded.append((name, deltas))
             for table, states in deltas.by_table.items():
-                wanted.setdefault(table, set()).update(states)
-        stored: dict[str, dict[str, Mergeable]] = {}
-        for table, ids in wanted.items():
-            rows = await conn.fetch(ORDERS.table(table).load, sorted(ids))
-            stored[table] = {r["id"]: Mergeable.loads(r["state"]) for r in rows}
+                wanted.setdefault((name, table), set()).update(states)
+        stored: dict[tuple[str, str], dict[str, Mergeable]] = {}
+        for (name, table), ids in wanted.items():
+            rows = await conn.fetch(PROJECTIONS[name].table(table).load, sorted(ids))
+            stored[name, table] = {r["id"]: Mergeable.loads(r["state"]) for r in rows}
         out = []
-        for deltas in folded:
+        for name, deltas in folded:
             changes = False
             for table, states in deltas.by_table.items():
                 for entity_id, delta in states.items():
-                    before = (stored[table].get(entity_id) or Mergeable()).copy()
-                    tail = self.tail.by_table.get(table, {}).get(entity_id)
+                    before = (stored[name, table].get(entity_id) or Mergeable()).copy()
+                    tail = self.tails.get(name, Deltas()).by_table.get(table, {}).get(entity_id)
                     if tail is not None:
                         before = before.merge(tail)
                     after = before.copy().merge(delta)
@@ -269,7 +279,7 @@ async def reconcile(
     report = ReconcileReport(trigger=trigger, started_at=datetime.now(UTC), since=since, dry_run=dry_run)
     try:
         with translate_errors():
-            baseline = await _Baseline.read(conn)
+            baseline = await _Baseline.read(conn, list(KINDS.values()))
             chosen: dict[str, _Chosen] = {}
             db = asyncio.Lock()  # the kinds page concurrently; the connection answers one query at a time
             since_micros = int(since.timestamp() * 1_000_000)
@@ -443,7 +453,7 @@ async def unrecorded(pool: asyncpg.Pool, resources: Sequence[tuple[Kind, dict[st
     observed_at = datetime.now(UTC)
     candidates = [_candidate(kind, r, observed_at) for kind, r in resources]
     async with connection(pool) as conn:
-        baseline = await _Baseline.read(conn, max_tail=_TAIL_BATCH)
+        baseline = await _Baseline.read(conn, [kind for kind, _ in resources], max_tail=_TAIL_BATCH)
         unknown = await baseline.unknown(conn, candidates)
     return [c.event for c, new in zip(candidates, unknown, strict=True) if new]
 

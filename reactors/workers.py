@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-from ledger.db import create_pool
+from ledger.db import SERVER_SETTINGS, create_pool
 from ledger.settings import Settings
 from projections.freshness import CheckpointWatcher
 from projections.registry import PROJECTIONS
@@ -42,7 +42,15 @@ async def running_workers(
     # The workers' own connection budget: they never take the connections of ingest or reads.
     pool = await create_pool(dsn, max_size=settings.worker_pool_size, timeout=5, command_timeout=15)
     # Delivery's own: a destination's attempts never wait for the reactor's connections, nor it for theirs.
-    delivery_pool = await create_pool(dsn, max_size=settings.worker_pool_size, timeout=5, command_timeout=15)
+    # Its commits do not wait for the disk: a database crash can only lose the last moment's records
+    # of attempts (sent again: delivery is at least once), never a message (queued with the checkpoint).
+    delivery_pool = await create_pool(
+        dsn,
+        max_size=settings.worker_pool_size,
+        timeout=5,
+        command_timeout=15,
+        server_settings={**SERVER_SETTINGS, "synchronous_commit": "off"},
+    )
     tasks: list[asyncio.Task[None]] = []
     if watcher is None:
         watcher = CheckpointWatcher(dsn)

@@ -36,15 +36,17 @@ async def project(pool: asyncpg.Pool, batch_size: int = 1000) -> None:
 
 
 async def snapshot(pool: asyncpg.Pool, *, drop_positions: bool = True) -> dict[str, Any]:
-    """Every order, customer and subscription as the read API shows them."""
+    """Every order, customer, subscription and invoice as the read API shows them."""
     async with pool.acquire() as conn:
         sessions = [r[0] for r in await conn.fetch("SELECT checkout_session_id FROM orders ORDER BY 1")]
         customers = [r[0] for r in await conn.fetch("SELECT customer_id FROM customers ORDER BY 1")]
         subscriptions = [r[0] for r in await conn.fetch("SELECT subscription_id FROM subscriptions ORDER BY 1")]
+        invoices = [r[0] for r in await conn.fetch("SELECT invoice_id FROM invoices ORDER BY 1")]
     out: dict[str, list[dict[str, Any]]] = {  # as the API encodes them
         "orders": [msgspec.to_builtins(await documents.get_order(pool, s)) for s in sessions],
         "customers": [msgspec.to_builtins(await documents.get_customer(pool, c)) for c in customers],
         "subscriptions": [msgspec.to_builtins(await documents.get_subscription(pool, s)) for s in subscriptions],
+        "invoices": [msgspec.to_builtins(await documents.get_invoice(pool, i)) for i in invoices],
     }
     if drop_positions:
         for docs in out.values():

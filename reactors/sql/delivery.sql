@@ -78,11 +78,15 @@ SET status = 'retrying', attempts = 0, next_attempt_at = EXCLUDED.next_attempt_a
 -- ends, or when the next worker starts: leases_clear), each with what signs it now: the secret, and
 -- the previous one during a rotation's overlap. Nothing is claimed unless the destination is enabled.
 WITH done AS (
+    -- each message found by a probe of the key, then updated by its address (never a join over
+    -- the destination's backlog)
     UPDATE public.destination_messages m
     SET status = 'delivered', attempts = m.attempts + 1, last_status_code = i.status, last_error = NULL,
         last_attempt_at = now(), delivered_at = now(), next_attempt_at = NULL, leased_until = NULL
     FROM unnest($4::text[], $5::int[]) AS i(message_id, status)
-    WHERE m.destination_id = $1 AND m.message_id = i.message_id AND m.status = 'retrying'
+    CROSS JOIN LATERAL (SELECT ctid FROM public.destination_messages
+                        WHERE destination_id = $1 AND message_id = i.message_id LIMIT 1) t
+    WHERE m.ctid = t.ctid AND m.status = 'retrying'
     RETURNING 1
 ), counted AS (
     UPDATE public.destinations SET delivered_count = delivered_count + (SELECT count(*) FROM done)

@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import httpx
 
-from ledger_cli.scenarios import Checkout, checkout_events
+from ledger_cli.scenarios import Checkout, checkout_events, renewal_events, renewal_invoice_id
 from tests.support import API_TOKEN, SECRET, RunningServer, deliver, ledger_command, run_server
 
 SECRET_FOR_WORK = SECRET
@@ -61,7 +61,8 @@ def test_read_routes_after_webhooks(db_dsn: str, tmp_path: Path) -> None:
         assert subscription["checkout_session_id"] == sub.session_id
 
         projections = server.get("/v1/projections").json()["data"]
-        assert {p["name"] for p in projections} == {"orders", "customers", "subscriptions", "inventory", "fulfillment"}
+        names = {p["name"] for p in projections}
+        assert names == {"orders", "customers", "subscriptions", "inventory", "invoices", "fulfillment"}
         assert all(p["lag"] == 0 and p["state"] == "running" for p in projections)
 
         missing = server.get("/v1/orders/fcs_nope")
@@ -86,6 +87,7 @@ def test_read_routes_after_webhooks(db_dsn: str, tmp_path: Path) -> None:
         "customers": last,
         "subscriptions": last,
         "inventory": last,
+        "invoices": last,
         "fulfillment": last,
     }
     [reactor] = [p for p in doc["projections"] if p["name"] == "fulfillment"]
@@ -125,6 +127,37 @@ def _wait_caught_up(server: RunningServer) -> None:
             return
         time.sleep(0.1)
     raise AssertionError("projections did not catch up")
+
+
+def test_invoice_routes(db_dsn: str, tmp_path: Path) -> None:
+    a, b = Checkout(seed=14, mode="subscription"), Checkout(seed=15, mode="subscription", test_mode=True)
+    events = [*checkout_events(a), *renewal_events(a, 1), *renewal_events(a, 2, outcome="failed")]
+    events += [*checkout_events(b), *renewal_events(b, 1)]
+    with run_server(tmp_path, {"LEDGER_DATABASE_URL": db_dsn}) as server:
+        last = deliver(server, events)
+        one = server.get(f"/v1/invoices/{renewal_invoice_id(a, 1)}", params={"min_position": last})
+        assert one.status_code == 200
+        assert one.headers["ledger-projection-fresh"] == "true"
+        doc = one.json()
+        assert (doc["status"], doc["subscription_id"], doc["renewal"]) == ("paid", a.subscription_id, True)
+        assert doc["fulfillment"]["status"] in ("pending", "fulfilled")
+        assert server.get("/v1/invoices/in_nope").status_code == 404
+
+        of_a = server.get("/v1/invoices", params={"subscription_id": a.subscription_id}).json()["data"]
+        assert [i["invoice_id"] for i in of_a] == [renewal_invoice_id(a, n) for n in (2, 1, 0)]  # newest first
+        behind = server.get("/v1/invoices", params={"status": "open"}).json()["data"]
+        assert [i["invoice_id"] for i in behind] == [renewal_invoice_id(a, 2)]
+        test_only = server.get("/v1/invoices", params={"test_mode": "true"}).json()["data"]
+        assert {i["invoice_id"] for i in test_only} == {renewal_invoice_id(b, 0), renewal_invoice_id(b, 1)}
+        by_customer = server.get("/v1/invoices", params={"customer_id": b.customer_id, "limit": 1}).json()
+        again = server.get("/v1/invoices", params={"customer_id": b.customer_id, "cursor": by_customer["next_cursor"]})
+        paged = [i["invoice_id"] for i in by_customer["data"] + again.json()["data"]]
+        assert paged == [renewal_invoice_id(b, 1), renewal_invoice_id(b, 0)]
+        assert server.get("/v1/invoices", params={"status": "late"}).status_code == 400
+
+        subscription = server.get(f"/v1/subscriptions/{a.subscription_id}").json()
+        assert (subscription["status"], subscription["entitled"]) == ("past_due", False)
+        assert sorted(subscription["invoice_ids"]) == sorted(renewal_invoice_id(a, n) for n in (0, 1, 2))
 
 
 def test_rebuild_while_serving_reads_never_fail(db_dsn: str, tmp_path: Path) -> None:

@@ -11,7 +11,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger_cli.scenarios import Checkout, checkout_events
+from ledger_cli.scenarios import (
+    Checkout,
+    cancel_at_period_end_events,
+    checkout_events,
+    renewal_events,
+    renewal_invoice_id,
+)
 from tests.conftest import DatabaseFactory
 from tests.projection_support import append, project, snapshot
 
@@ -87,6 +93,60 @@ async def test_subscription_lifecycle_and_payment_state(pool: asyncpg.Pool) -> N
     assert sub["status"] == "canceled"
 
 
+@pytest.mark.parametrize("billing_reason", [True, False])
+async def test_invoices_and_entitlement_through_renewals(pool: asyncpg.Pool, billing_reason: bool) -> None:
+    c = Checkout(seed=40, mode="subscription", billing_reason=billing_reason)
+    first = renewal_invoice_id(c, 0)
+    events = [*checkout_events(c), *renewal_events(c, 1), *renewal_events(c, 2, outcome="failed")]
+    await append(pool, list(reversed(events)))
+    await project(pool)
+    state = await snapshot(pool)
+    [sub] = state["subscriptions"]
+    assert sub["status"] == "past_due"
+    assert sub["entitled"] is False
+    assert sub["current_period_start"] == "2026-03-02T00:00:12Z"  # the second renewal's period
+    assert sorted(sub["invoice_ids"]) == sorted([first, renewal_invoice_id(c, 1), renewal_invoice_id(c, 2)])
+    invoices = {i["invoice_id"]: i for i in state["invoices"]}
+    assert {i: d["status"] for i, d in invoices.items()} == {
+        first: "paid",
+        renewal_invoice_id(c, 1): "paid",
+        renewal_invoice_id(c, 2): "open",  # its payment failed: still to be paid
+    }
+    one = invoices[renewal_invoice_id(c, 1)]
+    assert one["subscription_id"] == c.subscription_id
+    assert one["customer_id"] == c.customer_id
+    assert (one["amount_due"], one["amount_paid"]) == (c.total, c.total)
+    assert (one["period_start"], one["period_end"]) == ("2026-01-31T00:00:12Z", "2026-03-02T00:00:12Z")
+    assert one["paid_at"] == "2026-01-31T00:00:14Z"
+    assert one["billing_reason"] == ("subscription_cycle" if billing_reason else None)
+    assert invoices[first]["billing_reason"] == ("subscription_create" if billing_reason else None)
+    # without billing_reason, the completed checkout naming its invoice tells the first from renewals
+    assert (one["renewal"], invoices[first]["renewal"]) == (True, False)
+
+    await append(pool, renewal_events(c, 2, outcome="recovered")[-3:])  # paid a day later: active again
+    await project(pool)
+    [sub] = (await snapshot(pool))["subscriptions"]
+    assert (sub["status"], sub["entitled"]) == ("active", True)
+    await append(pool, cancel_at_period_end_events(c, 2))
+    await project(pool)
+    [sub] = (await snapshot(pool))["subscriptions"]
+    assert (sub["status"], sub["entitled"], sub["cancel_at_period_end"]) == ("canceled", False, True)
+
+
+async def test_a_trialing_subscription_is_entitled(pool: asyncpg.Pool) -> None:
+    c = Checkout(seed=41, mode="subscription")
+    trial = {
+        "event_dt": c.start + 5,
+        "event_id": "evt_trial",
+        "event_type": "customer.subscription.created",
+        "object": {"subscription": {"subscription_id": c.subscription_id, "status": "trialing"}},
+    }
+    await append(pool, [trial])
+    await project(pool)
+    [sub] = (await snapshot(pool))["subscriptions"]
+    assert (sub["status"], sub["entitled"]) == ("trialing", True)
+
+
 @pytest.mark.parametrize("arrival", ["in order", "reversed"])
 async def test_same_second_updates_resolve_by_event_content_not_arrival(pool: asyncpg.Pool, arrival: str) -> None:
     """Equal event_dt: the ULID millisecond of the event id, then the id, decides (contract: "How
@@ -141,9 +201,16 @@ async def test_unknown_types_and_shapes_are_counted_not_fatal(pool: asyncpg.Pool
     assert failed == 0
 
 
+def _lifetime(c: Checkout) -> list[dict[str, Any]]:
+    """A checkout's events; a subscription's also renew twice (once after a failed payment)."""
+    if c.mode != "subscription":
+        return checkout_events(c)
+    return [*checkout_events(c), *renewal_events(c, 1), *renewal_events(c, 2, outcome="recovered")]
+
+
 def _deliveries(rng: random.Random, checkouts: list[Checkout]) -> list[dict[str, Any]]:
     """Every event, shuffled, with some re-sent as exact copies and some as the same fact under a new id."""
-    events = [e for c in checkouts for e in checkout_events(c)]
+    events = [e for c in checkouts for e in _lifetime(c)]
     extra = []
     for e in rng.sample(events, k=rng.randint(0, len(events))):
         copy_ = copy.deepcopy(e)
@@ -166,7 +233,7 @@ async def test_any_order_duplicates_and_batching_give_the_in_order_state(
     databases: DatabaseFactory, shapes: list[tuple[str, bool]], seed: int, chunks: int, batch_size: int
 ) -> None:
     checkouts = [Checkout(seed=seed + i, mode=mode, split=split) for i, (mode, split) in enumerate(shapes)]
-    in_order = [e for c in checkouts for e in checkout_events(c)]
+    in_order = [e for c in checkouts for e in _lifetime(c)]
     async with databases.fresh() as dsn:
         pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
         try:

@@ -14,7 +14,7 @@ import pytest
 
 from ledger.db import create_pool
 from ledger_cli.flex_standin import FlexStandIn
-from ledger_cli.scenarios import Checkout, checkout_events, refund_events
+from ledger_cli.scenarios import Checkout, checkout_events, refund_events, renewal_events, renewal_invoice_id
 from projections.observations import OBSERVED
 from reactors.flex_client import FlexClient
 from reactors.fulfillment import intake_once, queued_sessions
@@ -232,3 +232,34 @@ async def test_run_window_and_counts_are_recorded(pool: asyncpg.Pool, standin: F
         report.total("missed"),
     )
     assert (row["first_position"], row["last_position"]) == (1, report.total("recorded"))
+
+
+async def test_a_lost_renewal_payment_is_recovered_from_flex_s_invoices(
+    pool: asyncpg.Pool, standin: FlexStandIn, client: FlexClient
+) -> None:
+    c = Checkout(seed=90, mode="subscription")
+    events = [*checkout_events(c), *renewal_events(c, 1)]
+    standin.learn(events)
+    paid = {"invoice.paid", "invoice.payment_succeeded"}
+    lost_renewal = [
+        e for e in events if e["event_type"] in paid and e["object"]["invoice"]["invoice_id"] != c.invoice_id
+    ]
+    await append(
+        pool, [e for e in events if e not in lost_renewal and e["event_type"] != "customer.subscription.updated"]
+    )
+    await project(pool)
+    renewal = renewal_invoice_id(c, 1)
+    state = await snapshot(pool)
+    assert {i["invoice_id"]: i["status"] for i in state["invoices"]}[renewal] == "open"
+
+    report = await run(pool, client)
+    assert report.kinds["invoice"].examined == 2
+    assert report.kinds["invoice"].recorded == 1  # the renewal's payment; the first invoice is known
+    assert report.kinds["invoice"].missed == 1  # money: a paid invoice no webhook brought
+    assert report.kinds["subscription"].recorded == 1  # active, its period moved on
+    await project(pool)
+    state = await snapshot(pool)
+    assert {i["invoice_id"]: i["status"] for i in state["invoices"]}[renewal] == "paid"
+    [sub] = state["subscriptions"]
+    assert (sub["status"], sub["entitled"], sub["latest_invoice"]) == ("active", True, renewal)
+    assert (await run(pool, client)).total("recorded") == 0  # known now

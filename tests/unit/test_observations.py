@@ -52,7 +52,7 @@ def test_an_observation_reads_as_the_snapshot_it_stands_for_at_its_own_time() ->
 def test_other_rows_and_empty_observations_are_left_alone() -> None:
     webhook = LogRow(position=1, event_type="checkout.session.completed", payload={"object": {}})
     assert as_snapshot(webhook) is webhook
-    odd = LogRow(position=2, event_type=OBSERVED, payload={"object": {"invoice": {"id": "in_1"}}})
+    odd = LogRow(position=2, event_type=OBSERVED, payload={"object": {"price": {"id": "fprice_1"}}})
     assert as_snapshot(odd) is odd
     assert not ORDERS.fold(as_snapshot(odd), Deltas())
 
