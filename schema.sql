@@ -232,11 +232,14 @@ CREATE TABLE IF NOT EXISTS console_revocations (
     CONSTRAINT console_revocations_pkey PRIMARY KEY (session_id)
 );
 
--- The fulfillment reactor's queue: one row per completed session.
+-- The fulfillment reactor's queue: one row per completed session, and one per paid invoice of a
+-- subscription (kind 'renewal', keyed by the invoice's id; 'skipped' when it is the subscription's
+-- first invoice, fulfilled as its checkout's sale).
 CREATE TABLE IF NOT EXISTS fulfillment_queue (
-    checkout_session_id  text PRIMARY KEY,
+    checkout_session_id  text PRIMARY KEY,              -- the session's id; a renewal's: the invoice's
     status               text NOT NULL DEFAULT 'pending'
-                         CONSTRAINT fulfillment_queue_status CHECK (status IN ('pending', 'fulfilled', 'failed')),
+                         CONSTRAINT fulfillment_queue_status
+                         CHECK (status IN ('pending', 'fulfilled', 'failed', 'skipped')),
     attempts             int NOT NULL DEFAULT 0,        -- Flex calls that failed in this generation
     generation           int NOT NULL DEFAULT 1,        -- bumped by `ledger fulfill retry`
     next_attempt_at      timestamptz NOT NULL DEFAULT now(),
@@ -246,6 +249,9 @@ CREATE TABLE IF NOT EXISTS fulfillment_queue (
     updated_at           timestamptz NOT NULL DEFAULT now()
 );
 ALTER TABLE fulfillment_queue ADD COLUMN IF NOT EXISTS test_mode boolean NOT NULL DEFAULT false;  -- v6
+ALTER TABLE fulfillment_queue ADD COLUMN IF NOT EXISTS kind text NOT NULL DEFAULT 'checkout'  -- v11
+    CONSTRAINT fulfillment_queue_kind CHECK (kind IN ('checkout', 'renewal'));
+ALTER TABLE fulfillment_queue ADD COLUMN IF NOT EXISTS subscription_id text;  -- v11: a renewal's
 -- Counted once when the column arrives (schema version 4); kept by `queue_fulfilled` from then on.
 UPDATE projection_state
 SET fulfilled_sessions = (SELECT count(*) FROM fulfillment_queue WHERE status = 'fulfilled')
@@ -390,7 +396,7 @@ CREATE TABLE IF NOT EXISTS invoice_history (
 -- projection: inventory
 CREATE TABLE IF NOT EXISTS inventory_adjustments (
     adjustment_id        text PRIMARY KEY,
-    checkout_session_id  text NOT NULL,
+    checkout_session_id  text,                     -- null for a renewal's (invoice_id says which)
     line_item_id         text NOT NULL,
     price_id             text,
     product_id           text,
@@ -400,7 +406,8 @@ CREATE TABLE IF NOT EXISTS inventory_adjustments (
     created_at           bigint,                   -- microseconds
     position             bigint NOT NULL,          -- the ledger.inventory.adjusted event
     state                json NOT NULL,
-    test_mode            boolean NOT NULL DEFAULT false
+    test_mode            boolean NOT NULL DEFAULT false,
+    invoice_id           text                      -- a renewal's invoice
 );
 -- One sale per (session, line item); restocks may be many.
 CREATE UNIQUE INDEX IF NOT EXISTS inventory_adjustments_one_sale_per_line_item
@@ -546,6 +553,6 @@ CREATE INDEX IF NOT EXISTS destination_messages_delivered_at
 -- reconcile runs. Version 8: events a follower skipped, by position (projection_failures); console sign-outs.
 -- Version 9: outbound delivery (destinations, destination_messages); customers' and subscriptions'
 -- histories (their documents as of any position, for the messages).
-INSERT INTO ledger_schema (id, version) VALUES (1, 10)
+INSERT INTO ledger_schema (id, version) VALUES (1, 11)
 ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, applied_at = now()
 WHERE ledger_schema.version < EXCLUDED.version;

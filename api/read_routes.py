@@ -172,7 +172,8 @@ InvoiceStatus = Literal["draft", "open", "paid", "void", "uncollectible"]
 )
 async def get_invoice(state: AppState, invoice_id: PathId, min_position: MinPosition = None) -> Response[Any]:
     headers = await fresh_headers(state, ["invoices"], min_position)
-    return _found_or_404(await documents.get_invoice(state.pool, invoice_id), f"no invoice {invoice_id!r}", headers)
+    doc = await documents.get_invoice(state.pool, invoice_id, renewals=state.settings.fulfill_renewals)
+    return _found_or_404(doc, f"no invoice {invoice_id!r}", headers)
 
 
 @get(
@@ -202,6 +203,7 @@ async def list_invoices(
         test_mode=test_mode,
         limit=limit,
         cursor=cursor,
+        renewals=state.settings.fulfill_renewals,
     )
     return Response({"data": data, "next_cursor": next_cursor}, headers=headers)
 

@@ -32,6 +32,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     flex_api_key: str | None = None
     flex_test_api_key: str | None = None  # test-mode sessions; unset: flex_api_key serves both modes
     restock_on_refund: bool = False  # LEDGER_RESTOCK_ON_REFUND=full
+    fulfill_renewals: bool = True  # LEDGER_FULFILL_RENEWALS: each paid renewal invoice fulfilled like a checkout
     flex_api_base_url: str = DEFAULT_FLEX_API_BASE_URL
     api_tokens: tuple[str, ...] = ()
     flex_api_timeout: float = 10.0
@@ -217,6 +218,7 @@ def load_settings(env: Mapping[str, str] | None = None, *, require_secrets: bool
         flex_api_key=env.get("FLEX_API_KEY", "").strip() or None,
         flex_test_api_key=env.get("FLEX_TEST_API_KEY", "").strip() or None,
         restock_on_refund=_choice(env, "LEDGER_RESTOCK_ON_REFUND", {"off": False, "full": True}, "off"),
+        fulfill_renewals=_choice(env, "LEDGER_FULFILL_RENEWALS", {"off": False, "on": True}, "on"),
         flex_api_base_url=(env.get("FLEX_API_BASE_URL", "").strip() or DEFAULT_FLEX_API_BASE_URL).rstrip("/"),
         api_tokens=tuple(t for t in (p.strip() for p in env.get("LEDGER_API_TOKENS", "").split(",")) if t),
         flex_api_timeout=_float(env, "FLEX_API_TIMEOUT", 10.0),

@@ -760,9 +760,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     fulfill = sub.add_parser("fulfill", help="steer fulfillment")
     fulfill_sub = fulfill.add_subparsers(dest="fulfill_command", required=True, metavar="ACTION")
-    retry = fulfill_sub.add_parser("retry", help="queue failed sessions again (after fixing what made them fail)")
-    retry.add_argument("session_ids", nargs="*", metavar="SESSION_ID")
-    retry.add_argument("--all-failed", action="store_true", help="every failed session")
+    retry = fulfill_sub.add_parser("retry", help="queue failed fulfillments again (after fixing what made them fail)")
+    retry.add_argument(
+        "session_ids", nargs="*", metavar="ID", help="a checkout session's id, or a renewal's invoice id"
+    )
+    retry.add_argument("--all-failed", action="store_true", help="every failed fulfillment")
     retry.set_defaults(func=cmd_fulfill_retry)
 
     reconcile = sub.add_parser(

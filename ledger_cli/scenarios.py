@@ -99,6 +99,17 @@ class Checkout:
             for i, (p, q) in enumerate(zip(self.prices, self.quantities, strict=True))
         ]
 
+    def subscription_items(self) -> list[dict[str, Any]]:
+        """A subscription's items as Flex's subscription object holds them: what each renewal fulfills."""
+        return [
+            {
+                "subscription_item_id": f"si_{hashlib.sha256(f'{self.subscription_id}:{i}'.encode()).hexdigest()[:24]}",
+                "quantity": q,
+                "price": {"price_id": p["price_id"], "unit_amount": p["unit_amount"], "product": p["product"]},
+            }
+            for i, (p, q) in enumerate(zip(self.prices, self.quantities, strict=True))
+        ]
+
     def session(self, status: str) -> dict[str, Any]:
         return {
             "checkout_session_id": self.session_id,
@@ -175,7 +186,7 @@ def checkout_events(c: Checkout) -> list[dict[str, Any]]:
             "subscription_id": c.subscription_id,
             "customer": c.customer_id,
             "latest_invoice": c.invoice_id,
-            "items": [{"price": p["price_id"], "quantity": 1} for p in c.prices],
+            "items": c.subscription_items(),
             "test_mode": c.test_mode,
             "current_period_start": t + 12,
             "current_period_end": t + 12 + PERIOD,
@@ -249,7 +260,7 @@ def renewal_events(
         "subscription_id": c.subscription_id,
         "customer": c.customer_id,
         "latest_invoice": invoice["invoice_id"],
-        "items": [{"price": p["price_id"], "quantity": 1} for p in c.prices],
+        "items": c.subscription_items(),
         "current_period_start": start,
         "current_period_end": start + PERIOD,
         "test_mode": c.test_mode,

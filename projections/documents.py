@@ -73,15 +73,16 @@ def _taken(shape: type[_S], stored: Mapping[str, Any]) -> _S:
     return shape(**{name: stored.get(name) for name in shape.__struct_fields__})
 
 
-def _fulfillment(state: Mergeable, status: str | None) -> Fulfillment:
+def _fulfillment(state: Mergeable, expected: bool) -> Fulfillment:
+    """An order's or a renewal's fulfillment block, from what its fold stored; ``expected``: whether
+    it is to be fulfilled at all (a complete session; a paid renewal)."""
     fulfillment: str
     if state.flagged("fulfilled"):
         fulfillment = "fulfilled"
     elif state.get("fulfillment_status"):
         fulfillment = state.get("fulfillment_status")
     else:
-        # Only a complete session is fulfilled (Flex: check `status == "complete"` first).
-        fulfillment = "pending" if status == "complete" else "not_applicable"
+        fulfillment = "pending" if expected else "not_applicable"
     return Fulfillment(
         status=fulfillment,
         # as the fold stored them (LineItem's fields; an older release's extra keys are ignored)
@@ -131,7 +132,8 @@ def order_document(
         disputes=[_taken(Dispute, d) for d in money.disputes],
         flags=flags,
         subscription_id=state.get("subscription_id"),
-        fulfillment=_fulfillment(state, status),
+        # Only a complete session is fulfilled (Flex: check `status == "complete"` first).
+        fulfillment=_fulfillment(state, status == "complete"),
         created_at=iso(state.get("created_at")),
         completed_at=iso(state.min_of("completed_at")),
         test_mode=state.get("test_mode"),
@@ -279,30 +281,35 @@ def subscription_document(subscription_id: str, position: int, state: Mergeable)
     )
 
 
-async def get_invoice(pool: asyncpg.Pool, invoice_id: str) -> Invoice | None:
+async def get_invoice(pool: asyncpg.Pool, invoice_id: str, *, renewals: bool = True) -> Invoice | None:
     async with connection(pool) as conn:
         record = await conn.fetchrow(queries.invoice_get, invoice_id)
         if record is None:
             return None
-        return (await with_subscriptions(conn, [record]))[0]
+        return (await with_subscriptions(conn, [record], renewals=renewals))[0]
 
 
-async def with_subscriptions(conn: asyncpg.Connection, records: list[asyncpg.Record]) -> list[Invoice]:
+async def with_subscriptions(
+    conn: asyncpg.Connection, records: list[asyncpg.Record], *, renewals: bool = True
+) -> list[Invoice]:
     """Invoices as documents, each with what its subscription says of it (``renewal``): one round
     trip for the whole page."""
     states = [Mergeable.loads(r["state"]) for r in records]
     wanted = sorted({s.get("subscription_id") for s in states if s.get("subscription_id")})
     subscriptions = {r["id"]: Mergeable.loads(r["state"]) for r in await conn.fetch(queries.subscriptions_load, wanted)}
     return [
-        invoice_document(r["invoice_id"], r["position"], state, subscriptions.get(state.get("subscription_id")))
+        invoice_document(
+            r["invoice_id"], r["position"], state, subscriptions.get(state.get("subscription_id")), renewals=renewals
+        )
         for r, state in zip(records, states, strict=True)
     ]
 
 
 def invoice_document(
-    invoice_id: str, position: int, state: Mergeable, subscription: Mergeable | None = None
+    invoice_id: str, position: int, state: Mergeable, subscription: Mergeable | None = None, *, renewals: bool = True
 ) -> Invoice:
-    """An invoice as the read API serves it, from its merged state (and its subscription's)."""
+    """An invoice as the read API serves it, from its merged state (and its subscription's);
+    ``renewals``: whether paid renewals are fulfilled here (``LEDGER_FULFILL_RENEWALS``)."""
     renewal = renewal_of(invoice_id, state, subscription)
     return Invoice(
         invoice_id=invoice_id,
@@ -316,12 +323,7 @@ def invoice_document(
         payment_intent_id=state.get("payment_intent_id"),
         billing_reason=state.get("billing_reason"),
         renewal=renewal,
-        fulfillment=Fulfillment(
-            status="pending" if renewal and state.get("status") == "paid" else "not_applicable",
-            line_items=[],
-            error=None,
-            fulfilled_at=None,
-        ),
+        fulfillment=_fulfillment(state, bool(renewals and renewal and state.get("status") == "paid")),
         paid_at=iso(state.min_of("paid_at")),
         created_at=iso(state.get("created_at")),
         test_mode=state.get("test_mode"),
@@ -349,12 +351,13 @@ async def list_invoices(
     test_mode: bool | None,
     limit: int,
     cursor: str | None,
+    renewals: bool = True,
 ) -> tuple[list[Invoice], str | None]:
     after = decode_cursor(cursor) if cursor is not None else _FIRST_PAGE
     query = _invoices_query(subscription_id, customer_id, status)
     async with connection(pool) as conn:
         records = await conn.fetch(query, subscription_id, customer_id, status, after[0], after[1], limit, test_mode)
-        invoices = await with_subscriptions(conn, list(records))
+        invoices = await with_subscriptions(conn, list(records), renewals=renewals)
     next_cursor = None
     if len(records) == limit:
         next_cursor = encode_cursor(records[-1]["sort_at"], records[-1]["invoice_id"])
@@ -380,6 +383,7 @@ async def list_adjustments(
             reason=r["reason"],
             created_at=iso(r["created_at"]),
             test_mode=r["test_mode"],
+            invoice_id=r["invoice_id"],
         )
         for r in rows
     ]

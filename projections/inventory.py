@@ -1,4 +1,5 @@
-"""The ``inventory`` projection: the adjustments feed, from ``ledger.inventory.adjusted`` events.
+"""The ``inventory`` projection: the adjustments feed, from ``ledger.inventory.adjusted`` events
+(sales and restocks of a checkout's line items; renewals of a subscription's items).
 
 The per-price and per-product totals (``inventory_levels``) move with every adjustment written,
 in the same statement, so reading them never sums the whole feed. Rebuilding it reads the log
@@ -18,7 +19,7 @@ from projections.sql import projection_queries as sql
 
 __all__ = ["INVENTORY", "adjustment_at"]
 
-_FIELDS = ("checkout_session_id", "line_item_id", "price_id", "product_id", "upc_code", "reason")
+_FIELDS = ("checkout_session_id", "line_item_id", "price_id", "product_id", "upc_code", "reason", "invoice_id")
 
 
 def fold(row: LogRow, deltas: Deltas) -> bool:
@@ -50,6 +51,7 @@ def _row(_: str, state: Mergeable) -> tuple[Any, ...]:
         state.get("reason") or "sale",
         state.get("created_at"),
         bool(state.get("test_mode")),  # adjustments logged before modes were kept: live
+        state.get("invoice_id"),
     )
 
 
@@ -60,7 +62,9 @@ def adjustment_at(row: LogRow) -> Adjustment | None:
     if not fold(row, deltas):
         return None
     [(adjustment_id, state)] = deltas.by_table["inventory_adjustments"].items()
-    (session, line_item, price, product, upc, delta, reason, created_at, test_mode) = _row(adjustment_id, state)
+    (session, line_item, price, product, upc, delta, reason, created_at, test_mode, invoice) = _row(
+        adjustment_id, state
+    )
     return Adjustment(
         adjustment_id=adjustment_id,
         position=row.position,
@@ -73,6 +77,7 @@ def adjustment_at(row: LogRow) -> Adjustment | None:
         reason=reason,
         created_at=iso(created_at),
         test_mode=test_mode,
+        invoice_id=invoice,
     )
 
 
@@ -82,6 +87,6 @@ INVENTORY = Projection(
     tables=(Table("inventory_adjustments", load=sql.adjustments_load, upsert=sql.adjustments_upsert, row=_row),),
     fold=fold,
     shape=2,  # 2: merge keys from the events' content, explicit nulls; modes; money after the sale
-    description="inventory adjustments (sales and restocks) and totals per price, product and mode",
+    description="inventory adjustments (sales, restocks, renewals) and totals per price, product and mode",
     derived=("inventory_levels",),
 )

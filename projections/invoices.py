@@ -18,7 +18,19 @@ from __future__ import annotations
 from typing import Any
 
 from projections.base import Deltas, LogRow, Projection, Table
-from projections.fields import as_bool, as_int, as_str, epoch_micros, id_of, newest_first_key, nulled, resource
+from projections.fields import (
+    as_bool,
+    as_int,
+    as_str,
+    dict_of,
+    epoch_micros,
+    id_of,
+    newest_first_key,
+    nulled,
+    resource,
+)
+from projections.ledger_events import FAILED, RENEWED, RETRY_REQUESTED, fold_fulfilled, fold_fulfillment_outcome
+from projections.line_items import UnusableLineItems, parse_subscription_items
 from projections.mergeable import Mergeable
 from projections.observations import OBSERVED
 from projections.sql import projection_queries as sql
@@ -40,6 +52,7 @@ _STATUS_OF_TYPE = {
     "invoice.marked_uncollectible": "uncollectible",
 }
 _FINAL = frozenset({"paid", "void"})
+_FULFILLMENT_EVENTS = frozenset({RENEWED, FAILED, RETRY_REQUESTED})
 _TIMES = ("period_start", "period_end", "created_at", "due_date")
 
 
@@ -88,7 +101,26 @@ def _status(row: LogRow, invoice: dict[str, Any]) -> str | None:
     return _STATUS_OF_TYPE.get(row.event_type)
 
 
+def _renewal(row: LogRow, deltas: Deltas) -> bool:
+    """The renewal's fulfillment, from the reactor's ledger events (as an order's, from its own)."""
+    obj = dict_of(row.payload.get("object"))
+    invoice_id = as_str(obj.get("invoice_id"))
+    if invoice_id is None:
+        return False  # a checkout's fulfillment: the orders projection's
+    state = deltas.state("invoices", invoice_id, row.position)
+    if row.event_type == RENEWED:
+        try:
+            _, items = parse_subscription_items({"items": obj.get("items")})
+        except UnusableLineItems:
+            return False
+        fold_fulfilled(row, state, items, epoch_micros(obj.get("fulfilled_at")) or None)
+        return True
+    return fold_fulfillment_outcome(row, state)
+
+
 def fold(row: LogRow, deltas: Deltas) -> bool:
+    if row.event_type in _FULFILLMENT_EVENTS:
+        return _renewal(row, deltas)
     if not row.event_type.startswith("invoice."):
         return False
     invoice = resource(row.payload, "invoice", "invoice_id") or _bare(row.payload)
@@ -150,11 +182,11 @@ def _row(_: str, state: Mergeable) -> tuple[Any, ...]:
 
 INVOICES = Projection(
     name="invoices",
-    prefixes=("invoice.", OBSERVED),
+    prefixes=("invoice.", OBSERVED, RENEWED, FAILED, RETRY_REQUESTED),
     tables=(Table("invoices", load=sql.invoices_load, upsert=sql.invoices_upsert, row=_row),),
     fold=fold,
     shape=1,
     derived=("invoice_history",),
     history=sql.invoice_history_add,
-    description="invoices of subscriptions: status, amounts, period, whether each is a renewal",
+    description="invoices of subscriptions: status, amounts, period, whether each is a renewal, its fulfillment",
 )

@@ -1,9 +1,13 @@
 """The ledger's own events about fulfillment: what the reactor appends and projections read.
 
 Their ``event_id`` is derived from what they are about, so the log's unique ``event_id`` is the
-exactly-once guard: one ``ledger.inventory.adjusted`` per (checkout session, line item), one
-``ledger.line_items.fetched`` per session, one ``ledger.fulfillment.failed`` and one
-``ledger.fulfillment.retry_requested`` per session and retry generation.
+exactly-once guard: one ``ledger.inventory.adjusted`` per (checkout session, line item) and per
+(renewal invoice, subscription item), one ``ledger.line_items.fetched`` per session, one
+``ledger.renewal.fulfilled`` per renewal invoice, one ``ledger.fulfillment.failed`` and one
+``ledger.fulfillment.retry_requested`` per session (or renewal invoice) and retry generation.
+
+A fulfillment is keyed by its checkout session (``checkout_session_id``) or, for a renewal, by its
+invoice (``invoice_id``): ``fulfillment_key`` names the field.
 """
 
 from __future__ import annotations
@@ -13,17 +17,27 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
 from ledger.log import NewEvent
+from projections.base import LogRow
+from projections.fields import as_int, as_str, dict_of, newest_first_key
 from projections.line_items import LineItem
+from projections.mergeable import Mergeable
 
 __all__ = [
     "ADJUSTED",
     "FAILED",
     "FETCHED",
+    "RENEWED",
     "RETRY_REQUESTED",
     "adjustment_id",
     "failed_event",
     "fetched_events",
+    "fold_fulfilled",
+    "fold_fulfillment_outcome",
+    "fulfillment_key",
+    "renewal_events",
     "restocked_events",
     "retry_requested_event",
 ]
@@ -32,6 +46,12 @@ FETCHED = "ledger.line_items.fetched"
 ADJUSTED = "ledger.inventory.adjusted"
 FAILED = "ledger.fulfillment.failed"
 RETRY_REQUESTED = "ledger.fulfillment.retry_requested"
+RENEWED = "ledger.renewal.fulfilled"
+
+
+def fulfillment_key(kind: str) -> str:
+    """The field that names what a fulfillment event is about: a checkout's session, a renewal's invoice."""
+    return "invoice_id" if kind == "renewal" else "checkout_session_id"
 
 
 def adjustment_id(checkout_session_id: str, line_item_id: str) -> str:
@@ -96,6 +116,49 @@ def fetched_events(
     return events
 
 
+def renewal_events(
+    invoice_id: str,
+    subscription_id: str,
+    raw: list[dict[str, Any]],
+    items: list[LineItem],
+    now: datetime,
+    *,
+    test_mode: bool = False,
+) -> list[NewEvent]:
+    """A paid renewal fulfilled: the subscription's items as Flex returned them, then one inventory
+    adjustment per item (``reason`` renewal, ``invoice_id`` set, no checkout session)."""
+    events = [
+        _event(
+            f"{RENEWED}:{invoice_id}",
+            RENEWED,
+            now,
+            {
+                "invoice_id": invoice_id,
+                "subscription_id": subscription_id,
+                "items": raw,
+                "fulfilled_at": _iso(now),
+                "test_mode": test_mode,
+            },
+        )
+    ]
+    for item in items:
+        adjustment = {
+            "adjustment_id": adjustment_id(invoice_id, item.line_item_id),
+            "checkout_session_id": None,
+            "invoice_id": invoice_id,
+            "line_item_id": item.line_item_id,
+            "price_id": item.price_id,
+            "product_id": item.product_id,
+            "upc_code": item.upc_code,
+            "quantity_delta": -item.quantity,
+            "reason": "renewal",
+            "created_at": _iso(now),
+            "test_mode": test_mode,
+        }
+        events.append(_event(f"{ADJUSTED}:{invoice_id}:{item.line_item_id}", ADJUSTED, now, {"adjustment": adjustment}))
+    return events
+
+
 def restocked_events(
     checkout_session_id: str,
     restocked: list[tuple[LineItem, int]],
@@ -127,14 +190,17 @@ def restocked_events(
     return events
 
 
-def failed_event(checkout_session_id: str, generation: int, error: str, status: int | None, now: datetime) -> NewEvent:
+def failed_event(
+    key: str, generation: int, error: str, status: int | None, now: datetime, *, kind: str = "checkout"
+) -> NewEvent:
+    """A fulfillment (of a checkout session, or of a renewal invoice: ``kind``) parked as failed."""
     return _event(
-        f"{FAILED}:{checkout_session_id}:{generation}",
+        f"{FAILED}:{key}:{generation}",
         FAILED,
         now,
         # the reason may quote Flex's reply: never a character the log cannot store, never a novel
         {
-            "checkout_session_id": checkout_session_id,
+            fulfillment_key(kind): key,
             "generation": generation,
             "error": error.replace("\x00", "\ufffd")[:2000],
             "status": status,
@@ -142,10 +208,36 @@ def failed_event(checkout_session_id: str, generation: int, error: str, status: 
     )
 
 
-def retry_requested_event(checkout_session_id: str, generation: int, now: datetime) -> NewEvent:
+def retry_requested_event(key: str, generation: int, now: datetime, *, kind: str = "checkout") -> NewEvent:
     return _event(
-        f"{RETRY_REQUESTED}:{checkout_session_id}:{generation}",
+        f"{RETRY_REQUESTED}:{key}:{generation}",
         RETRY_REQUESTED,
         now,
-        {"checkout_session_id": checkout_session_id, "generation": generation},
+        {fulfillment_key(kind): key, "generation": generation},
     )
+
+
+def fold_fulfilled(row: LogRow, state: Mergeable, items: list[LineItem], at: int | None) -> None:
+    """What was fulfilled (an order's line items, a renewal's subscription items) into the state
+    of its order or invoice: ``fulfilled`` is final."""
+    state.offer("fulfillment_line_items", [msgspec.to_builtins(i) for i in items], newest_first_key(row.payload))
+    state.flag("fulfilled")
+    state.earliest("fulfilled_at", at)
+
+
+def fold_fulfillment_outcome(row: LogRow, state: Mergeable) -> bool:
+    """A failed or retried fulfillment into its order's or invoice's state: the latest retry
+    generation decides, ``failed`` over ``pending`` within one generation."""
+    obj = dict_of(row.payload.get("object"))
+    generation = as_int(obj.get("generation")) or 1
+    if row.event_type == FAILED:
+        key = [generation, 1, *newest_first_key(row.payload)]
+        state.offer("fulfillment_status", "failed", key)
+        state.offer("fulfillment_error", as_str(obj.get("error")) or "failed", key)
+        return True
+    if row.event_type == RETRY_REQUESTED:
+        key = [generation, 0, *newest_first_key(row.payload)]
+        state.offer("fulfillment_status", "pending", key)
+        state.offer("fulfillment_error", "", key)
+        return True
+    return False

@@ -13,7 +13,14 @@ import msgspec
 
 from ledger.envelope import MAX_KEY_BYTES, has_nul, oversized_key
 
-__all__ = ["MAX_QUANTITY", "LineItem", "UnusableLineItems", "check_line_items", "parse_line_items"]
+__all__ = [
+    "MAX_QUANTITY",
+    "LineItem",
+    "UnusableLineItems",
+    "check_line_items",
+    "parse_line_items",
+    "parse_subscription_items",
+]
 
 # More of one line item than any order holds: a quantity beyond it is a reply nothing can trust.
 MAX_QUANTITY = 1_000_000
@@ -46,6 +53,54 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _price_and_product(item: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """An item's price id, product id and UPC: ``price`` an object or an id, ``product`` nested in
+    it, beside it, or an id."""
+    price = item.get("price")
+    price_id = _str(price) if not isinstance(price, dict) else _str(price.get("price_id")) or _str(price.get("id"))
+    product = price.get("product") if isinstance(price, dict) else None
+    product = product if product is not None else item.get("product")
+    if isinstance(product, dict):
+        return price_id, _str(product.get("product_id")) or _str(product.get("id")), _str(product.get("upc_code"))
+    return price_id, _str(product), None
+
+
+def parse_subscription_items(body: Any) -> tuple[list[dict[str, Any]], list[LineItem]]:
+    """A subscription's items (``GET /subscriptions/{id}``: ``{"subscription": {"items": [...]}}``)
+    as what a renewal fulfills: one ``LineItem`` per item, its id the ``subscription_item_id``."""
+    subscription = body.get("subscription", body) if isinstance(body, dict) else None
+    items = subscription.get("items") if isinstance(subscription, dict) else None
+    if isinstance(items, dict):  # a list object ({"data": [...]}), as Stripe nests them
+        items = items.get("data")
+    if not isinstance(items, list):
+        raise UnusableLineItems("the subscription has no items list")
+    raw: list[dict[str, Any]] = []
+    parsed: list[LineItem] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        item_id = _str(item.get("subscription_item_id")) or _str(item.get("id"))
+        quantity = _int(item.get("quantity", 1))
+        if item_id is None or quantity is None:
+            raise UnusableLineItems(f"a subscription item lacks an id or a whole quantity: {str(item)[:200]}")
+        price_id, product_id, upc = _price_and_product(item)
+        price = item.get("price")
+        unit = _int(price.get("unit_amount")) if isinstance(price, dict) else None
+        raw.append(item)
+        parsed.append(
+            LineItem(
+                line_item_id=item_id,
+                price_id=price_id or _str(item.get("price_id")),
+                product_id=product_id or _str(item.get("product_id")),
+                upc_code=upc,
+                description=_str(item.get("description")),
+                quantity=quantity,
+                amount_total=unit * quantity if unit is not None else None,
+            )
+        )
+    return raw, parsed
+
+
 def parse_line_items(body: Any) -> tuple[list[dict[str, Any]], list[LineItem]]:
     """The raw items (kept as returned) and what fulfillment needs from each."""
     items = body.get("line_items") if isinstance(body, dict) else None
@@ -60,15 +115,7 @@ def parse_line_items(body: Any) -> tuple[list[dict[str, Any]], list[LineItem]]:
         quantity = _int(item.get("quantity"))
         if line_item_id is None or quantity is None:
             raise UnusableLineItems(f"a line item lacks an id or a whole quantity: {str(item)[:200]}")
-        price = item.get("price")
-        price_id = _str(price) if not isinstance(price, dict) else _str(price.get("price_id")) or _str(price.get("id"))
-        product = price.get("product") if isinstance(price, dict) else None
-        product = product if product is not None else item.get("product")
-        if isinstance(product, dict):
-            product_id = _str(product.get("product_id")) or _str(product.get("id"))
-            upc = _str(product.get("upc_code"))
-        else:
-            product_id, upc = _str(product), None
+        price_id, product_id, upc = _price_and_product(item)
         raw.append(item)
         parsed.append(
             LineItem(

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-
 from projections.base import Deltas, LogRow, Projection, Table
 from projections.fields import (
     as_bool,
@@ -32,7 +30,14 @@ from projections.fields import (
     resource,
 )
 from projections.fields import dict_of as _dict
-from projections.ledger_events import ADJUSTED, FAILED, FETCHED, RETRY_REQUESTED
+from projections.ledger_events import (
+    ADJUSTED,
+    FAILED,
+    FETCHED,
+    RETRY_REQUESTED,
+    fold_fulfilled,
+    fold_fulfillment_outcome,
+)
 from projections.line_items import UnusableLineItems, parse_line_items
 from projections.mergeable import Key, Mergeable
 from projections.observations import OBSERVED
@@ -256,22 +261,9 @@ def _fulfillment(row: LogRow, deltas: Deltas) -> bool:
             _, items = parse_line_items(obj)
         except UnusableLineItems:
             return False
-        state.offer("fulfillment_line_items", [msgspec.to_builtins(i) for i in items], newest_first_key(row.payload))
-        state.flag("fulfilled")
-        state.earliest("fulfilled_at", epoch_micros(obj.get("fetched_at")) or event_micros(row.payload) or None)
+        fold_fulfilled(row, state, items, epoch_micros(obj.get("fetched_at")) or event_micros(row.payload) or None)
         return True
-    generation = as_int(obj.get("generation")) or 1
-    if row.event_type == FAILED:
-        key = [generation, 1, *newest_first_key(row.payload)]
-        state.offer("fulfillment_status", "failed", key)
-        state.offer("fulfillment_error", as_str(obj.get("error")) or "failed", key)
-        return True
-    if row.event_type == RETRY_REQUESTED:
-        key = [generation, 0, *newest_first_key(row.payload)]
-        state.offer("fulfillment_status", "pending", key)
-        state.offer("fulfillment_error", "", key)
-        return True
-    return False
+    return fold_fulfillment_outcome(row, state)
 
 
 def fold(row: LogRow, deltas: Deltas) -> bool:

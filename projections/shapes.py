@@ -160,16 +160,18 @@ class InventoryLevel(msgspec.Struct):
 
 
 class Adjustment(msgspec.Struct):
-    """One row of the inventory adjustments feed: a sale or a restock of one line item."""
+    """One row of the inventory adjustments feed: a sale or a restock of one line item, or the
+    renewal of one subscription item (``checkout_session_id`` null, ``invoice_id`` set)."""
 
     adjustment_id: str
     position: int
-    checkout_session_id: str
+    checkout_session_id: str | None
     line_item_id: str
     price_id: str | None
     product_id: str | None
     upc_code: str | None
     quantity_delta: int
-    reason: str
+    reason: str  # sale | restock | renewal
     created_at: str | None
     test_mode: bool
+    invoice_id: str | None = None  # renewals only

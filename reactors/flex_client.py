@@ -24,7 +24,13 @@ from urllib.parse import quote
 import httpx
 
 from ledger.settings import Settings
-from projections.line_items import LineItem, UnusableLineItems, check_line_items, parse_line_items
+from projections.line_items import (
+    LineItem,
+    UnusableLineItems,
+    check_line_items,
+    parse_line_items,
+    parse_subscription_items,
+)
 
 __all__ = [
     "FlexApiError",
@@ -119,6 +125,17 @@ class FlexClient:
             return raw, items
         except UnusableLineItems as exc:
             raise PermanentFlexError(str(exc), status=200) from None
+
+    async def subscription_items(self, subscription_id: str) -> tuple[list[dict[str, Any]], list[LineItem]]:
+        """``GET /subscriptions/{id}``'s items (what a renewal fulfills), retried; raises a
+        ``FlexApiError`` subclass (permanent when the reply has no usable items)."""
+        body = await self.get(f"/subscriptions/{quote(subscription_id, safe='')}")
+        try:
+            raw, items = parse_subscription_items(body)
+            check_line_items(raw, items)
+            return raw, items
+        except UnusableLineItems as exc:
+            raise PermanentFlexError(f"subscription {subscription_id[:80]}: {exc}", status=200) from None
 
     async def checkout_session(self, checkout_session_id: str) -> dict[str, Any] | None:
         """``GET /checkout/sessions/{id}``: the session, or ``None`` when Flex does not know it."""

@@ -1,4 +1,5 @@
-"""The fulfillment reactor: line items from Flex, exactly-once inventory adjustments.
+"""The fulfillment reactor: line items from Flex, exactly-once inventory adjustments, for every
+completed checkout and (``reactors.renewals``) every paid renewal of a subscription.
 
 Not a projection: it has side effects (calls to Flex), so it is never part of ``ledger rebuild``.
 It has its own checkpoint and one queue row per completed session.
@@ -39,11 +40,13 @@ from projections.base import LogRow, like_patterns
 from projections.coordination import run_exclusively
 from projections.fields import as_bool, as_str, resource
 from projections.follower import follow, follow_once
+from projections.invoices import PAID_EVENTS
 from projections.ledger_events import failed_event, fetched_events, retry_requested_event
 from projections.observations import KINDS, OBSERVED
 from projections.orders import REFUND_EVENTS, refunds_in
 from projections.registry import FULFILLMENT, lock_id
 from reactors.flex_client import FlexApiError, FlexClient, PermanentFlexError
+from reactors.renewals import WAIT, decide, paid_invoices, renew
 from reactors.restock import RestockRefused, restock
 from reactors.sql import reactor_queries as sql
 
@@ -68,14 +71,23 @@ _COMPLETING = (_COMPLETED, KINDS["checkout_session"].snapshot_type)
 
 
 class IntakePolicy:
-    """The reactor's follower of the log: queues each completed session once and, when refunds
+    """The reactor's follower of the log: queues each completed session once, each paid invoice of a
+    subscription once (``LEDGER_FULFILL_RENEWALS``; ``reactors.renewals``) and, when refunds
     restock (``LEDGER_RESTOCK_ON_REFUND=full``), notes the payment intents of succeeded refunds."""
 
     name = FULFILLMENT
 
-    def __init__(self, *, restock_on_refund: bool = False) -> None:
+    def __init__(self, *, restock_on_refund: bool = False, fulfill_renewals: bool = True) -> None:
         self.restock_on_refund = restock_on_refund
-        self.patterns = like_patterns([_COMPLETED, OBSERVED, *(REFUND_EVENTS if restock_on_refund else ())])
+        self.fulfill_renewals = fulfill_renewals
+        self.patterns = like_patterns(
+            [
+                _COMPLETED,
+                OBSERVED,
+                *(REFUND_EVENTS if restock_on_refund else ()),
+                *(PAID_EVENTS if fulfill_renewals else ()),
+            ]
+        )
 
     async def apply(self, conn: asyncpg.Connection, rows: list[LogRow]) -> BatchResult:
         """The batch in one go; a session the queue cannot hold (an id written by an earlier
@@ -103,7 +115,13 @@ class IntakePolicy:
             await conn.execute(sql.queue_enqueue, list(sessions), list(positions), list(modes))
         if refunded:
             await conn.execute(sql.refund_checks_note, list(refunded), list(refunded.values()))
-        return BatchResult(applied=len(sessions) + len(refunded))
+        renewals = paid_invoices(rows) if self.fulfill_renewals else {}
+        if renewals:
+            positions, modes, subscriptions = zip(*renewals.values(), strict=True)
+            await conn.execute(
+                sql.queue_enqueue_renewals, list(renewals), list(positions), list(modes), list(subscriptions)
+            )
+        return BatchResult(applied=len(sessions) + len(refunded) + len(renewals))
 
 
 _INTAKE = IntakePolicy()
@@ -121,7 +139,8 @@ async def requeue(conn: asyncpg.Connection, session_ids: list[str] | None) -> li
         rows = await conn.fetch(sql.queue_requeue, session_ids)
         if rows:
             await append_with(
-                conn, [retry_requested_event(r["checkout_session_id"], r["generation"], now) for r in rows]
+                conn,
+                [retry_requested_event(r["checkout_session_id"], r["generation"], now, kind=r["kind"]) for r in rows],
             )
     return [(r["checkout_session_id"], r["generation"]) for r in rows]
 
@@ -164,6 +183,7 @@ class FulfillmentReactor:
         *,
         test_client: FlexClient | None = None,
         restock_on_refund: bool = False,
+        fulfill_renewals: bool = True,
         concurrency: int = 32,
         max_attempts: int = 8,
         backoff_base: float = 2.0,
@@ -180,7 +200,7 @@ class FulfillmentReactor:
         # The client for each mode (test_mode: bool); a session of a mode without one waits as pending.
         self.clients = {False: client, True: test_client or client}
         self.wake = wake
-        self.intake = IntakePolicy(restock_on_refund=restock_on_refund)
+        self.intake = IntakePolicy(restock_on_refund=restock_on_refund, fulfill_renewals=fulfill_renewals)
         self.concurrency = concurrency
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
@@ -214,11 +234,11 @@ class FulfillmentReactor:
                 return
             only = served[0] if len(served) == 1 else None
             for row in await conn.fetch(sql.queue_due, free + len(self._in_flight), only):
-                session_id = row["checkout_session_id"]
-                if session_id in self._in_flight or len(self._in_flight) >= self.concurrency:
+                key = row["checkout_session_id"]
+                if key in self._in_flight or len(self._in_flight) >= self.concurrency:
                     continue
-                self._in_flight.add(session_id)
-                task = asyncio.create_task(self._fulfill(session_id, row["test_mode"]))
+                self._in_flight.add(key)
+                task = asyncio.create_task(self._fulfill(row))
                 workers.add(task)
                 task.add_done_callback(workers.discard)
 
@@ -255,48 +275,69 @@ class FulfillmentReactor:
     def _backoff(self, attempts: int) -> float:
         return float(random.uniform(0.5, 1.0) * min(self.backoff_cap, self.backoff_base * 2**attempts))
 
-    async def _fulfill(self, session_id: str, test_mode: bool) -> None:
+    async def _fulfill(self, due: asyncpg.Record) -> None:
+        """One due queue row: a checkout's line items, or a renewal (decided first), fetched and
+        recorded once; a Flex failure retried or parked by ``next_step``."""
+        key, test_mode, kind = due["checkout_session_id"], due["test_mode"], due["kind"]
         client = self.clients[test_mode]
         assert client is not None
         try:
             async with self.pool.acquire() as conn:
-                # the due list may be a moment old: a worker may have just finished this session
-                if await conn.fetchval(sql.queue_status, session_id) != "pending":
+                # the due list may be a moment old: a worker may have just finished this one
+                if await conn.fetchval(sql.queue_status, key) != "pending":
+                    return
+                decision = await decide(conn, key, due["completed_position"]) if kind == "renewal" else None
+                if decision is not None and decision.renewal is None:
+                    await conn.execute(sql.queue_wait, key, decision.reason, WAIT)
+                    return
+                if decision is not None and not decision.renewal:
+                    await conn.execute(sql.queue_skipped, key, decision.reason)
                     return
             try:
-                raw, items = await client.line_items(session_id)
+                if decision is None:
+                    recorded = await self._checkout(client, key, test_mode)
+                elif decision.subscription_id is None:
+                    raise PermanentFlexError("the renewal invoice names no subscription whose items to fulfill")
+                else:
+                    recorded = await renew(self.pool, client, key, decision.subscription_id, test_mode=test_mode)
             except FlexApiError as exc:
-                await self._record_failure(session_id, exc)
+                await self._record_failure(key, exc)
                 return
-            now = datetime.now(UTC)
-            try:
-                async with connection(self.pool) as conn, conn.transaction():
-                    row = await conn.fetchrow(sql.queue_lock, session_id)
-                    if row is None or row["status"] != "pending":
-                        return  # fulfilled or parked meanwhile: nothing to record
-                    await append_with(conn, fetched_events(session_id, raw, items, now, test_mode=test_mode))
-                    await conn.execute(sql.queue_fulfilled, session_id)
             except DataRefused as exc:  # the reply cannot be stored: fetching it again will not help
-                reason = f"Flex's line items cannot be recorded ({exc.message})"
-                await self._record_failure(session_id, PermanentFlexError(reason, status=200))
+                reason = f"Flex's answer cannot be recorded ({exc.message})"
+                await self._record_failure(key, PermanentFlexError(reason, status=200))
                 return
-            _log.info("fulfillment: %s fulfilled with %d line items", session_id, len(items))
+            if recorded:
+                _log.info("fulfillment: %s %s fulfilled", "renewal" if decision else "session", key)
         except asyncio.CancelledError:
             raise
         except DatabaseError as exc:
             # counted as an attempt and retried later, never at once: no loop against Flex
-            _log.warning("fulfillment: %s: could not record the outcome (%s); will retry", session_id, exc)
+            _log.warning("fulfillment: %s: could not record the outcome (%s); will retry", key, exc)
             with contextlib.suppress(Exception):
                 async with self.pool.acquire() as conn:
-                    await conn.execute(sql.queue_retry_later, session_id, f"could not record: {exc}"[:500], 30.0)
+                    await conn.execute(sql.queue_retry_later, key, f"could not record: {exc}"[:500], 30.0)
         except Exception:
-            _log.exception("fulfillment: %s: unexpected failure; will retry", session_id)
+            _log.exception("fulfillment: %s: unexpected failure; will retry", key)
             with contextlib.suppress(Exception):
                 async with self.pool.acquire() as conn:
-                    await conn.execute(sql.queue_retry_later, session_id, "unexpected error", 30.0)
+                    await conn.execute(sql.queue_retry_later, key, "unexpected error", 30.0)
         finally:
-            self._in_flight.discard(session_id)
+            self._in_flight.discard(key)
             self.wake.set()
+
+    async def _checkout(self, client: FlexClient, session_id: str, test_mode: bool) -> bool:
+        """A completed session's line items from Flex, recorded once with one adjustment each.
+        Returns whether this call recorded them (``False``: fulfilled or parked meanwhile)."""
+        raw, items = await client.line_items(session_id)
+        now = datetime.now(UTC)
+        async with connection(self.pool) as conn, conn.transaction():
+            row = await conn.fetchrow(sql.queue_lock, session_id)
+            if row is None or row["status"] != "pending":
+                return False
+            await append_with(conn, fetched_events(session_id, raw, items, now, test_mode=test_mode))
+            await conn.execute(sql.queue_fulfilled, session_id)
+        return True
 
     async def _record_failure(self, session_id: str, exc: FlexApiError) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -311,9 +352,10 @@ class FulfillmentReactor:
                 cap=self.backoff_cap,
             )
             if step.park:
-                await append_with(
-                    conn, [failed_event(session_id, row["generation"], step.reason, exc.status, datetime.now(UTC))]
+                failed = failed_event(
+                    session_id, row["generation"], step.reason, exc.status, datetime.now(UTC), kind=row["kind"]
                 )
+                await append_with(conn, [failed])
                 await conn.execute(sql.queue_failed, session_id, step.reason)
                 _log.warning("fulfillment: %s failed: %s", session_id, step.reason)
             else:

@@ -67,6 +67,7 @@ async def running_workers(
         watcher.subscribe(),
         test_client=clients.get("test"),
         restock_on_refund=settings.restock_on_refund,
+        fulfill_renewals=settings.fulfill_renewals,
         concurrency=settings.fulfillment_concurrency,
         max_attempts=settings.fulfillment_max_attempts,
         backoff_base=settings.fulfillment_retry_base,

@@ -13,9 +13,9 @@ CROSS JOIN LATERAL (SELECT position, state FROM inventory_adjustments WHERE adju
 WITH input AS (
     SELECT *
     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[],
-                $8::text[], $9::bigint[], $10::boolean[], $11::bigint[], $12::json[])
+                $8::text[], $9::bigint[], $10::boolean[], $11::text[], $12::bigint[], $13::json[])
          AS i(adjustment_id, checkout_session_id, line_item_id, price_id, product_id, upc_code, quantity_delta,
-              reason, created_at, test_mode, position, state)
+              reason, created_at, test_mode, invoice_id, position, state)
 ), previous AS (
     SELECT a.price_id, a.product_id, a.test_mode, a.quantity_delta, -1 AS sign, 0::bigint AS position
     FROM input i
@@ -23,12 +23,14 @@ WITH input AS (
                         WHERE adjustment_id = i.adjustment_id LIMIT 1) a
 ), written AS (
     INSERT INTO inventory_adjustments (adjustment_id, checkout_session_id, line_item_id, price_id, product_id,
-                                       upc_code, quantity_delta, reason, created_at, test_mode, position, state)
+                                       upc_code, quantity_delta, reason, created_at, test_mode, invoice_id, position,
+                                       state)
     SELECT * FROM input
     ON CONFLICT (adjustment_id) DO UPDATE
     SET price_id = EXCLUDED.price_id, product_id = EXCLUDED.product_id, upc_code = EXCLUDED.upc_code,
         quantity_delta = EXCLUDED.quantity_delta, reason = EXCLUDED.reason, created_at = EXCLUDED.created_at,
-        test_mode = EXCLUDED.test_mode, position = EXCLUDED.position, state = EXCLUDED.state
+        test_mode = EXCLUDED.test_mode, invoice_id = EXCLUDED.invoice_id, position = EXCLUDED.position,
+        state = EXCLUDED.state
     RETURNING price_id, product_id, test_mode, quantity_delta, 1 AS sign, position
 )
 INSERT INTO inventory_levels (price_id, product_id, test_mode, quantity_sold, quantity_restocked, adjustment_count,
@@ -46,7 +48,7 @@ SET quantity_sold = inventory_levels.quantity_sold + EXCLUDED.quantity_sold,
 -- name: adjustments_list
 -- The feed, oldest first; $3 picks a mode (NULL: both), checked on the rows the index gives.
 SELECT adjustment_id, position, checkout_session_id, line_item_id, price_id, product_id, upc_code,
-       quantity_delta, reason, created_at, test_mode
+       quantity_delta, reason, created_at, test_mode, invoice_id
 FROM inventory_adjustments
 WHERE position > $1 AND ($3::boolean IS NULL OR test_mode = $3)
 ORDER BY position, adjustment_id

@@ -1,20 +1,27 @@
--- The fulfillment queue: one row per completed session, worked by the reactor.
+-- The fulfillment queue: one row per completed session, and one per paid invoice of a subscription
+-- (kind 'renewal', keyed by the invoice's id), worked by the reactor.
 
 -- name: queue_enqueue
 INSERT INTO fulfillment_queue (checkout_session_id, completed_position, test_mode)
 SELECT * FROM unnest($1::text[], $2::bigint[], $3::boolean[])
 ON CONFLICT (checkout_session_id) DO NOTHING;
 
+-- name: queue_enqueue_renewals
+-- Paid invoices ($1), each with its position, mode and subscription: decided and fulfilled later.
+INSERT INTO fulfillment_queue (checkout_session_id, completed_position, test_mode, kind, subscription_id)
+SELECT k, p, m, 'renewal', s FROM unnest($1::text[], $2::bigint[], $3::boolean[], $4::text[]) AS i(k, p, m, s)
+ON CONFLICT (checkout_session_id) DO NOTHING;
+
 -- name: queue_due
 -- $2 picks a mode (NULL: both): only sessions a key is configured for.
-SELECT checkout_session_id, generation, attempts, test_mode
+SELECT checkout_session_id, generation, attempts, test_mode, kind, subscription_id, completed_position
 FROM fulfillment_queue
 WHERE status = 'pending' AND next_attempt_at <= now() AND ($2::boolean IS NULL OR test_mode = $2)
 ORDER BY next_attempt_at, checkout_session_id
 LIMIT $1;
 
 -- name: queue_lock
-SELECT status, generation, attempts, test_mode FROM fulfillment_queue WHERE checkout_session_id = $1 FOR UPDATE;
+SELECT status, generation, attempts, test_mode, kind FROM fulfillment_queue WHERE checkout_session_id = $1 FOR UPDATE;
 
 -- name: queue_fulfilled
 -- The session is done; the reactor's count of fulfilled sessions moves with it (so that counting
@@ -37,13 +44,25 @@ SET attempts = attempts + 1, last_error = $2, next_attempt_at = now() + make_int
     updated_at = now()
 WHERE checkout_session_id = $1;
 
+-- name: queue_wait
+-- Not decidable yet (a renewal waiting for what tells it from a first invoice): looked at again in
+-- $3 seconds, without counting an attempt.
+UPDATE fulfillment_queue
+SET last_error = $2, next_attempt_at = now() + make_interval(secs => $3), updated_at = now()
+WHERE checkout_session_id = $1 AND status = 'pending';
+
+-- name: queue_skipped
+-- A paid invoice that is not a renewal (the subscription's first: its checkout's sale fulfills it).
+UPDATE fulfillment_queue SET status = 'skipped', last_error = $2, updated_at = now()
+WHERE checkout_session_id = $1 AND status = 'pending';
+
 -- name: queue_requeue
 -- `ledger fulfill retry`: failed sessions (all of them when $1 is NULL) go back to pending.
 UPDATE fulfillment_queue
 SET status = 'pending', attempts = 0, generation = generation + 1, next_attempt_at = now(), last_error = NULL,
     updated_at = now()
 WHERE status = 'failed' AND ($1::text[] IS NULL OR checkout_session_id = ANY ($1::text[]))
-RETURNING checkout_session_id, generation;
+RETURNING checkout_session_id, generation, kind;
 
 -- name: queue_get
 SELECT checkout_session_id, status, attempts, generation, last_error FROM fulfillment_queue
@@ -93,7 +112,7 @@ DELETE FROM refund_checks WHERE payment_intent_id = $1 AND position = $2;
 
 -- name: queue_failed_list
 -- The failed sessions, most recently failed first (their partial index), for the console.
-SELECT checkout_session_id, attempts, generation, last_error, updated_at, test_mode
+SELECT checkout_session_id, attempts, generation, last_error, updated_at, test_mode, kind
 FROM fulfillment_queue
 WHERE status = 'failed'
 ORDER BY updated_at DESC
