@@ -103,8 +103,11 @@ class DestinationPolicy:
 
     patterns = PATTERNS
 
-    def __init__(self, destination_id: str, types: Sequence[str], mode: str, first_delay: float) -> None:
+    def __init__(
+        self, destination_id: str, types: Sequence[str], mode: str, first_delay: float, *, renewals: bool = True
+    ) -> None:
         self.name = f"destination {destination_id}"
+        self.renewals = renewals
         self.destination_id = destination_id
         self.types = list(types)
         self.mode = mode
@@ -117,7 +120,7 @@ class DestinationPolicy:
         return wanted(message.type, self.types)
 
     async def apply(self, conn: asyncpg.Connection, rows: list[Any]) -> BatchResult:
-        chosen = [m for m in await derive(conn, rows) if self.takes(m)]
+        chosen = [m for m in await derive(conn, rows, renewals=self.renewals) if self.takes(m)]
         if chosen:
             await conn.execute(
                 sql.messages_enqueue,
@@ -293,6 +296,7 @@ class DeliveryWorker:
         batch_size: int = 500,
         on_attempt: Callable[[str, Outcome, float], None] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        fulfill_renewals: bool = True,
     ) -> None:
         self.dsn = dsn
         self.pool = pool
@@ -305,6 +309,7 @@ class DeliveryWorker:
         self.standby_interval = standby_interval
         self.batch_size = batch_size
         self.on_attempt = on_attempt
+        self.fulfill_renewals = fulfill_renewals  # what an invoice's message says of its fulfillment
         self.active = False
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
@@ -380,7 +385,9 @@ class DeliveryWorker:
                 sender = self._destinations[destination_id] = _Destination(self, destination_id)
             if r["retrying"] >= BACKLOG:
                 continue  # its receiver is behind: derive no more until it catches up
-            policy = DestinationPolicy(destination_id, r["types"], r["mode"], self.schedule[0])
+            policy = DestinationPolicy(
+                destination_id, r["types"], r["mode"], self.schedule[0], renewals=self.fulfill_renewals
+            )
             try:
                 moved = await follow_once(DestinationStore(conn, destination_id), policy, self.batch_size)
             except CheckpointMoved:

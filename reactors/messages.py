@@ -1,9 +1,10 @@
 """The ledger's own messages to the merchant's systems, derived from the log alone.
 
 A message is a function of one log position: ``inventory.adjusted`` for each adjustment the log
-records (``projections.inventory.adjustment_at``); ``order.updated``, ``customer.updated`` and
-``subscription.updated`` for each order, customer and subscription an event changed, carrying the
-document as it stood after that position (``projections.history``: the folds time travel uses).
+records (``projections.inventory.adjustment_at``); ``order.updated``, ``customer.updated``,
+``subscription.updated`` and ``invoice.updated`` for each order, customer, subscription and invoice
+an event changed, carrying the document as it stood after that position (``projections.history``:
+the folds time travel uses; an invoice with its subscription as it stood then).
 Its id is a function of (position, type, object id) and its body of the log, so every attempt,
 replay and destination sends the same id and the same bytes.
 
@@ -22,11 +23,12 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from projections.base import Deltas, LogRow, like_patterns
+from projections.base import Deltas, LogRow, Projection, like_patterns
 from projections.customers import CUSTOMERS
-from projections.documents import customer_document, subscription_document
+from projections.documents import customer_document, invoice_document, subscription_document
 from projections.history import documents_at, orders_at
 from projections.inventory import INVENTORY, adjustment_at
+from projections.invoices import INVOICES
 from projections.ledger_events import ADJUSTED
 from projections.orders import ORDERS
 from projections.sql import projection_queries
@@ -39,8 +41,9 @@ INVENTORY_ADJUSTED = "inventory.adjusted"
 ORDER_UPDATED = "order.updated"
 CUSTOMER_UPDATED = "customer.updated"
 SUBSCRIPTION_UPDATED = "subscription.updated"
-MESSAGE_TYPES = (INVENTORY_ADJUSTED, ORDER_UPDATED, CUSTOMER_UPDATED, SUBSCRIPTION_UPDATED)
-_READ_MODELS = (ORDERS, INVENTORY, CUSTOMERS, SUBSCRIPTIONS)
+INVOICE_UPDATED = "invoice.updated"
+MESSAGE_TYPES = (INVENTORY_ADJUSTED, ORDER_UPDATED, CUSTOMER_UPDATED, SUBSCRIPTION_UPDATED, INVOICE_UPDATED)
+_READ_MODELS = (ORDERS, INVENTORY, CUSTOMERS, SUBSCRIPTIONS, INVOICES)
 # The projections whose documents messages carry: a destination derives no further than they have applied.
 SOURCES = tuple(p.name for p in _READ_MODELS)
 PATTERNS = like_patterns({prefix for p in _READ_MODELS for prefix in p.prefixes})
@@ -98,9 +101,10 @@ def _message(kind: str, position: int, object_id: str, recorded_at: datetime, te
     )
 
 
-async def derive(conn: asyncpg.Connection, rows: Sequence[LogRow]) -> list[Message]:
+async def derive(conn: asyncpg.Connection, rows: Sequence[LogRow], *, renewals: bool = True) -> list[Message]:
     """Every message the events ``rows`` make, in log order; the projections in ``SOURCES`` have
-    applied them (the order's intents are read from the orders projection)."""
+    applied them (the order's intents are read from the orders projection). ``renewals``: whether
+    paid renewals are fulfilled (``LEDGER_FULFILL_RENEWALS``: an invoice's fulfillment block)."""
     if not rows:
         return []
     recorded = {
@@ -123,6 +127,8 @@ async def derive(conn: asyncpg.Connection, rows: Sequence[LogRow]) -> list[Messa
             at_positions.setdefault(session_id, []).append(row.position)
     orders = await orders_at(conn, at_positions)
     others = await _entity_messages(conn, rows, recorded)
+    for position, found in (await _invoice_messages(conn, rows, recorded, renewals=renewals)).items():
+        others.setdefault(position, []).extend(found)
     out: list[Message] = []
     for row, entities in touched:
         at = recorded[row.position]
@@ -145,19 +151,53 @@ async def _entity_messages(
     event folded into, its document as of that position (every history of a kind read at once)."""
     out: dict[int, list[Message]] = {}
     for kind, projection, history, build in _ENTITIES:
-        table = projection.tables[0].name
-        at_positions: dict[str, list[int]] = {}
-        for row in rows:
-            deltas = Deltas()
-            with contextlib.suppress(Exception):
-                projection.fold(row, deltas)
-            for entity_id in deltas.by_table.get(table, {}):
-                at_positions.setdefault(entity_id, []).append(row.position)
-        documents = await documents_at(conn, projection, history, at_positions, build)
+        documents = await documents_at(conn, projection, history, _touched(projection, rows), build)
         for entity_id in sorted(documents):
             for position, doc in sorted(documents[entity_id].items()):
                 if doc is not None:
                     test_mode = bool(getattr(doc, "test_mode", False))
                     message = _message(kind, position, entity_id, recorded[position], test_mode, doc)
                     out.setdefault(position, []).append(message)
+    return out
+
+
+def _touched(projection: Projection, rows: Sequence[LogRow]) -> dict[str, list[int]]:
+    """The entities of ``projection``'s first table each event folds into, with their positions."""
+    table = projection.tables[0].name
+    at_positions: dict[str, list[int]] = {}
+    for row in rows:
+        deltas = Deltas()
+        with contextlib.suppress(Exception):
+            projection.fold(row, deltas)
+        for entity_id in deltas.by_table.get(table, {}):
+            at_positions.setdefault(entity_id, []).append(row.position)
+    return at_positions
+
+
+async def _invoice_messages(
+    conn: asyncpg.Connection, rows: Sequence[LogRow], recorded: dict[int, datetime], *, renewals: bool
+) -> dict[int, list[Message]]:
+    """``invoice.updated`` of the batch, by position: each invoice an event folded into, as it stood
+    then, with its subscription as it stood then (what decides ``renewal``)."""
+    states = await documents_at(
+        conn, INVOICES, projection_queries.invoice_history_of, _touched(INVOICES, rows), lambda _, p, s: (p, s)
+    )
+    wanted: dict[str, list[int]] = {}
+    for at_positions in states.values():
+        for position, found in at_positions.items():
+            if found is not None and found[1].get("subscription_id"):
+                wanted.setdefault(found[1].get("subscription_id"), []).append(position)
+    subscriptions = await documents_at(
+        conn, SUBSCRIPTIONS, projection_queries.subscription_history_of, wanted, lambda _, __, s: s
+    )
+    out: dict[int, list[Message]] = {}
+    for invoice_id in sorted(states):
+        for position, found in sorted(states[invoice_id].items()):
+            if found is None:
+                continue
+            applied, state = found
+            subscription = subscriptions.get(state.get("subscription_id") or "", {}).get(position)
+            doc = invoice_document(invoice_id, applied, state, subscription, renewals=renewals)
+            message = _message(INVOICE_UPDATED, position, invoice_id, recorded[position], bool(doc.test_mode), doc)
+            out.setdefault(position, []).append(message)
     return out

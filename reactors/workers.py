@@ -84,6 +84,7 @@ async def running_workers(
         concurrency=settings.delivery_concurrency,
         allow_private=settings.delivery_allow_private,
         on_attempt=on_delivery_attempt,
+        fulfill_renewals=settings.fulfill_renewals,
     )
     tasks.append(asyncio.create_task(delivery.run(), name="delivery"))
     if settings.reconcile_interval > 0:

@@ -193,6 +193,25 @@ def _pretty(raw: str) -> str:
         return raw
 
 
+@get("/subscriptions/{subscription_id:str}")
+async def subscription(request: Request[Any, Any, Any], state: AppState, subscription_id: str) -> Template:
+    checked("subscription_id", subscription_id)
+    found = await documents.get_subscription(state.pool, subscription_id)
+    if found is None:
+        raise NotFound(f"no subscription {subscription_id!r}")
+    invoices, _ = await documents.list_invoices(
+        state.pool,
+        subscription_id=subscription_id,
+        customer_id=None,
+        status=None,
+        test_mode=None,
+        limit=100,
+        cursor=None,
+        renewals=state.settings.fulfill_renewals,
+    )
+    return _page("subscription.html", request, subscription=found, invoices=invoices)
+
+
 @get("/fulfillment")
 async def fulfillment(request: Request[Any, Any, Any], state: AppState, retried: str | None = None) -> Template:
     return _page("fulfillment.html", request, failed=await failed_sessions(state.pool), retried=retried)
@@ -286,6 +305,7 @@ CONSOLE_PAGES = [
     overview,
     orders,
     order,
+    subscription,
     fulfillment,
     retry,
     quarantine,

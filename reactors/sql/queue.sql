@@ -112,7 +112,7 @@ DELETE FROM refund_checks WHERE payment_intent_id = $1 AND position = $2;
 
 -- name: queue_failed_list
 -- The failed sessions, most recently failed first (their partial index), for the console.
-SELECT checkout_session_id, attempts, generation, last_error, updated_at, test_mode, kind
+SELECT checkout_session_id, attempts, generation, last_error, updated_at, test_mode, kind, subscription_id
 FROM fulfillment_queue
 WHERE status = 'failed'
 ORDER BY updated_at DESC

@@ -228,6 +228,14 @@ def test_every_adjustment_and_order_is_delivered_signed_whatever_the_arrival_ord
             ),
             what="the subscription as the API serves it",
         )
+        first_invoice = str(checkouts[-1].invoice_id)
+        wait_for(
+            lambda: (
+                latest("invoice.updated", "invoice_id").get(first_invoice, {}).get("data")
+                == server.get(f"/v1/invoices/{first_invoice}").json()
+            ),
+            what="the subscription's invoice as the API serves it",
+        )
         listed = server.get("/v1/destinations").json()["data"]
         assert [d["id"] for d in listed] == [destination]
         assert listed[0]["failed"] == 0

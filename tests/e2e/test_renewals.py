@@ -22,7 +22,16 @@ import pytest
 
 from ledger_cli.scenarios import Checkout, checkout_events, renewal_events, renewal_invoice_id
 from ledger_cli.send import tell_standin
-from tests.support import RunningServer, StandIn, deliver, fulfillment_env, ledger_command, run_server, run_standin
+from tests.support import (
+    RunningServer,
+    StandIn,
+    console_signed_in,
+    deliver,
+    fulfillment_env,
+    ledger_command,
+    run_server,
+    run_standin,
+)
 
 CYCLES = (1, 2, 3)
 
@@ -188,6 +197,15 @@ def test_a_flex_failure_is_retried_then_parked_then_retried_on_request(
         [reactor] = [p for p in json.loads(status.stdout)["projections"] if p["name"] == "fulfillment"]
         assert reactor["failed_sessions"] == 1, "visible where an operator looks"
 
+        with console_signed_in(server) as console:  # where an operator looks
+            failed_page = console.get("/console/fulfillment").text
+            assert invoice_id in failed_page
+            assert f'href="/console/subscriptions/{c.subscription_id}"' in failed_page
+            page = console.get(f"/console/subscriptions/{c.subscription_id}").text
+            row = page[page.index(f'data-testid="invoice-{invoice_id}"') :]
+            assert '<span data-testid="fulfillment">failed</span>' in row[: row.index("</tr>")]
+            assert "503" in row[: row.index("</tr>")]
+
         standin.clear_faults()
         retried = subprocess.run(
             [ledger_command(), "fulfill", "retry", invoice_id],
@@ -199,6 +217,11 @@ def test_a_flex_failure_is_retried_then_parked_then_retried_on_request(
         assert retried.returncode == 0, retried.stderr
         done = _wait(server, invoice_id, "fulfilled")
         assert done["fulfillment"]["error"] is None
+        with console_signed_in(server) as console:
+            page = console.get(f"/console/subscriptions/{c.subscription_id}").text
+            row = page[page.index(f'data-testid="invoice-{invoice_id}"') :]
+            assert '<span data-testid="fulfillment">fulfilled</span>' in row[: row.index("</tr>")]
+            assert console.get("/console/subscriptions/fsub_nope").status_code == 404
         renewals = [a for a in _adjustments(server) if a["reason"] == "renewal"]
         assert {a["invoice_id"] for a in renewals} == {invoice_id}
         assert len(renewals) == len(c.subscription_items())
