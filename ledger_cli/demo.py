@@ -31,7 +31,7 @@ import psutil
 from ledger.errors import ConfigError
 from ledger_cli.processes import free_port, ledger_command, wait_until_ok
 from ledger_cli.processes import stop as stop_process
-from ledger_cli.scenarios import Checkout, checkout_events, refund_events
+from ledger_cli.scenarios import PERIOD, Checkout, checkout_events, refund_events, renewal_events, renewal_invoice_id
 from ledger_cli.send import send, tell_standin
 
 __all__ = ["run_demo"]
@@ -54,7 +54,14 @@ def _money(cents: int | None) -> str:
 
 
 def _summary(
-    api: httpx.Client, orders: list[tuple[str, str]], calls: int, url: str, token: str, secret: str, work: Path
+    api: httpx.Client,
+    orders: list[tuple[str, str]],
+    renewals: list[str],
+    calls: int,
+    url: str,
+    token: str,
+    secret: str,
+    work: Path,
 ) -> str:
     out = io.StringIO()
     w = out.write
@@ -79,15 +86,27 @@ def _summary(
             f"  {'':<28} fulfillment: {f['status']}, {len(f['line_items'])} line item(s)"
             f"{', subscription ' + o['subscription_id'] if o['subscription_id'] else ''}\n"
         )
+    w("\nRenewals (a subscription's paid invoices after its checkout, fulfilled as checkouts are)\n")
+    for invoice_id in renewals:
+        i = api.get(f"/v1/invoices/{invoice_id}").json()
+        f = i["fulfillment"]
+        w(
+            f"  {i['subscription_id']}  invoice {invoice_id}  {i['status']} {_money(i['amount_paid'])}, "
+            f"period {i['period_start']} to {i['period_end']}\n"
+            f"  {'':<28} fulfillment: {f['status']}, {len(f['line_items'])} item(s) (adjustments: reason renewal)\n"
+        )
     w("\nInventory adjustments (the feed an inventory system polls, oldest first)\n")
     # As of everything logged so far: the inventory projection catches up on its own schedule.
     head = api.get("/v1/projections").json()["data"][0]["head"]
     for a in api.get("/v1/inventory/adjustments", params={"limit": 100, "min_position": head}).json()["data"]:
         w(
-            f"  #{a['position']:<4} {a['checkout_session_id']}  {a['line_item_id']:<20} "
+            f"  #{a['position']:<4} {a['checkout_session_id'] or a['invoice_id']}  {a['line_item_id']:<20} "
             f"{a['price_id'] or '-':<14} {a['quantity_delta']:>+4} {a['reason']}{' (test)' if a['test_mode'] else ''}\n"
         )
-    w(f"\nFlex Line Items API calls made: {calls} (one order's call failed twice before succeeding)\n")
+    w(
+        f"\nFlex API calls made: {calls} (each order's line items, one failing twice before succeeding; "
+        "the subscription's items for its renewal)\n"
+    )
     first = orders[1][1]
     auth = f'-H "Authorization: Bearer {token}"'
     w(f"\nThe ledger is running at {url}\n  API token:      {token}\n  webhook secret: {secret}\n")
@@ -202,7 +221,8 @@ def run_demo(port: int = 8000, data_dir: Path | None = None) -> int:
         checkouts: list[tuple[str, Checkout, dict[str, Any]]] = [
             ("one-item order", Checkout(seed=1, start=int(time.time()) - 300), {}),
             ("split cart (HSA/FSA + card)", Checkout(seed=2, split=True, items=2, start=int(time.time()) - 240), {}),
-            ("subscription", Checkout(seed=3, mode="subscription", start=int(time.time()) - 180), {}),
+            # begun a period ago: its first renewal has been paid since
+            ("subscription", Checkout(seed=3, mode="subscription", start=int(time.time()) - PERIOD - 180), {}),
             (
                 "out of order, duplicated",
                 Checkout(seed=4, start=int(time.time()) - 120),
@@ -214,8 +234,11 @@ def run_demo(port: int = 8000, data_dir: Path | None = None) -> int:
             ("webhooks lost, reconciled", Checkout(seed=8, items=2, start=int(time.time()) - 30), {"lost": True}),
         ]
         # after the sale: half of one order refunded (a pending refund, then succeeded)
-        refunded = checkouts[5][1]
-        after_sale = {refunded.session_id: refund_events(refunded, refunded.total // 2, at=20)}
+        refunded, subscribed = checkouts[5][1], checkouts[2][1]
+        after_sale = {
+            refunded.session_id: refund_events(refunded, refunded.total // 2, at=20),
+            subscribed.session_id: renewal_events(subscribed, 1),  # and a period later, renewed
+        }
         for _, checkout, _ in checkouts:  # Flex knows every session, its payments and its line items
             tell_standin(
                 f"http://127.0.0.1:{flex_port}",
@@ -250,11 +273,25 @@ def run_demo(port: int = 8000, data_dir: Path | None = None) -> int:
                     if time.monotonic() > deadline:
                         raise RuntimeError("fulfillment did not finish in 60 s; see " + str(work / "server.log"))
                     time.sleep(0.1)
+            renewal = renewal_invoice_id(subscribed, 1)
+            while api.get(f"/v1/invoices/{renewal}").json().get("fulfillment", {}).get("status") != "fulfilled":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the renewal was not fulfilled in 60 s; see " + str(work / "server.log"))
+                time.sleep(0.1)
             calls = httpx.get(f"http://127.0.0.1:{flex_port}/_standin/calls").json()["count"]
             print("\n`ledger reconcile`, run once the webhooks were in, found in Flex's API what the log lacked:")
             print("".join(f"  {line}\n" for line in reconciled.stdout.splitlines()), end="", flush=True)
             print(
-                _summary(api, [(label, c.session_id) for label, c, _ in checkouts], calls, url, token, secret, work),
+                _summary(
+                    api,
+                    [(label, c.session_id) for label, c, _ in checkouts],
+                    [renewal],
+                    calls,
+                    url,
+                    token,
+                    secret,
+                    work,
+                ),
                 flush=True,
             )
         print(_received(work / "listen.log", api_url=url, token=token), flush=True)

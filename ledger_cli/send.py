@@ -20,7 +20,16 @@ import httpx
 from ledger.errors import ConfigError
 from ledger.settings import decode_secret
 from ledger.signing import sign
-from ledger_cli.scenarios import Checkout, cancel_events, checkout_events, dispute_events, refund_events
+from ledger_cli.scenarios import (
+    PERIOD,
+    Checkout,
+    cancel_at_period_end_events,
+    cancel_events,
+    checkout_events,
+    dispute_events,
+    refund_events,
+    renewal_events,
+)
 
 __all__ = ["SCENARIOS", "load_events", "scenario_line_items", "send", "tell_standin"]
 
@@ -35,14 +44,27 @@ SCENARIOS: dict[str, tuple[dict[str, Any], Callable[[Checkout], list[dict[str, A
     "dispute-lost": ({}, lambda c: dispute_events(c, outcome="lost")),
     "dispute-won": ({}, lambda c: dispute_events(c, outcome="won")),
     "voided-authorization": ({"capture": "manual"}, cancel_events),
+    # three renewals (the second paid only after a failed attempt), then cancelled at period end
+    "subscription-renewal": ({"mode": "subscription"}, lambda c: _renewals(c)),
 }
+# How far back a scenario starts, so that all of it has happened by now.
+_BACK = {"subscription-renewal": 4 * PERIOD}
+
+
+def _renewals(c: Checkout) -> list[dict[str, Any]]:
+    return [
+        *renewal_events(c, 1),
+        *renewal_events(c, 2, outcome="recovered"),
+        *renewal_events(c, 3),
+        *cancel_at_period_end_events(c, 3),
+    ]
 
 
 def load_events(source: str, seed: int) -> list[dict[str, Any]]:
     """A scenario's events, or the events in a JSON (object or list) or JSONL file."""
     if source in SCENARIOS:
         options, after_sale = SCENARIOS[source]
-        checkout = Checkout(seed=seed, start=int(time.time()) - 600, **options)
+        checkout = Checkout(seed=seed, start=int(time.time()) - 600 - _BACK.get(source, 0), **options)
         return checkout_events(checkout) + after_sale(checkout)
     path = Path(source)
     if not path.exists():

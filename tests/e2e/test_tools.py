@@ -52,7 +52,7 @@ def test_demo_reaches_its_summary_curls_work_and_ctrl_c_leaves_nothing(tmp_path:
         assert time.monotonic() - started < 60
         sessions = re.findall(r"(fcs_[0-9A-F]{26})  complete", out)
         assert len(sessions) == 8
-        assert out.count("fulfillment: fulfilled") == 8
+        assert out.count("fulfillment: fulfilled") == 8 + 1  # every order, and the renewal
         # one order's webhooks were all lost: reconcile recorded it from the stand-in's API
         recovered = re.findall(r"recorded checkout_session (fcs_\w+) \(complete\) at position \d+", out)
         assert len(recovered) == 1
@@ -70,8 +70,17 @@ def test_demo_reaches_its_summary_curls_work_and_ctrl_c_leaves_nothing(tmp_path:
         listed = json.loads(subprocess.run(shlex.split(curls[1]), capture_output=True, text=True, check=True).stdout)
         assert sorted(o["checkout_session_id"] for o in listed["data"]) == sorted(sessions)
         feed = json.loads(subprocess.run(shlex.split(curls[3]), capture_output=True, text=True, check=True).stdout)
-        shown = re.findall(r"#(\d+)\s+(fcs_\w+)\s+(li_\w+)", out)
-        assert [(str(a["position"]), a["checkout_session_id"], a["line_item_id"]) for a in feed["data"]] == shown
+        shown = re.findall(r"#(\d+)\s+(\w+)\s+(\w+)", out)
+        listed = [
+            (str(a["position"]), a["checkout_session_id"] or a["invoice_id"], a["line_item_id"]) for a in feed["data"]
+        ]
+        assert listed == shown
+        # a subscription renewed a period after its checkout: fulfilled once, one adjustment per item
+        assert re.search(r"invoice in_\w+  paid", out), out
+        renewed = [a for a in feed["data"] if a["reason"] == "renewal"]
+        assert renewed
+        assert all(a["checkout_session_id"] is None and a["invoice_id"] for a in renewed)
+        assert "item(s) (adjustments: reason renewal)" in out
         # the merchant's side: a destination and `ledger destinations listen`, every message verified
         arrived = re.search(r"Your systems' side: (\d+) signed messages arrived", out)
         assert arrived is not None, out
@@ -103,6 +112,7 @@ AFTER_SALE = {
     "dispute-lost": "disputed",
     "dispute-won": "paid",
     "voided-authorization": "canceled",
+    "subscription-renewal": "paid",
 }
 
 
@@ -150,6 +160,15 @@ def test_send_each_scenario_end_to_end(db_dsn: str, tmp_path: Path, scenario: st
                 f"/v1/subscriptions/{order_list[0]['subscription_id']}", params={"min_position": max(positions)}
             ).json()
             assert sub["status"] == "active"
+        if scenario == "subscription-renewal":  # renewed three times (once late), then ended at period end
+            sub = server.get(
+                f"/v1/subscriptions/{order_list[0]['subscription_id']}", params={"min_position": max(positions)}
+            ).json()
+            assert (sub["status"], sub["entitled"], sub["cancel_at_period_end"]) == ("canceled", False, True)
+            assert len(sub["invoice_ids"]) == 4
+            invoices = server.get("/v1/invoices", params={"subscription_id": sub["subscription_id"]}).json()["data"]
+            assert [i["status"] for i in invoices] == ["paid"] * 4
+            assert [i["renewal"] for i in invoices] == [True, True, True, False]  # newest first
 
 
 def test_send_refuses_a_wrong_secret_visibly(db_dsn: str, tmp_path: Path) -> None:
