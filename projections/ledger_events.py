@@ -97,21 +97,10 @@ def fetched_events(
             },
         )
     ]
+    owner = {"checkout_session_id": checkout_session_id}
     for item in items:
-        adjustment = {
-            "adjustment_id": adjustment_id(checkout_session_id, item.line_item_id),
-            "checkout_session_id": checkout_session_id,
-            "line_item_id": item.line_item_id,
-            "price_id": item.price_id,
-            "product_id": item.product_id,
-            "upc_code": item.upc_code,
-            "quantity_delta": -item.quantity,
-            "reason": "sale",
-            "created_at": _iso(now),
-            "test_mode": test_mode,
-        }
         events.append(
-            _event(f"{ADJUSTED}:{checkout_session_id}:{item.line_item_id}", ADJUSTED, now, {"adjustment": adjustment})
+            _adjusted(checkout_session_id, owner, item.line_item_id, item, -item.quantity, "sale", now, test_mode)
         )
     return events
 
@@ -141,22 +130,9 @@ def renewal_events(
             },
         )
     ]
-    for item in items:
-        adjustment = {
-            "adjustment_id": adjustment_id(invoice_id, item.line_item_id),
-            "checkout_session_id": None,
-            "invoice_id": invoice_id,
-            "line_item_id": item.line_item_id,
-            "price_id": item.price_id,
-            "product_id": item.product_id,
-            "upc_code": item.upc_code,
-            "quantity_delta": -item.quantity,
-            "reason": "renewal",
-            "created_at": _iso(now),
-            "test_mode": test_mode,
-        }
-        events.append(_event(f"{ADJUSTED}:{invoice_id}:{item.line_item_id}", ADJUSTED, now, {"adjustment": adjustment}))
-    return events
+    owner = {"checkout_session_id": None, "invoice_id": invoice_id}
+    renewed = [_adjusted(invoice_id, owner, i.line_item_id, i, -i.quantity, "renewal", now, test_mode) for i in items]
+    return events + renewed
 
 
 def restocked_events(
@@ -169,25 +145,51 @@ def restocked_events(
     test_mode: bool,
 ) -> list[NewEvent]:
     """One ``restock`` adjustment (a positive delta) per line item restocked by one request."""
-    events = []
-    for item, quantity in restocked:
-        key = f"{item.line_item_id}:restock:{request_id}"
-        adjustment = {
-            "adjustment_id": adjustment_id(checkout_session_id, key),
-            "checkout_session_id": checkout_session_id,
-            "line_item_id": item.line_item_id,
-            "price_id": item.price_id,
-            "product_id": item.product_id,
-            "upc_code": item.upc_code,
-            "quantity_delta": quantity,
-            "reason": "restock",
-            "note": note,
-            "request_id": request_id,
-            "created_at": _iso(now),
-            "test_mode": test_mode,
-        }
-        events.append(_event(f"{ADJUSTED}:{checkout_session_id}:{key}", ADJUSTED, now, {"adjustment": adjustment}))
-    return events
+    owner = {"checkout_session_id": checkout_session_id}
+    return [
+        _adjusted(
+            checkout_session_id,
+            owner,
+            f"{item.line_item_id}:restock:{request_id}",
+            item,
+            quantity,
+            "restock",
+            now,
+            test_mode,
+            note=note,
+            request_id=request_id,
+        )
+        for item, quantity in restocked
+    ]
+
+
+def _adjusted(
+    owner_id: str,
+    owner: dict[str, Any],
+    key: str,
+    item: LineItem,
+    delta: int,
+    reason: str,
+    now: datetime,
+    test_mode: bool,
+    **details: Any,
+) -> NewEvent:
+    """One ``ledger.inventory.adjusted`` of ``item`` by ``delta``, for the session or invoice that
+    ``owner`` names: its event id, and its adjustment's id, derived from (``owner_id``, ``key``)."""
+    adjustment = {
+        "adjustment_id": adjustment_id(owner_id, key),
+        **owner,
+        "line_item_id": item.line_item_id,
+        "price_id": item.price_id,
+        "product_id": item.product_id,
+        "upc_code": item.upc_code,
+        "quantity_delta": delta,
+        "reason": reason,
+        **details,
+        "created_at": _iso(now),
+        "test_mode": test_mode,
+    }
+    return _event(f"{ADJUSTED}:{owner_id}:{key}", ADJUSTED, now, {"adjustment": adjustment})
 
 
 def failed_event(

@@ -225,3 +225,38 @@ def test_a_flex_failure_is_retried_then_parked_then_retried_on_request(
         renewals = [a for a in _adjustments(server) if a["reason"] == "renewal"]
         assert {a["invoice_id"] for a in renewals} == {invoice_id}
         assert len(renewals) == len(c.subscription_items())
+
+
+def test_a_lost_renewal_payment_is_recovered_by_reconcile_and_fulfilled_once(
+    db_dsn: str, tmp_path: Path, standin: StandIn
+) -> None:
+    c = Checkout(seed=340, mode="subscription")
+    events = [*checkout_events(c), *renewal_events(c, 1)]
+    tell_standin(standin.url, events, {c.session_id: c.line_items()})
+    lost = {"invoice.paid", "invoice.payment_succeeded"}
+    first_payment = [e for e in checkout_events(c) if e["event_type"] == "invoice.payment_succeeded"]
+    env = {"LEDGER_DATABASE_URL": db_dsn, "LEDGER_RECONCILE_INTERVAL": "0", **fulfillment_env(standin.api_base)}
+    invoice_id = renewal_invoice_id(c, 1)
+    with run_server(tmp_path, env) as server:
+        deliver(server, [e for e in events if e["event_type"] not in lost or e in first_payment])
+        assert _wait(server, invoice_id, "not_applicable")["status"] == "open"  # the log never heard it was paid
+
+        def reconcile() -> None:
+            run = subprocess.run(
+                [ledger_command(), "reconcile", "--since", "3650d"],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert run.returncode == 0, run.stderr
+
+        reconcile()
+        done = _wait(server, invoice_id, "fulfilled")
+        assert done["status"] == "paid"
+        reconcile()  # again: nothing new, nothing fulfilled twice
+        renewals = [a for a in _adjustments(server) if a["reason"] == "renewal"]
+        assert sorted(a["line_item_id"] for a in renewals) == sorted(
+            i["subscription_item_id"] for i in c.subscription_items()
+        )
+        assert {a["invoice_id"] for a in renewals} == {invoice_id}
