@@ -46,7 +46,7 @@ from projections.observations import KINDS, OBSERVED
 from projections.orders import REFUND_EVENTS, refunds_in
 from projections.registry import FULFILLMENT, lock_id
 from reactors.flex_client import FlexApiError, FlexClient, PermanentFlexError
-from reactors.renewals import WAIT, decide, paid_invoices, renew
+from reactors.renewals import decide, paid_invoices, renew
 from reactors.restock import RestockRefused, restock
 from reactors.sql import reactor_queries as sql
 
@@ -288,7 +288,7 @@ class FulfillmentReactor:
                     return
                 decision = await decide(conn, key, due["completed_position"]) if kind == "renewal" else None
                 if decision is not None and decision.renewal is None:
-                    await conn.execute(sql.queue_wait, key, decision.reason, WAIT)
+                    await conn.execute(sql.queue_wait, key, decision.reason, decision.again)
                     return
                 if decision is not None and not decision.renewal:
                     await conn.execute(sql.queue_skipped, key, decision.reason)

@@ -44,6 +44,7 @@ __all__ = ["PAID", "Decision", "decide", "paid_invoices", "renew"]
 _OBSERVED_INVOICE = KINDS["invoice"].snapshot_type
 PAID = (*PAID_EVENTS, _OBSERVED_INVOICE)  # what may queue a renewal
 WAIT = 30.0  # seconds before an undecided invoice is looked at again
+_BEHIND = 0.5  # ... when only the projections have yet to apply it (a moment)
 
 
 def paid_invoices(rows: Sequence[LogRow]) -> dict[str, tuple[int, bool, str | None]]:
@@ -68,11 +69,13 @@ def paid_invoices(rows: Sequence[LogRow]) -> dict[str, tuple[int, bool, str | No
 
 @dataclass(frozen=True)
 class Decision:
-    """Whether a paid invoice is a renewal (``None``: not yet), its subscription, and why."""
+    """Whether a paid invoice is a renewal (``None``: not yet, look again in ``again`` seconds), its
+    subscription, and why."""
 
     renewal: bool | None
     subscription_id: str | None
     reason: str
+    again: float = WAIT
 
 
 async def decide(conn: asyncpg.Connection, invoice_id: str, queued_at: int) -> Decision:
@@ -84,7 +87,8 @@ async def decide(conn: asyncpg.Connection, invoice_id: str, queued_at: int) -> D
     }
     behind = [name for name in (INVOICES.name, SUBSCRIPTIONS.name) if applied.get(name, 0) < queued_at]
     if behind:
-        return Decision(None, None, f"waiting for the {' and '.join(behind)} projection to apply position {queued_at}")
+        reason = f"waiting for the {' and '.join(behind)} projection to apply position {queued_at}"
+        return Decision(None, None, reason, again=_BEHIND)
     [invoice] = [Mergeable.loads(r["state"]) for r in await conn.fetch(projection_queries.invoices_load, [invoice_id])]
     subscription_id = invoice.get("subscription_id")
     found = await conn.fetch(projection_queries.subscriptions_load, [subscription_id] if subscription_id else [])
