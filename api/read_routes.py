@@ -32,9 +32,16 @@ POSITION_HEADER = "Ledger-Position"
 
 
 def _found_or_404(doc: msgspec.Struct | None, message: str, headers: dict[str, str]) -> Response[Any]:
-    """The document, or a 404 that still says whether the projection had caught up (if not, retry)."""
+    """The document, or a 404 that still says whether the projection had caught up (if not, retry).
+
+    A document's own ``position`` was applied by the projection it comes from (its row moved with
+    that checkpoint): ``Ledger-Position`` is at least that, so a token taken from this reply always
+    covers what the reply showed, even when the checkpoint's notification is still on its way."""
     if doc is None:
         return error_response(404, NotFound.code, message, headers)
+    shown = getattr(doc, "position", None)
+    if isinstance(shown, int) and POSITION_HEADER in headers:
+        headers[POSITION_HEADER] = str(max(int(headers[POSITION_HEADER]), shown))
     return Response(doc, headers=headers)
 
 
