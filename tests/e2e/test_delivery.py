@@ -240,8 +240,13 @@ def test_every_adjustment_and_order_is_delivered_signed_whatever_the_arrival_ord
         assert [d["id"] for d in listed] == [destination]
         assert listed[0]["failed"] == 0
         assert "secret" not in json.dumps(listed)
-        page = server.get(f"/v1/destinations/{destination}/messages?status=delivered&limit=1000").json()
-        assert {m["message_id"] for m in page["data"]} == set(receiver.delivered())
+
+        def recorded() -> set[str]:
+            page = server.get(f"/v1/destinations/{destination}/messages?status=delivered&limit=1000").json()
+            return {m["message_id"] for m in page["data"]}
+
+        # the messages that went out while the waits above ran are recorded a moment after their answer
+        wait_for(lambda: recorded() == set(receiver.delivered()), what="every delivered message recorded")
         metrics = server.get("/metrics").text
         assert 'ledger_delivery_attempts_total{outcome="delivered",type="inventory.adjusted"}' in metrics
         assert f'ledger_destination_messages{{destination="{destination}",status="delivered"}}' in metrics
@@ -288,7 +293,10 @@ def test_410_disables_the_destination_and_nothing_more_is_attempted(db_dsn: str,
         wait_for(
             lambda: server.get(f"/v1/destinations/{destination}").json()["retrying"] == 0, what="sent after enable"
         )
-        assert len(receiver.delivered()) == server.get(f"/v1/destinations/{destination}").json()["delivered"] > 0
+        wait_for(  # recorded a moment after the receiver answered
+            lambda: len(receiver.delivered()) == server.get(f"/v1/destinations/{destination}").json()["delivered"] > 0,
+            what="every delivery recorded",
+        )
 
 
 def test_failed_after_the_schedule_then_retried_on_request(db_dsn: str, tmp_path: Path) -> None:
