@@ -30,7 +30,7 @@ __all__ = [
     "translate_errors",
 ]
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 # What the database says when a row's data cannot be stored (a value its type refuses, a row or
 # index entry too large, a constraint): that row's fault alone, never worth retrying as it is.

@@ -9,6 +9,7 @@ reader that reads ``position > checkpoint`` in order never skips an event.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -220,47 +221,70 @@ async def append_with(conn: asyncpg.Connection, events: Sequence[NewEvent]) -> l
 
 
 async def verify_chain(
-    conn: asyncpg.Connection, *, segment: int = 20_000, progress: Callable[[int], None] | None = None
+    conn: asyncpg.Connection,
+    *,
+    segment: int = 20_000,
+    progress: Callable[[int], None] | None = None,
+    helpers: Sequence[asyncpg.Connection] = (),
 ) -> ChainReport:
-    """Walks the log up to the head as it stands when the walk starts, in segments, checking
-    positions, links and hashes, and that the last row is the one the head names.
+    """Walks the log up to the head as it stands when the walk starts, in segments of positions,
+    checking positions, links and hashes, and that the last row is the one the head names.
 
     The head is read first: the log only grows past it, so events appended during the walk are
     neither walked nor taken for a broken tail (a check that cries wolf on a live log is worse
-    than none). Every row up to that head must be there and must hash to it."""
+    than none). Every row up to that head must be there and must hash to it.
+
+    ``helpers``: more connections to the same database; segments are checked on all of them at
+    once (the hashing is the database's work: one core per connection), and the link between two
+    segments is checked here, in log order, so the first problem reported is the first in the log."""
     head = await conn.fetchrow(log_queries.head)
     if head is None:
         return ChainReport(ok=False, rows=0, head_position=0, bad_position=0, problem="the log's head row is missing")
     upto, head_hash = int(head["position"]), bytes(head["hash"])
-    after, prev_hash, rows = 0, GENESIS_HASH, 0
-    while after < upto:
-        seg = await conn.fetchrow(log_queries.verify_chain, after, prev_hash, segment, upto)
-        if seg["bad_position"] is not None:
-            return ChainReport(
-                ok=False, rows=rows, head_position=upto, bad_position=seg["bad_position"], problem=seg["problem"]
-            )
-        if seg["rows"] == 0:
-            break
-        rows += seg["rows"]
-        after, prev_hash = seg["last_position"], bytes(seg["last_hash"])
-        if progress is not None:
-            progress(rows)
-    if after != upto:
-        return ChainReport(
-            ok=False,
-            rows=rows,
-            head_position=upto,
-            bad_position=after + 1,
-            problem=f"the log ends at position {after} but its head says {upto}",
-        )
+    bounds = [(start, min(start + segment, upto)) for start in range(0, upto, segment)]
+    idle: asyncio.Queue[asyncpg.Connection] = asyncio.Queue()
+    for c in (conn, *helpers):
+        idle.put_nowait(c)
+
+    async def check(after: int, end: int) -> asyncpg.Record:
+        c = await idle.get()
+        try:
+            return await c.fetchrow(log_queries.verify_chain, after, end)
+        finally:
+            idle.put_nowait(c)
+
+    window = 2 * (1 + len(helpers))  # segments asked for ahead of the one being looked at
+    pending = [asyncio.ensure_future(check(*b)) for b in bounds[:window]]
+    prev_hash, rows = GENESIS_HASH, 0
+    try:
+        for i, (after, end) in enumerate(bounds):
+            if i + window < len(bounds):
+                pending.append(asyncio.ensure_future(check(*bounds[i + window])))
+            seg = await pending[i]
+            if seg["rows"] == 0 or (seg["last_position"] < end and seg["bad_position"] is None):
+                last = seg["last_position"] or after
+                return _broken(
+                    rows + seg["rows"],
+                    upto,
+                    last + 1,
+                    f"the log ends at position {last} but its head says {upto}"
+                    if end == upto
+                    else f"position {last + 1} is missing",
+                )
+            if seg["first_position"] == after + 1 and bytes(seg["first_prev_hash"]) != prev_hash:
+                return _broken(rows, upto, after + 1, "its link to the previous row is broken")
+            if seg["bad_position"] is not None:
+                return _broken(rows, upto, seg["bad_position"], seg["problem"])
+            rows += seg["rows"]
+            prev_hash = bytes(seg["last_hash"])
+            if progress is not None:
+                progress(rows)
+    finally:
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
     if prev_hash != head_hash:
-        return ChainReport(
-            ok=False,
-            rows=rows,
-            head_position=upto,
-            bad_position=upto,
-            problem="the last row's hash does not match the head",
-        )
+        return _broken(rows, upto, upto, "the last row's hash does not match the head")
     # A row beyond the head is one no append wrote (an append moves the head in the transaction
     # that inserts its rows); head and rows are read in one snapshot, so an append is never one.
     now = await conn.fetchrow(log_queries.rows_beyond_head)
@@ -273,3 +297,7 @@ async def verify_chain(
             problem=f"the log holds rows beyond position {now['head']}, where its head says it ends",
         )
     return ChainReport(ok=True, rows=rows, head_position=upto)
+
+
+def _broken(rows: int, upto: int, position: int, problem: str) -> ChainReport:
+    return ChainReport(ok=False, rows=rows, head_position=upto, bad_position=position, problem=problem)

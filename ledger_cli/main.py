@@ -229,13 +229,14 @@ def cmd_work(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     async def run(settings: Settings) -> int:
-        async with database(settings, reads_only=True) as (conn, _):
+        async with database(settings, reads_only=True) as (conn, dsn), connect(dsn, unlimited=True) as helper:
 
             def progress(rows: int) -> None:
                 if sys.stderr.isatty():
                     print(f"\rverified {rows} events", end="", file=sys.stderr, flush=True)
 
-            report = await verify_chain(conn, progress=progress)
+            # two connections: the hashing is the database's work, one core each
+            report = await verify_chain(conn, progress=progress, helpers=[helper])
         if sys.stderr.isatty():
             print(file=sys.stderr)
         if report.ok:

@@ -62,25 +62,33 @@ ORDER BY position
 LIMIT $2;
 
 -- name: verify_chain
--- Checks the next $3 rows after position $1 and up to position $4 ($2 is the hash of row $1):
--- contiguous positions, each row linked to the previous row's hash, each hash matching the row's
--- content, and each payload equal to its raw body parsed. $4 is the head read before the walk,
--- so rows appended meanwhile are not part of it.
-WITH segment AS (
-    SELECT * FROM events WHERE position > $1 AND position <= $4 ORDER BY position LIMIT $3
+-- Checks the rows at positions $1 < position <= $2: contiguous positions, each row linked to the
+-- row before it within the range (the caller checks the first row's link: first_prev_hash), each
+-- hash matching the row's content, and each payload equal to its raw body parsed. The range is
+-- bounded by positions (never "the next N rows"), so each segment reads only its own rows whatever
+-- the plan; the hashing runs on the rows as found, and only narrow rows are sorted for the window.
+WITH segment AS MATERIALIZED (
+    SELECT position, prev_hash, hash,
+           hash_ok,
+           -- parsed only where the hash holds (a body that is not JSON fails its hash first)
+           CASE WHEN hash_ok THEN payload = convert_from(raw_body, 'UTF8')::jsonb END AS payload_ok
+    FROM events,
+         LATERAL (SELECT hash = sha256(prev_hash || ledger_row_digest(position, event_id, event_type, source,
+                                                                     event_dt, occurred_at, recorded_at, raw_body,
+                                                                     headers, message_id)) AS hash_ok) h
+    WHERE position > $1 AND position <= $2
 ), checked AS (
     SELECT s.position,
            s.hash,
+           s.prev_hash,
            CASE
                WHEN s.position <> $1 + row_number() OVER w
                    THEN 'position ' || ($1 + row_number() OVER w) || ' is missing'
-               WHEN s.prev_hash <> coalesce(lag(s.hash) OVER w, $2)
+               WHEN s.prev_hash <> coalesce(lag(s.hash) OVER w, s.prev_hash)
                    THEN 'its link to the previous row is broken'
-               WHEN s.hash <> sha256(s.prev_hash || ledger_row_digest(
-                                   s.position, s.event_id, s.event_type, s.source, s.event_dt, s.occurred_at,
-                                   s.recorded_at, s.raw_body, s.headers, s.message_id))
+               WHEN NOT s.hash_ok
                    THEN 'its content does not match its hash'
-               WHEN s.payload <> convert_from(s.raw_body, 'UTF8')::jsonb
+               WHEN NOT s.payload_ok
                    THEN 'its payload does not match its (hashed) raw body'
            END AS problem,
            $1 + row_number() OVER w AS expected
@@ -90,6 +98,8 @@ WITH segment AS (
 SELECT count(*) AS rows,
        max(position) AS last_position,
        (array_agg(hash ORDER BY position DESC))[1] AS last_hash,
+       min(position) AS first_position,
+       (array_agg(prev_hash ORDER BY position))[1] AS first_prev_hash,
        (array_agg(expected ORDER BY position) FILTER (WHERE problem IS NOT NULL))[1] AS bad_position,
        (array_agg(problem ORDER BY position) FILTER (WHERE problem IS NOT NULL))[1] AS problem
 FROM checked;

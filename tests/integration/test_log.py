@@ -105,6 +105,36 @@ async def test_verify_catches_a_rehashed_row_at_the_next_link(pool: asyncpg.Pool
     assert "link" in (report.problem or "")
 
 
+@pytest.mark.parametrize("tampered", [3, 4, 5, 9])  # first, second and last rows of segments of 2 (3-4, 5-6, 9-10)
+async def test_verify_on_two_connections_reports_what_one_does(pool: asyncpg.Pool, tampered: int) -> None:
+    """Segments checked at once on two connections: the link between two segments is checked in
+    log order, so a break at a segment's first row (or a row rehashed just before it) is reported
+    at the same position, with the same problem, as a walk on one connection."""
+    await EventLog(pool).append([ev(f"e{i}") for i in range(1, 11)])
+    async with pool.acquire() as conn, pool.acquire() as helper:
+        assert (await verify_chain(conn, segment=2, helpers=[helper])).ok
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            await conn.execute(
+                """UPDATE events SET event_type = 'forged',
+                   hash = sha256(prev_hash || ledger_row_digest(position, event_id, 'forged', source, event_dt,
+                                                   occurred_at, recorded_at, raw_body, headers, message_id))
+                   WHERE position = $1""",
+                tampered - 1,
+            )
+        one = await verify_chain(conn, segment=3)
+        two = await verify_chain(conn, segment=2, helpers=[helper])
+        async with conn.transaction():  # committed: the helper sees it
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            await conn.execute("DELETE FROM events WHERE position IN ($1, $2)", tampered - 1, tampered)
+        gap_one = await verify_chain(conn, segment=3)
+        gap_two = await verify_chain(conn, segment=2, helpers=[helper])
+    assert (one.ok, one.bad_position, one.problem) == (False, tampered, "its link to the previous row is broken")
+    assert (two.ok, two.bad_position, two.problem) == (one.ok, one.bad_position, one.problem)
+    assert (gap_two.ok, gap_two.bad_position, gap_two.problem) == (gap_one.ok, gap_one.bad_position, gap_one.problem)
+    assert gap_one.problem == f"position {tampered - 1} is missing"
+
+
 async def test_verify_never_reports_appends_made_during_its_walk(pool: asyncpg.Pool) -> None:
     """25 walks while three clients append: each walk checks the log up to the head it read first;
     appends that land meanwhile are neither walked nor taken for a broken tail."""
