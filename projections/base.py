@@ -84,12 +84,16 @@ class Projection:
     # The query (``projections/sql/``) recording which events touched which entity (ids, positions),
     # for an entity's history and time travel; its table is one of ``derived``.
     history: str | None = None
+    history_table: str | None = None  # the table ``history`` writes
     # Run after a batch's rows are written, with {table: {id: state as written}}, in the same
     # transaction: for columns that depend on more than one row (an order's payment status).
     after_write: Callable[[Any, dict[str, dict[str, Mergeable]]], Awaitable[None]] | None = None
     # What ``after_write`` does, for every row at once: a rebuild runs it once after its bulk load
     # (and its indexes) instead of ``after_write`` after every batch.
     after_bulk_load: Callable[[Any], Awaitable[None]] | None = None
+    # The indexes ``after_bulk_load`` reads through (by name): a rebuild builds them first, runs it,
+    # and builds the others after, so that the rows it updates have no other index to keep.
+    bulk_load_reads: tuple[str, ...] = ()
 
     @property
     def table_names(self) -> tuple[str, ...]:

@@ -101,6 +101,7 @@ CUSTOMERS = Projection(
     # 2: merge keys from the events' content, explicit nulls; modes; money after the sale. 3: history.
     shape=3,
     derived=("customer_history",),
+    history_table="customer_history",
     history=sql.customer_history_add,
     description="customers with their contact details, orders and subscriptions",
 )

@@ -187,6 +187,7 @@ INVOICES = Projection(
     fold=fold,
     shape=1,
     derived=("invoice_history",),
+    history_table="invoice_history",
     history=sql.invoice_history_add,
     description="invoices of subscriptions: status, amounts, period, whether each is a renewal, its fulfillment",
 )

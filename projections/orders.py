@@ -329,8 +329,10 @@ ORDERS = Projection(
     # 2: merge keys from the events' content, explicit nulls; modes; money after the sale. 3: history.
     shape=3,
     derived=("order_history",),
+    history_table="order_history",
     history=sql.order_history_add,
     description="orders (one per checkout session), their payment intents, refunds and disputes",
     after_write=settle_payment_status,
     after_bulk_load=settle_every_payment_status,
+    bulk_load_reads=("order_payment_intents_session_idx",),
 )

@@ -3,8 +3,10 @@
 1. The projections' tables are created afresh in a build schema (``ledger_build``) from their
    blocks in ``schema.sql``; the live tables keep serving and the live runners keep going.
 2. The log is read once, in batches (the next batch is fetched while the current one is
-   applied), and every event is folded into each projection that reads its type, in rebuild
-   mode: the first event that cannot be applied stops the rebuild, unless live mode skipped it
+   applied), decoded once, and every event is folded into each projection that reads its type,
+   each projection on a connection of its own (``_Loader``: one projection's writes overlap
+   another's folding), its history loaded without its key and every index built after, in
+   rebuild mode: the first event that cannot be applied stops the rebuild, unless live mode skipped it
    too (``projection_failures``) or it is one the webhook door now refuses (logged by an earlier
    release): those are skipped again and listed, so a rebuild reproduces live state instead of
    stopping on them for ever. The same SQL runs with the build schema first on the search path.
@@ -79,36 +81,72 @@ def _statements(ddl: str) -> list[str]:
     return [part.strip() for part in "\n".join(lines).split(";") if part.strip()]
 
 
+def _index_name(statement: str) -> str | None:
+    """The index a ``CREATE INDEX`` statement makes (None for any other statement)."""
+    match = re.match(r"CREATE\s+(?:UNIQUE\s+)?INDEX\s+(?:IF\s+NOT\s+EXISTS\s+)?(\w+)", statement, re.IGNORECASE)
+    return match.group(1) if match else None
+
+
 async def _apply(
     conn: asyncpg.Connection,
-    projections: Sequence[Projection],
-    records: Sequence[asyncpg.Record],
+    projection: Projection,
+    rows: Sequence[LogRow],
     start: int,
     end: int,
-    counts: dict[str, _Counts],
+    c: _Counts,
     *,
     bulk: bool,
 ) -> None:
-    rows, _ = decode_rows(records)
-    for projection in projections:
-        mine: list[LogRow] = [r for r in rows if projection.matches(r.event_type)]
-        c = counts[projection.name]
-        while True:
-            try:
-                async with conn.transaction():  # a savepoint: a batch tried again starts clean
-                    result = await apply_isolating(conn, projection, mine, strict=True, bulk=bulk, known=c.known)
-                break
-            except ProjectionFailed as failure:
-                # Live mode's decision for this event, or an event the door now refuses (it was
-                # logged by an earlier release): skipped again, listed; anything else stops here.
-                row = next((r for r in mine if r.position == failure.position), None)
-                if row is None or oversized_key(row.payload) is None:
-                    raise
-                c.known.add(failure.position)
-        c.applied += result.applied
-        c.ignored += (end - start) - len(mine) + result.ignored
-        c.skipped += [f.position for f in result.failures]
-        c.reasons += [f.reason for f in result.failures]
+    mine: list[LogRow] = [r for r in rows if projection.matches(r.event_type)]
+    while True:
+        try:
+            async with conn.transaction():  # a savepoint: a batch tried again starts clean
+                result = await apply_isolating(conn, projection, mine, strict=True, bulk=bulk, known=c.known)
+            break
+        except ProjectionFailed as failure:
+            # Live mode's decision for this event, or an event the door now refuses (it was
+            # logged by an earlier release): skipped again, listed; anything else stops here.
+            row = next((r for r in mine if r.position == failure.position), None)
+            if row is None or oversized_key(row.payload) is None:
+                raise
+            c.known.add(failure.position)
+    c.applied += result.applied
+    c.ignored += (end - start) - len(mine) + result.ignored
+    c.skipped += [f.position for f in result.failures]
+    c.reasons += [f.reason for f in result.failures]
+
+
+_Batch = tuple[list[LogRow], int, int]  # decoded rows, start, end
+
+
+class _Loader:
+    """One projection's bulk load on a connection of its own: batches are applied in log order, each
+    in its own transaction with the projection's progress, while the other projections' loaders
+    (and the reader) work on theirs. The database writes of one overlap the folding of another:
+    the two cores both work."""
+
+    def __init__(self, conn: asyncpg.Connection, projection: Projection, counts: _Counts) -> None:
+        self.conn = conn
+        self.projection = projection
+        self.counts = counts
+        self.batches: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2)
+        self.task = asyncio.create_task(self._run(), name=f"rebuild-{projection.name}")
+
+    async def _run(self) -> None:
+        while (batch := await self.batches.get()) is not None:
+            rows, start, end = batch
+            async with self.conn.transaction():
+                await _apply(self.conn, self.projection, rows, start, end, self.counts, bulk=True)
+                await self.conn.execute(sql.rebuild_progress, [self.projection.name], end)
+
+    async def put(self, batch: _Batch | None) -> None:
+        """Queues a batch (None: the end), waiting while two are queued; a failed load raises here."""
+        put = asyncio.ensure_future(self.batches.put(batch))
+        done, _ = await asyncio.wait([put, self.task], return_when=asyncio.FIRST_COMPLETED)
+        if put not in done:
+            put.cancel()
+            self.task.result()  # raises what stopped the load
+            raise RuntimeError(f"the {self.projection.name} loader stopped")
 
 
 async def rebuild(
@@ -134,10 +172,12 @@ async def rebuild(
     reader = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS) if dsn else conn
     counts = {n: _Counts(known={r["position"] for r in await conn.fetch(sql.failures_of, n)}) for n in names}
     pending: asyncio.Task[list[asyncpg.Record]] | None = None
+    helpers: list[asyncpg.Connection] = []
+    loaders: list[_Loader] = []
     try:
         await conn.execute(sql.no_statement_timeout)
         await conn.execute(sql.build_begin)
-        # Secondary indexes are built once the bulk of the rows is in, not row by row.
+        # Secondary indexes (and the histories' keys) are built once the bulk of the rows is in, not row by row.
         deferred: list[str] = []
         for name in names:
             for statement in _statements(tables_ddl(name)):
@@ -145,6 +185,10 @@ async def rebuild(
                     deferred.append(statement)
                 else:
                     await conn.execute(statement)
+        histories = [p.history_table for p in projections if p.history_table is not None]
+        for key in await conn.fetch(sql.build_primary_keys, histories):
+            await conn.execute(key["drop_key"])
+            deferred.insert(0, key["add_key"])
         await conn.execute(sql.rebuild_started, names)
 
         position = 0
@@ -167,28 +211,47 @@ async def rebuild(
         def fetch(start: int, end: int) -> asyncio.Task[list[asyncpg.Record]]:
             return asyncio.ensure_future(read_batch(reader, start, end, patterns))
 
+        if dsn:  # each projection loads on a connection of its own
+            for projection in projections:
+                c = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
+                helpers.append(c)
+                await c.execute(sql.build_join)
+                loaders.append(_Loader(c, projection, counts[projection.name]))
         head = await head_position(conn)
         while head - position > switch_gap:
             end = min(head, position + batch_size)
             records = await (pending or fetch(position, end))
             ahead = min(head, end + batch_size)
             pending = fetch(end, ahead) if reader is not conn and head - end > switch_gap else None
-            async with conn.transaction():
-                await _apply(conn, projections, records, position, end, counts, bulk=True)
-                await conn.execute(sql.rebuild_progress, names, end)
+            rows, _ = decode_rows(records)
+            if loaders:
+                for loader in loaders:
+                    await loader.put((rows, position, end))
+            else:
+                async with conn.transaction():
+                    for projection in projections:
+                        await _apply(conn, projection, rows, position, end, counts[projection.name], bulk=True)
+                    await conn.execute(sql.rebuild_progress, names, end)
             position = end
             report(head)
             if pending is None:
                 head = await head_position(conn)
+        for loader in loaders:
+            await loader.put(None)
+        await asyncio.gather(*(loader.task for loader in loaders))
 
-        for statement in deferred:
-            await conn.execute(statement)
         # What the bulk load left to do once for every row (an order's payment status), with the
-        # indexes in place; the last events, applied at the switch, settle their own rows.
+        # keys and the indexes it reads in place, before the others (rows updated with fewer indexes
+        # to keep); the last events, applied at the switch, settle their own rows.
+        first = {name for p in projections for name in p.bulk_load_reads}
+        for statement in [s for s in deferred if _index_name(s) in first or _index_name(s) is None]:
+            await conn.execute(statement)
         for projection in projections:
             if projection.after_bulk_load is not None:
                 async with conn.transaction():
                     await projection.after_bulk_load(conn)
+        for statement in [s for s in deferred if _index_name(s) is not None and _index_name(s) not in first]:
+            await conn.execute(statement)
 
         # The switch: live tables locked first (the live runners' lock order: tables, then state).
         tables = [t for p in projections for t in p.table_names]
@@ -198,8 +261,9 @@ async def rebuild(
             head = await head_position(conn)
             while position < head:
                 end = min(head, position + batch_size)
-                records = await read_batch(conn, position, end, patterns)
-                await _apply(conn, projections, records, position, end, counts, bulk=False)
+                rows, _ = decode_rows(await read_batch(conn, position, end, patterns))
+                for projection in projections:
+                    await _apply(conn, projection, rows, position, end, counts[projection.name], bulk=False)
                 position = end
             await conn.execute(sql.build_swap, tables)
             for projection in projections:
@@ -219,6 +283,11 @@ async def rebuild(
     finally:
         if pending is not None:
             pending.cancel()
+        for loader in loaders:
+            loader.task.cancel()
+        await asyncio.gather(*(loader.task for loader in loaders), return_exceptions=True)
+        for helper in helpers:
+            await helper.close()
         if reader is not conn:
             await reader.close()
         if not conn.is_closed():

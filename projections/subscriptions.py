@@ -147,6 +147,7 @@ SUBSCRIPTIONS = Projection(
     # 4: the subscription's invoice ids, and what its checkout says of its first invoice.
     shape=4,
     derived=("subscription_history",),
+    history_table="subscription_history",
     history=sql.subscription_history_add,
     description="subscriptions with lifecycle status and payment state",
 )

@@ -5,6 +5,10 @@
 -- A fresh, empty build schema, first on this session's search path.
 SELECT ledger_build_begin(), set_config('search_path', 'ledger_build, public', false);
 
+-- name: build_join
+-- Another connection of the same rebuild: the build schema first on its search path, no statement limit.
+SELECT set_config('search_path', 'ledger_build, public', false), set_config('statement_timeout', '0', false);
+
 -- name: build_lock_live
 -- The live tables, locked before the switch (reads wait a moment; nothing fails).
 SELECT ledger_build_lock_live($1::text[]);
@@ -52,3 +56,16 @@ WITH gone AS (
 INSERT INTO public.projection_failures (name, position, reason)
 SELECT $1, f.position, f.reason FROM unnest($2::bigint[], $3::text[]) AS f(position, reason)
 ON CONFLICT ON CONSTRAINT projection_failures_pkey DO NOTHING;
+
+-- name: build_primary_keys
+-- The primary keys of the build tables $1, as statements that drop them and add them back: a
+-- history table is loaded without its key (each (entity, position) is written once in a rebuild)
+-- and the key is built once, with the other indexes, after the bulk of the rows is in.
+SELECT format('ALTER TABLE ledger_build.%I DROP CONSTRAINT %I', t.relname, c.conname) AS drop_key,
+       format('ALTER TABLE ledger_build.%I ADD CONSTRAINT %I %s', t.relname, c.conname, pg_get_constraintdef(c.oid))
+           AS add_key
+FROM pg_constraint c
+JOIN pg_class t ON t.oid = c.conrelid
+JOIN pg_namespace n ON n.oid = t.relnamespace
+WHERE c.contype = 'p' AND n.nspname = 'ledger_build' AND t.relname = ANY ($1::text[])
+ORDER BY t.relname;

@@ -40,15 +40,39 @@ async def _rebuild_all(db_dsn: str) -> None:
         await conn.close()
 
 
+async def _tables(pool: asyncpg.Pool) -> dict[str, list[tuple[Any, ...]]]:
+    """The rows a rebuild writes that the documents do not show whole: every history, every
+    order's payment status."""
+    tables = {
+        t: [tuple(r) for r in await pool.fetch(f"SELECT entity_id, position FROM {t} ORDER BY 1, 2")]
+        for t in (p.history_table for p in PROJECTIONS.values())
+        if t is not None
+    }
+    tables["orders"] = [
+        tuple(r) for r in await pool.fetch("SELECT checkout_session_id, payment_status FROM orders ORDER BY 1")
+    ]
+    return tables
+
+
 async def test_rebuild_gives_the_live_state_exactly(db_dsn: str, pool: asyncpg.Pool) -> None:
     events = _events(12)
     for i in range(0, len(events), 10):
         await append(pool, events[i : i + 10])
         await project(pool, batch_size=4)
     live = await snapshot(pool, drop_positions=False)
+    live_tables = await _tables(pool)
+    assert all(live_tables.values())
     generations = await pool.fetchval("SELECT sum(generation) FROM projection_state")
     await _rebuild_all(db_dsn)
     assert await snapshot(pool, drop_positions=False) == live
+    # the histories (loaded without their keys, keyed after) and the settled payment statuses too
+    assert await _tables(pool) == live_tables
+    for projection in PROJECTIONS.values():
+        if projection.history_table is not None:
+            assert await pool.fetchval(
+                "SELECT count(*) FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'p'",
+                projection.history_table,
+            )
     assert await pool.fetchval("SELECT sum(generation) FROM projection_state") == generations + len(PROJECTIONS)
     assert await pool.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = 'ledger_build'") == 0
     head = await pool.fetchval("SELECT position FROM ledger_head")
