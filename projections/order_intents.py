@@ -25,7 +25,7 @@ async def intents_of(
 ) -> list[tuple[asyncpg.Record, Mergeable, Intents]]:
     """Each order's state with its payment intents: those its session lists and those that name
     its session, whichever arrived first. One round trip for all of them."""
-    states = [Mergeable.loads(record["state"]) for record in records]
+    states = [Mergeable.for_reading(record["state"]) for record in records]
     listed = {
         record["checkout_session_id"]: state.items("payment_intent_ids")
         for record, state in zip(records, states, strict=True)
@@ -35,7 +35,7 @@ async def intents_of(
         queries.order_intents, sorted({pi for ids in listed.values() for pi in ids}), list(listed)
     ):
         if row["payment_intent_id"] not in found:
-            state = Mergeable.loads(row["state"])
+            state = Mergeable.for_reading(row["state"])
             found[row["payment_intent_id"]] = (row["checkout_session_id"], row["position"], state)
     naming: dict[str, set[str]] = {}
     for pi_id, (session_id, _, _) in found.items():
