@@ -18,6 +18,7 @@ import asyncpg
 
 import ledger
 from api.logs import configure_logging
+from ledger import collector
 from ledger.db import SCHEMA_VERSION, connect, retrying_conflicts
 from ledger.embedded import database_url
 from ledger.errors import ConfigError, DatabaseError, DatabaseUnavailable
@@ -140,6 +141,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if busy is not None:
         return _fail(busy)
     app = create_app(settings, api_tokens=tokens, workers=args.workers)
+    collector.for_a_service()
     print(f"ledger: serving on http://{args.host}:{args.port} (webhooks: POST /webhooks/flex)", flush=True)
     uvicorn.run(
         app,
@@ -201,6 +203,7 @@ def cmd_work(args: argparse.Namespace) -> int:
             running_workers, on_flex_call=metrics.flex_call, on_delivery_attempt=metrics.delivery_attempt
         )
         async with database(settings) as (_, dsn), workers(dsn, settings):
+            collector.for_a_service()
             ops_server = None
             if settings.metrics_port:
                 config = uvicorn.Config(
