@@ -113,13 +113,11 @@ async def write_deltas(
     deltas: Deltas,
     *,
     bulk: bool = False,
-    stored: dict[str, set[str]] | None = None,
 ) -> None:
     """Merges ``deltas`` with the stored states and writes them back, one statement per table.
 
     ``bulk`` (a rebuild's bulk load) leaves ``after_write`` to the projection's
-    ``after_bulk_load``. ``stored``, when given, is every id this caller has written to each table
-    (a rebuild's loader, the only writer of its build tables): only those are looked up."""
+    ``after_bulk_load``."""
     written: dict[str, dict[str, Mergeable]] = {}
     for table in projection.tables:
         states = deltas.by_table.get(table.name)
@@ -127,13 +125,7 @@ async def write_deltas(
             continue
         positions = deltas.positions[table.name]
         ids = sorted(states)
-        if stored is None:
-            found = {r["id"]: r for r in await conn.fetch(table.load, ids)}
-        else:
-            known = stored.setdefault(table.name, set())
-            again = [i for i in ids if i in known]
-            found = {r["id"]: r for r in await conn.fetch(table.load, again)} if again else {}
-            known.update(ids)
+        found = {r["id"]: r for r in await conn.fetch(table.load, ids)}
         columns: list[list[object]] = []
         out_positions: list[int] = []
         out_states: list[str] = []
@@ -184,21 +176,18 @@ async def apply_isolating(
     bulk: bool = False,
     known: Collection[int] = (),
     folded: tuple[Deltas, BatchResult] | None = None,
-    stored: dict[str, set[str]] | None = None,
 ) -> BatchResult:
     """``apply_batch``, isolating any event whose data the database refuses (``isolating``).
 
     ``folded``: ``rows`` already folded (``fold_batch``), written as they are unless an event
-    must be isolated (then each is folded again on its own). ``stored``: see ``write_deltas`` (an
-    id is counted as written before its write: a savepoint rolled back leaves one too many, never
-    one too few)."""
+    must be isolated (then each is folded again on its own)."""
 
     async def apply(batch: Sequence[LogRow]) -> BatchResult:
         if folded is not None and batch is rows:
             deltas, result = folded
         else:
             deltas, result = fold_batch(projection, batch, strict=strict, known=known)
-        await write_deltas(conn, projection, deltas, bulk=bulk, stored=stored)
+        await write_deltas(conn, projection, deltas, bulk=bulk)
         return result
 
     return await isolating(conn, projection.name, rows, apply, strict=strict, known=known)

@@ -121,14 +121,13 @@ async def _write(
     c: _Counts,
     *,
     bulk: bool,
-    stored: dict[str, set[str]] | None = None,
 ) -> None:
     ready: tuple[Deltas, BatchResult] | None = (folded.deltas, folded.result)
     while True:
         try:
             async with conn.transaction():  # a savepoint: a batch tried again starts clean
                 result = await apply_isolating(
-                    conn, projection, folded.mine, strict=True, bulk=bulk, known=c.known, folded=ready, stored=stored
+                    conn, projection, folded.mine, strict=True, bulk=bulk, known=c.known, folded=ready
                 )
             break
         except ProjectionFailed as failure:  # an event the database refused, isolated
@@ -177,14 +176,12 @@ class _Loader:
     """One projection's bulk load on a connection of its own. The reader folds each batch (Python)
     and hands it over; the loader writes it, in log order, each batch in its own transaction with
     the projection's progress. While one batch's rows are written, the next is folded and the other
-    projections' batches written: the two cores both work. The loader is the only writer of its
-    build tables, so it looks up only the rows it has written before (``stored``)."""
+    projections' batches written: the two cores both work."""
 
     def __init__(self, conn: asyncpg.Connection, projection: Projection, counts: _Counts) -> None:
         self.conn = conn
         self.projection = projection
         self.counts = counts
-        self.stored: dict[str, set[str]] = {}
         self.batches: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=2)
         self.task = asyncio.create_task(self._run(), name=f"rebuild-{projection.name}")
 
@@ -192,7 +189,7 @@ class _Loader:
         while (batch := await self.batches.get()) is not None:
             folded, start, end = batch
             async with self.conn.transaction():
-                await _write(self.conn, self.projection, folded, start, end, self.counts, bulk=True, stored=self.stored)
+                await _write(self.conn, self.projection, folded, start, end, self.counts, bulk=True)
                 await self.conn.execute(sql.rebuild_progress, [self.projection.name], end)
 
     async def put(self, batch: _Batch | None) -> None:
