@@ -17,7 +17,6 @@ from projections.observations import as_snapshot
 __all__ = [
     "BatchResult",
     "ProjectionFailed",
-    "apply_batch",
     "apply_isolating",
     "decode_rows",
     "fold_batch",
@@ -151,22 +150,6 @@ async def write_deltas(
         await projection.after_write(conn, written)
 
 
-async def apply_batch(
-    conn: asyncpg.Connection,
-    projection: Projection,
-    rows: Sequence[LogRow],
-    *,
-    strict: bool,
-    bulk: bool = False,
-    known: Collection[int] = (),
-) -> BatchResult:
-    """Folds ``rows`` into deltas, merges them with the stored states and writes them back
-    (``fold_batch``, then ``write_deltas``)."""
-    deltas, result = fold_batch(projection, rows, strict=strict, known=known)
-    await write_deltas(conn, projection, deltas, bulk=bulk)
-    return result
-
-
 async def apply_isolating(
     conn: asyncpg.Connection,
     projection: Projection,
@@ -177,7 +160,8 @@ async def apply_isolating(
     known: Collection[int] = (),
     folded: tuple[Deltas, BatchResult] | None = None,
 ) -> BatchResult:
-    """``apply_batch``, isolating any event whose data the database refuses (``isolating``).
+    """Folds ``rows`` (``fold_batch``) and writes what they contribute (``write_deltas``),
+    isolating any event whose data the database refuses (``isolating``).
 
     ``folded``: ``rows`` already folded (``fold_batch``), written as they are unless an event
     must be isolated (then each is folded again on its own)."""
