@@ -4,9 +4,9 @@
    blocks in ``schema.sql``; the live tables keep serving and the live runners keep going.
 2. The log is read once, in batches (the next batch is fetched while the current one is
    applied), decoded once, and every event is folded into each projection that reads its type,
-   each projection on a connection of its own (``_Loader``: one projection's writes overlap
-   another's folding), its history loaded without its key and every index built after, in
-   rebuild mode: the first event that cannot be applied stops the rebuild, unless live mode skipped it
+   each projection's batches written on a connection of its own while the next batch is folded
+   (``_Loader``), its history loaded without its key and every index built after, in rebuild
+   mode: the first event that cannot be applied stops the rebuild, unless live mode skipped it
    too (``projection_failures``) or it is one the webhook door now refuses (logged by an earlier
    release): those are skipped again and listed, so a rebuild reproduces live state instead of
    stopping on them for ever. The same SQL runs with the build schema first on the search path.
@@ -267,10 +267,10 @@ async def rebuild(
 
         if dsn:  # each projection loads on a connection of its own
             for projection in projections:
-                c = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
-                helpers.append(c)
-                await c.execute(sql.build_join)
-                loaders.append(_Loader(c, projection, counts[projection.name]))
+                helper = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
+                helpers.append(helper)
+                await helper.execute(sql.build_join)
+                loaders.append(_Loader(helper, projection, counts[projection.name]))
         head = await head_position(conn)
         collect = _Collector()
         while head - position > switch_gap:
