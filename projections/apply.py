@@ -45,29 +45,10 @@ class BatchResult(msgspec.Struct, kw_only=True):
     failures: list[ProjectionFailed] = msgspec.field(default_factory=list)
 
 
-# The rows decoded last, by (position, body): every follower of the log reads the same new events
-# at about the same time (five projections, the reactor), and decodes each once between them. The
-# body is part of the key, so two databases in one process never share a row.
-_RECENT_MAX = 5000
-_recent: dict[tuple[int, bytes], LogRow | None] = {}
-
-
 def decode_rows(records: Sequence[asyncpg.Record]) -> tuple[list[LogRow], int]:
     """Logged rows whose body is a JSON object (an observation read as the snapshot it stands for:
-    ``projections.observations``); returns them and how many were not. Rows are shared, never
-    changed: a fold reads its event's payload and keeps nothing of it that it then changes."""
-    rows: list[LogRow] = []
-    for record in records:
-        key = (record["position"], record["raw_body"])
-        if key in _recent:
-            row = _recent[key]
-        else:
-            row = _decoded(record)
-            if len(_recent) >= _RECENT_MAX:
-                del _recent[next(iter(_recent))]
-            _recent[key] = row
-        if row is not None:
-            rows.append(row)
+    ``projections.observations``); returns them and how many were not."""
+    rows = [row for row in map(_decoded, records) if row is not None]
     return rows, len(records) - len(rows)
 
 

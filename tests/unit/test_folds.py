@@ -192,3 +192,26 @@ def test_ties_in_time_and_explicit_nulls_never_depend_on_arrival(
     newest_sub = next(e for e in newest_first if e["event_type"] == "customer.subscription.updated")
     status = in_order["subscriptions.subscriptions"]["fsub_tied"]["v"]["status"]
     assert status == newest_sub["object"]["subscription"]["status"]
+
+
+def test_a_state_read_for_its_facts_shows_what_loads_shows_and_refuses_to_merge() -> None:
+    """``Mergeable.for_reading`` (documents, payment statuses) skips the merge keys: the facts are
+    the same as ``loads`` gives, and an offer on it raises instead of winning against nothing."""
+    import pytest
+
+    from projections.mergeable import Mergeable
+
+    state = Mergeable()
+    state.offer("status", "complete", [1, 20, 0, "evt_b"])
+    state.offer("amount_total", 4200, [0, 10, 0, "evt_a"])
+    state.add("payment_intent_ids", "fpi_2")
+    state.add("payment_intent_ids", "fpi_1")
+    state.earliest("seen_at", 7)
+    state.flag("split")
+    text = state.dumps()
+    read = Mergeable.for_reading(text)
+    assert read.facts() == Mergeable.loads(text).facts()
+    assert read.get("status") == "complete"
+    assert read.items("payment_intent_ids") == ["fpi_1", "fpi_2"]
+    with pytest.raises(TypeError):
+        read.offer("status", "expired", [0, 0, 0, ""])
