@@ -174,6 +174,7 @@ class _Destination:
         self.delivered: list[tuple[str, int]] = []  # answered 2xx, recorded together by the send loop
         # claimed ahead (up to ``concurrency`` more), so that a finished attempt's slot is taken at once
         self.ready: collections.deque[asyncpg.Record] = collections.deque()
+        self.gone = False  # the receiver answered 410: nothing more is attempted by this sender
         self.task = asyncio.create_task(self._send_loop(), name=f"delivery-{destination_id}")
 
     async def _send_loop(self) -> None:
@@ -228,7 +229,7 @@ class _Destination:
 
     def _start(self) -> None:
         """Attempts what was claimed, up to ``concurrency`` in flight."""
-        while self.ready and len(self.in_flight) < self.worker.concurrency:
+        while not self.gone and self.ready and len(self.in_flight) < self.worker.concurrency:
             row = self.ready.popleft()
             task = asyncio.create_task(self._attempt(row))
             self.in_flight.add(task)
@@ -266,6 +267,11 @@ class _Destination:
         async with conn.transaction():
             if outcome.status == 410:  # Gone: the receiver asks us to stop
                 await conn.execute(sql.destination_set_state, self.id, "disabled_by_receiver")
+                # what was claimed ahead is not attempted, and is due at once when enabled again
+                self.gone = True
+                ahead = [r["message_id"] for r in self.ready]
+                self.ready.clear()
+                await conn.execute(sql.messages_release, self.id, ahead)
                 delay: float | None = 0.0  # kept, due when enabled again
                 _log.warning("delivery: %s answered 410 Gone: disabled", self.id)
             else:
@@ -373,14 +379,14 @@ class DeliveryWorker:
         some destination is still behind."""
         rows = await conn.fetch(sql.destinations_all, None)
         enabled = {r["destination_id"]: r for r in rows if r["state"] == "enabled"}
-        for gone in set(self._destinations) - set(enabled):
-            stopped = self._destinations.pop(gone)
-            stopped.task.cancel()
-            with contextlib.suppress(Exception):
-                await stopped._flush()
+        for destination_id in set(self._destinations) - set(enabled):
+            await self._drop(destination_id)
         behind = False
         for destination_id, r in enabled.items():
             sender = self._destinations.get(destination_id)
+            if sender is not None and sender.gone:  # enabled again before this round saw it disabled
+                await self._drop(destination_id)
+                sender = None
             if sender is None:
                 sender = self._destinations[destination_id] = _Destination(self, destination_id)
             if r["retrying"] >= BACKLOG:
@@ -401,6 +407,13 @@ class DeliveryWorker:
                 sender.wake.set()
             behind = behind or moved >= self.batch_size
         return behind
+
+    async def _drop(self, destination_id: str) -> None:
+        """Stops a destination's sender; its attempts in flight finish and are recorded."""
+        stopped = self._destinations.pop(destination_id)
+        stopped.task.cancel()
+        with contextlib.suppress(Exception):
+            await stopped._flush()
 
     async def send(self, url: str, keys: Sequence[bytes], message_id: str, body: bytes) -> Outcome:
         """One attempt: the address checked (after DNS), the message signed and POSTed to it."""

@@ -29,6 +29,11 @@ RETURNING destination_id;
 -- A destination enabled again: what was queued is due at once.
 UPDATE public.destination_messages SET next_attempt_at = now() WHERE destination_id = $1 AND status = 'retrying';
 
+-- name: messages_release
+-- Messages claimed ahead that will not be attempted now (the receiver answered 410): unleased.
+UPDATE public.destination_messages SET leased_until = NULL
+WHERE destination_id = $1 AND message_id = ANY($2::text[]) AND status = 'retrying';
+
 -- name: destination_delete
 DELETE FROM public.destinations WHERE destination_id = $1 RETURNING destination_id;
 

@@ -136,7 +136,7 @@ def adjustments(server: RunningServer) -> list[dict[str, Any]]:
 
 @contextmanager
 def ledger_with_delivery(
-    tmp_path: Path, db_dsn: str, schedule: str = "0,0.3,0.3,0.3"
+    tmp_path: Path, db_dsn: str, schedule: str = "0,0.3,0.3,0.3", concurrency: int = 8
 ) -> Iterator[tuple[RunningServer, dict[str, str]]]:
     with run_standin() as standin:
         env = {
@@ -146,6 +146,7 @@ def ledger_with_delivery(
             "LEDGER_DELIVERY_ALLOW_PRIVATE": "true",
             "LEDGER_DELIVERY_SCHEDULE": schedule,
             "LEDGER_DELIVERY_TIMEOUT": "5",
+            "LEDGER_DELIVERY_CONCURRENCY": str(concurrency),
         }
         with run_server(tmp_path, env) as server:
             yield server, env
@@ -271,27 +272,27 @@ def test_a_failing_receiver_gets_the_same_id_and_body_until_it_answers_2xx(db_ds
 
 
 def test_410_disables_the_destination_and_nothing_more_is_attempted(db_dsn: str, tmp_path: Path) -> None:
+    # one attempt at a time, each answered slowly: while the first is in flight the sender claims
+    # the next message ahead, which must not be attempted once the receiver has said 410
     with (
-        receiving(Receiver(answer=lambda _, __: 410)) as receiver,
-        ledger_with_delivery(tmp_path, db_dsn) as (
-            server,
-            env,
-        ),
+        receiving(Receiver(answer=lambda _, __: 410, delay=0.5)) as receiver,
+        ledger_with_delivery(tmp_path, db_dsn, concurrency=1) as (server, env),
     ):
         destination, _ = add_destination(env, receiver.url)
-        deliver(server, checkout_events(Checkout(seed=930)))
+        deliver(server, checkout_events(Checkout(seed=930, items=4)))
         wait_for(
             lambda: server.get(f"/v1/destinations/{destination}").json()["state"] == "disabled_by_receiver",
             what="disabled by the receiver",
         )
-        attempts = len(receiver.got)
         deliver(server, checkout_events(Checkout(seed=931)))
         time.sleep(3)
-        assert len(receiver.got) == attempts
-        receiver.answer = lambda _, __: 200
+        assert len(receiver.got) == 1
+        receiver.answer, receiver.delay = (lambda _, __: 200), 0.0
         ledger(env, "destinations", "enable", destination)
-        wait_for(
-            lambda: server.get(f"/v1/destinations/{destination}").json()["retrying"] == 0, what="sent after enable"
+        wait_for(  # what was claimed ahead is due at once, not when its lease ends
+            lambda: server.get(f"/v1/destinations/{destination}").json()["retrying"] == 0,
+            what="sent after enable",
+            timeout=10,
         )
         wait_for(  # recorded a moment after the receiver answered
             lambda: len(receiver.delivered()) == server.get(f"/v1/destinations/{destination}").json()["delivered"] > 0,
