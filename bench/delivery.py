@@ -3,6 +3,7 @@
     python -m bench.delivery [--checkouts 20000] [--latency 0.05] [--concurrency 32] [--dsn DSN]
     python -m bench.delivery --live [--rate 200] [--seconds 30] [--dsn DSN]
     python -m bench.delivery --failing [--checkouts 20000] [--dsn DSN]
+    python -m bench.delivery --ingest-rate 100 [--checkouts 20000] [--dsn DSN]
 
 Replay (the default): fills a fresh database with realistic checkouts and their fulfillment (the
 reactor's events), projects it, then adds a destination pointing at a receiver (another process,
@@ -11,6 +12,11 @@ aiohttp) that answers ``200`` after ``--latency`` seconds, replays it from posit
 per second (what the receiver allows); the figure is delivered messages per second, and its ratio
 to the ceiling and to a baseline of the same run: a plain client (no signing, no database) posting
 to the same receiver at the same concurrency (on two shared cores it falls short of the ceiling).
+
+``--ingest-rate R``: the same replay while ``ledger serve --no-workers`` takes ``R`` signed webhooks
+a second (the load generator in this process); ``ledger work`` projects them, fulfils them and
+delivers their messages too, so delivery shares the two cores with ingest. Every message delivered
+meanwhile counts; the run ends when the replayed backlog is delivered.
 
 ``--live``: ``ledger serve`` takes signed webhooks at ``--rate`` per second while one healthy
 destination (answering at once) is delivered to; the figure is each message's latency from the
@@ -31,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
@@ -114,12 +121,16 @@ async def _failed(dsn: str) -> int:
         await conn.close()
 
 
-async def delivered(dsn: str) -> tuple[int, int, int]:
+async def delivered(dsn: str, up_to: int | None = None) -> tuple[int, int, int]:
+    """Messages delivered, the destination's checkpoint, and messages still to deliver (of the log
+    up to position ``up_to`` when given)."""
     conn = await asyncpg.connect(dsn)
     try:
         row = await conn.fetchrow(
             "SELECT d.delivered_count, d.position, (SELECT count(*) FROM destination_messages m "
-            "WHERE m.destination_id = d.destination_id AND m.status = 'retrying') AS retrying FROM destinations d"
+            "WHERE m.destination_id = d.destination_id AND m.status = 'retrying' "
+            "AND ($1::bigint IS NULL OR m.position <= $1)) AS retrying FROM destinations d",
+            up_to,
         )
         return int(row["delivered_count"]), int(row["position"]), int(row["retrying"])
     finally:
@@ -130,7 +141,7 @@ async def live(server: Server, rate: int, seconds: int, concurrency: int) -> Non
     """Latency of delivery while ``ledger serve`` takes ``rate`` webhooks a second."""
     import statistics
 
-    from bench.common import SECRET, events, signed_headers
+    from bench.common import SECRET, events
 
     dsn = await server.fresh_database()
     port, serve_port = free_port(), free_port()
@@ -159,21 +170,9 @@ async def live(server: Server, rate: int, seconds: int, concurrency: int) -> Non
         async with httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{serve_port}", timeout=30, transport=AiohttpTransport()
         ) as client:
-            for _ in range(100):
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get("/readyz")).status_code == 200:
-                        break
-                await asyncio.sleep(0.2)
+            await wait_ready(client)
             bodies = events(rate * seconds, seed=7)
-            started = time.perf_counter()
-            pending = []
-            for i, body in enumerate(bodies):
-                due = started + i / rate
-                await asyncio.sleep(max(0.0, due - time.perf_counter()))
-                pending.append(
-                    asyncio.ensure_future(client.post("/webhooks/flex", content=body, headers=signed_headers(body)))
-                )
-            await asyncio.gather(*pending)
+            await post_paced(client, bodies, rate)
         while (await delivered(dsn))[2] or (await delivered(dsn))[1] < int(await _head(dsn)):
             await asyncio.sleep(0.5)
         await asyncio.sleep(1)
@@ -202,6 +201,65 @@ async def live(server: Server, rate: int, seconds: int, concurrency: int) -> Non
     )
 
 
+async def post_paced(client: httpx.AsyncClient, bodies: list[str], rate: float) -> None:
+    """POSTs each body, signed, to the webhook endpoint at ``rate`` a second, not waiting for
+    answers before the next is due; returns when every one is answered."""
+    from bench.common import signed_headers
+
+    started = time.perf_counter()
+    pending = []
+    try:
+        for i, body in enumerate(bodies):
+            await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
+            pending.append(
+                asyncio.ensure_future(client.post("/webhooks/flex", content=body, headers=signed_headers(body)))
+            )
+        await asyncio.gather(*pending)
+    finally:
+        for p in pending:
+            p.cancel()
+
+
+async def wait_ready(client: httpx.AsyncClient) -> None:
+    for _ in range(100):
+        with contextlib.suppress(httpx.HTTPError):
+            if (await client.get("/readyz")).status_code == 200:
+                return
+        await asyncio.sleep(0.2)
+    raise RuntimeError("ledger serve did not get ready")
+
+
+@contextlib.asynccontextmanager
+async def ingesting(env: dict[str, str], rate: float) -> AsyncIterator[None]:
+    """``ledger serve --no-workers`` taking ``rate`` signed webhooks a second for the context."""
+    from bench.common import SECRET, events
+
+    if not rate:
+        yield
+        return
+    port = free_port()
+    ledger = str(Path(sys.executable).parent / "ledger")
+    serve = subprocess.Popen(
+        [ledger, "serve", "--no-workers", "--port", str(port), "--log-level", "warning"],
+        env={**env, "LEDGER_WEBHOOK_SECRETS": SECRET, "LEDGER_API_TOKENS": "bench"},
+    )
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=30, transport=AiohttpTransport()
+        ) as client:
+            await wait_ready(client)
+            load = asyncio.ensure_future(post_paced(client, events(int(rate * 3600), seed=11), rate))
+            try:
+                yield
+            finally:
+                load.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await load
+    finally:
+        serve.terminate()
+        serve.wait(30)
+
+
 async def _head(dsn: str) -> int:
     conn = await asyncpg.connect(dsn)
     try:
@@ -220,6 +278,7 @@ async def main() -> None:
     parser.add_argument("--rate", type=int, default=200)
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--failing", action="store_true", help="every message fails: memory as they pile up")
+    parser.add_argument("--ingest-rate", type=float, default=0, help="webhooks a second taken meanwhile")
     args = parser.parse_args()
     server = Server(args.dsn)
     if args.live:
@@ -271,18 +330,20 @@ async def main() -> None:
         derived_at = None
         last = (0, 0, 0)
         rss: list[tuple[int, float]] = []  # (failed messages, MiB) as they pile up
-        while True:
-            await asyncio.sleep(1)
-            last = await delivered(dsn)
-            _, position, retrying = last
-            if args.failing:
-                rss.append((await _failed(dsn), psutil.Process(work.pid).memory_info().rss / 2**20))
-            if position >= head and derived_at is None:
-                derived_at = time.perf_counter() - started
-            if position >= head and retrying == 0:
-                break
-            if time.perf_counter() - started > 3600:
-                raise RuntimeError(f"not done in an hour: {last}")
+        async with ingesting(env, args.ingest_rate):
+            while True:
+                await asyncio.sleep(1)
+                last = await delivered(dsn, head)
+                _, position, retrying = last
+                if args.failing:
+                    rss.append((await _failed(dsn), psutil.Process(work.pid).memory_info().rss / 2**20))
+                if position >= head and derived_at is None:
+                    derived_at = time.perf_counter() - started
+                if position >= head and retrying == 0:
+                    break
+                if time.perf_counter() - started > 3600:
+                    raise RuntimeError(f"not done in an hour: {last}")
+        ingested = await _head(dsn) - head
         if args.failing:
             for i in (len(rss) // 10, len(rss) // 2, len(rss) - 1):
                 print(f"{rss[i][0]:,} failed messages queued: ledger work RSS {rss[i][1]:.0f} MiB")
@@ -298,6 +359,7 @@ async def main() -> None:
             f"ceiling {ceiling:,.0f}/s (concurrency {args.concurrency} / {args.latency * 1000:.0f} ms): "
             f"ratio {rate / ceiling:.2f}; a plain client to the same receiver, same run: {plain:,.0f}/s "
             f"(ratio {rate / plain if plain else 0:.2f}); every message derived after {derived_at or 0:.1f} s"
+            + (f"; {ingested:,} events appended meanwhile ({ingested / elapsed:,.0f}/s)" if args.ingest_rate else "")
         )
         print(
             json.dumps(
@@ -311,6 +373,7 @@ async def main() -> None:
                     "ratio": round(rate / ceiling, 3),
                     "plain_client_per_s": round(plain),
                     "ratio_to_plain_client": round(rate / plain, 3) if plain else None,
+                    "ingested": ingested,
                 }
             )
         )
