@@ -26,7 +26,14 @@ Run it with ``ledger flex-standin --port 8100`` and point ``FLEX_API_BASE_URL`` 
   TARGET is a session id or ``*`` (the per-session routes), or a route: ``line_items``,
   ``checkout_session``, ``checkout_sessions``, ``payment_intents``, ``refunds``, ``invoices``,
   ``subscriptions``, or ``invoice`` / ``subscription`` (reading one by id);
-* every call is recorded: ``GET /_standin/calls`` gives ``{"count": N, "calls": [...]}``.
+* every call is recorded: ``GET /_standin/calls`` gives ``{"count": N, "calls": [...]}``;
+* webhook endpoints as the seed guide manages them: ``POST /v1/webhooks`` (body ``{"webhook":
+  {"url", "events"}}``, answered ``{"webhook": {"webhook_id", "url", "events", "signing_secret",
+  "test_mode", "created_at"}}``; ``test_mode`` when the bearer key holds ``_test_``), ``GET
+  /v1/webhooks``, ``GET`` and ``DELETE /v1/webhooks/{id}``; and ``POST /v1/events/{id}/retry``
+  (body ``{"event": {"webhook_id"}}``) for an event it learned: answered with the event, which it
+  then POSTs to that endpoint's URL signed with its secret as Svix signs (each delivery recorded as
+  a call of route ``delivery``).
 
 A plain ASGI app, so tests and the demo run it exactly as the service runs.
 """
@@ -34,15 +41,19 @@ A plain ASGI app, so tests and the demo run it exactly as the service runs.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import re
+import secrets
 import time
 from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
+from ledger.settings import decode_secret
+from ledger.signing import sign
 from projections.fields import epoch_micros
 
 __all__ = ["FlexStandIn", "made_up_line_items"]
@@ -50,6 +61,8 @@ __all__ = ["FlexStandIn", "made_up_line_items"]
 _LINE_ITEMS = re.compile(r"^(?:/v1)?/checkout/sessions/([^/]+)/line_items$")
 _SESSION_GET = re.compile(r"^/v1/checkout/sessions/([^/]+)$")
 _SESSION = re.compile(r"^/_standin/sessions/([^/]+)$")
+_WEBHOOKS = re.compile(r"^/v1/webhooks(?:/([^/]+))?$")
+_RETRY = re.compile(r"^/v1/events/([^/]+)/retry$")
 
 Send = Any
 Receive = Any
@@ -130,6 +143,9 @@ class FlexStandIn:
         self.always: dict[str, dict[str, Any]] = {}
         self.calls: list[dict[str, Any]] = []
         self._made = 0
+        self.events: dict[str, dict[str, Any]] = {}  # learned, by event id: what a retry sends again
+        self.webhooks: dict[str, dict[str, Any]] = {}
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -148,6 +164,17 @@ class FlexStandIn:
         method, path = scope["method"], scope["path"].rstrip("/") or "/"
         if path.startswith("/_standin/"):
             return await self._control(send, method, path, body)
+        match = _WEBHOOKS.match(path)
+        if match:
+            test_mode = "_test_" in dict(scope["headers"]).get(b"authorization", b"").decode()
+            hook_id = match.group(1)
+            return await self._serve(
+                scope, send, None, "webhooks", lambda: self._webhook_call(method, hook_id, body, test_mode)
+            )
+        match = _RETRY.match(path)
+        if match and method == "POST":
+            event_id = match.group(1)
+            return await self._serve(scope, send, None, "event_retry", lambda: self._retry(event_id, body))
         if method != "GET":
             return await _json(send, 405, {"detail": "method_not_allowed"})
         query = {k: v[-1] for k, v in parse_qs(scope.get("query_string", b"").decode()).items()}
@@ -206,6 +233,8 @@ class FlexStandIn:
         (fields of older events fill only what newer ones did not say), as Flex's API would show it."""
         learned = 0
         for event in events:
+            if isinstance(event, dict) and isinstance(event.get("event_id"), str):
+                self.events[event["event_id"]] = event
             obj = event.get("object") if isinstance(event, dict) else None
             if not isinstance(obj, dict):
                 continue
@@ -228,6 +257,75 @@ class FlexStandIn:
                 self._intent_sessions = None
                 learned += 1
         return learned
+
+    def _webhook_call(self, method: str, hook_id: str | None, body: bytes, test_mode: bool) -> tuple[int, Any]:
+        if hook_id is None and method == "GET":
+            return 200, {"webhooks": list(self.webhooks.values())}
+        if hook_id is None and method == "POST":
+            try:
+                spec = json.loads(body or b"{}").get("webhook") or {}
+            except (ValueError, AttributeError):
+                spec = None
+            url, events = (spec.get("url"), spec.get("events")) if isinstance(spec, dict) else (None, None)
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                return 400, {"detail": "webhook.url must be an http(s) URL"}
+            if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
+                return 400, {"detail": "webhook.events must be a list of event types"}
+            hook_id = f"wh_{secrets.token_hex(8)}"
+            self.webhooks[hook_id] = {
+                "webhook_id": hook_id,
+                "url": url,
+                "events": events,
+                "signing_secret": "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode(),
+                "test_mode": test_mode,
+                "created_at": datetime.now(UTC).isoformat(),
+            }
+            return 200, {"webhook": self.webhooks[hook_id]}
+        if hook_id is not None and hook_id in self.webhooks and method in {"GET", "DELETE"}:
+            hook = self.webhooks[hook_id] if method == "GET" else self.webhooks.pop(hook_id)
+            return 200, {"webhook": hook}
+        if hook_id is not None and method in {"GET", "DELETE"}:
+            return 404, {"detail": "not_found"}
+        return 405, {"detail": "method_not_allowed"}
+
+    def _retry(self, event_id: str, body: bytes) -> tuple[int, Any]:
+        """``POST /v1/events/{id}/retry``: the event sent again, signed, to the endpoint named."""
+        try:
+            hook_id = (json.loads(body or b"{}").get("event") or {}).get("webhook_id")
+        except (ValueError, AttributeError):
+            hook_id = None
+        hook = self.webhooks.get(hook_id) if isinstance(hook_id, str) else None
+        event = self.events.get(event_id)
+        if hook is None or event is None:
+            return 404, {"detail": "not_found"}
+        task = asyncio.get_running_loop().create_task(self._redeliver(hook, event))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+        created = datetime.fromtimestamp(_micros(event.get("event_dt")) / 1_000_000, UTC).isoformat()
+        shown = {k: event.get(k) for k in ("event_id", "event_type", "object")}
+        return 200, {"event": {**shown, "test_mode": hook["test_mode"], "created_at": created}}
+
+    async def _redeliver(self, hook: dict[str, Any], event: dict[str, Any]) -> None:
+        import httpx
+
+        body = json.dumps(event).encode()
+        msg_id = "msg_" + hashlib.sha256(f"{event['event_id']}/{hook['webhook_id']}".encode()).hexdigest()[:24]
+        timestamp = str(int(time.time()))
+        key = decode_secret(hook["signing_secret"])
+        signature = base64.b64encode(sign(key, msg_id, timestamp, body)).decode()
+        headers = {
+            "content-type": "application/json",
+            "svix-id": msg_id,
+            "svix-timestamp": timestamp,
+            "svix-signature": f"v1,{signature}",
+        }
+        record: dict[str, Any] = {"route": "delivery", "event_id": event["event_id"], "at": time.time()}
+        self.calls.append(record)
+        try:
+            async with httpx.AsyncClient(timeout=15) as client:
+                record["status"] = (await client.post(hook["url"], content=body, headers=headers)).status_code
+        except httpx.HTTPError as exc:
+            record["status"], record["error"] = None, str(exc)
 
     def _next_step(self, target: str | None) -> dict[str, Any]:
         # "*" faults the per-session routes; a list route is faulted by its name only

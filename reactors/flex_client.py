@@ -161,6 +161,24 @@ class FlexClient:
     async def get(self, path: str, params: dict[str, str | int] | None = None) -> Any:
         """``GET path``, retried on transient failures within the deadline; the JSON body. Raises
         ``FlexApiError``."""
+        return await self._retried("GET", path, params)
+
+    async def delete(self, path: str) -> Any:
+        """``DELETE path``, retried like a read (deleting twice deletes once); the JSON body."""
+        return await self._retried("DELETE", path, None)
+
+    async def post(self, path: str, doc: dict[str, Any]) -> Any:
+        """``POST path`` with a JSON body, attempted once: Flex documents no idempotency key, so a
+        retry could act twice. Raises ``FlexApiError``."""
+        try:
+            async with asyncio.timeout(self.deadline):
+                return await self._once("POST", path, None, doc)
+        except TimeoutError:
+            raise TransientFlexError(
+                f"Flex API gave no complete answer within {self.deadline:g} s: it may have acted"
+            ) from None
+
+    async def _retried(self, method: str, path: str, params: dict[str, str | int] | None) -> Any:
         loop = asyncio.get_running_loop()
         ends = loop.time() + self.deadline
         last: FlexApiError | None = None
@@ -181,7 +199,7 @@ class FlexClient:
                             wait = max(wait, last.retry_after)
                         await self._sleep(wait)
                     try:
-                        return await self._once(path, params)
+                        return await self._once(method, path, params)
                     except TransientFlexError as exc:
                         last = exc
         except TimeoutError:
@@ -192,13 +210,15 @@ class FlexClient:
         assert last is not None
         raise last
 
-    async def _once(self, path: str, params: dict[str, str | int] | None) -> Any:
+    async def _once(
+        self, method: str, path: str, params: dict[str, str | int] | None, doc: dict[str, Any] | None = None
+    ) -> Any:
         started = time.perf_counter()
         status: int | None = None
         try:
             async with self._limit:
                 try:
-                    async with self._client.stream("GET", path, params=params) as response:
+                    async with self._client.stream(method, path, params=params, json=doc) as response:
                         status = response.status_code
                         if status == 429 or status >= 500:
                             raise _transient(
@@ -215,6 +235,8 @@ class FlexClient:
                     raise _transient(f"Flex API timed out ({type(exc).__name__})", None, None) from exc
                 except httpx.TransportError as exc:
                     raise _transient(f"Flex API unreachable ({type(exc).__name__}: {exc})", None, None) from exc
+            if not body.strip() and method == "DELETE":
+                return None  # 204
             try:
                 return json.loads(body)
             except ValueError:

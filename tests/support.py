@@ -149,9 +149,14 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], log_path: Path,
 
 @contextlib.contextmanager
 def run_server(
-    tmp_path: Path, env: Mapping[str, str], *, wait_ready: bool = True, args: Sequence[str] = ()
+    tmp_path: Path,
+    env: Mapping[str, str],
+    *,
+    wait_ready: bool = True,
+    args: Sequence[str] = (),
+    port: int | None = None,
 ) -> Iterator[RunningServer]:
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     full_env = {
         **os.environ,
