@@ -26,6 +26,7 @@ class DestinationList(msgspec.Struct):
 
 @get(
     "/destinations",
+    operation_id="listDestinations",
     summary="Outbound destinations: state, lag and message counts (secrets are never shown)",
     tags=["delivery"],
     responses=ok(DestinationList, "Every destination, oldest first"),
@@ -38,6 +39,7 @@ async def list_destinations(state: AppState, min_position: MinPosition = None) -
 
 @get(
     "/destinations/{destination_id:str}",
+    operation_id="getDestination",
     summary="One outbound destination",
     tags=["delivery"],
     responses=ok(Destination, "The destination", can_404=True),
@@ -50,6 +52,7 @@ async def get_destination(state: AppState, destination_id: PathId, min_position:
 
 @get(
     "/destinations/{destination_id:str}/messages",
+    operation_id="listDestinationMessages",
     summary="A destination's messages in log order, of one status or all",
     tags=["delivery"],
     responses=ok(MessagePage, "A page of messages", can_404=True),

@@ -32,7 +32,7 @@ def parse_cursor(cursor: str | None, after: int | None) -> int:
     return int(cursor)
 
 
-@get("/events", summary="Read the event log", tags=["events"], responses=ERRORS)
+@get("/events", operation_id="listEvents", summary="Read the event log", tags=["events"], responses=ERRORS)
 async def list_events(
     state: AppState,
     after: Position = None,

@@ -17,6 +17,7 @@ from litestar import Litestar, Response, get
 
 from api.errors import EXCEPTION_HANDLERS, error_response
 from api.metrics import CONTENT_TYPE_LATEST, Metrics
+from api.schemas import READINESS
 from api.state import AppState
 from ledger.db import READ_SETTINGS, SCHEMA_VERSION, connection, create_pool
 from ledger.errors import DatabaseError
@@ -33,12 +34,18 @@ async def ops_pool(dsn: str) -> asyncpg.Pool:
     return await create_pool(dsn, max_size=2, timeout=5, command_timeout=15, server_settings=READ_SETTINGS)
 
 
-@get("/healthz", summary="The process is alive", tags=["operations"])
+@get("/healthz", operation_id="getHealth", summary="The process is alive", tags=["operations"])
 async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", summary="Database reachable and schema current", tags=["operations"])
+@get(
+    "/readyz",
+    operation_id="getReadiness",
+    summary="Database reachable and schema current",
+    tags=["operations"],
+    responses=READINESS,
+)
 async def readyz(state: AppState) -> object:
     try:
         async with asyncio.timeout(2):
@@ -50,7 +57,13 @@ async def readyz(state: AppState) -> object:
     return {"status": "ready", "schema_version": version}
 
 
-@get("/metrics", summary="Prometheus metrics", tags=["operations"], media_type=CONTENT_TYPE_LATEST)
+@get(
+    "/metrics",
+    operation_id="getMetrics",
+    summary="Prometheus metrics",
+    tags=["operations"],
+    media_type=CONTENT_TYPE_LATEST,
+)
 async def prometheus_metrics(state: AppState) -> Response[bytes]:
     followers: list[FollowerStatus] | None
     reconcile: ReconcileStatus | None

@@ -68,6 +68,7 @@ PaymentStatus = Literal["unpaid", "partially_paid", "paid", "partially_refunded"
 
 @get(
     "/orders/{checkout_session_id:str}",
+    operation_id="getOrder",
     summary="One order (checkout session)",
     tags=["orders"],
     responses=ok(schemas.Order, "The order", can_404=True),
@@ -100,6 +101,7 @@ async def get_order(
 
 @get(
     "/orders/{checkout_session_id:str}/events",
+    operation_id="listOrderEvents",
     summary="Every log event that touched the order, oldest first",
     tags=["orders"],
     responses=ok(
@@ -116,7 +118,13 @@ async def get_order_events(
     return Response({"data": events}, headers=headers)
 
 
-@get("/orders", summary="Orders, newest first", tags=["orders"], responses=ok(schemas.OrderPage, "A page of orders"))
+@get(
+    "/orders",
+    operation_id="listOrders",
+    summary="Orders, newest first",
+    tags=["orders"],
+    responses=ok(schemas.OrderPage, "A page of orders"),
+)
 async def list_orders(
     state: AppState,
     customer_id: Text = None,
@@ -146,6 +154,7 @@ async def list_orders(
 
 @get(
     "/customers/{customer_id:str}",
+    operation_id="getCustomer",
     summary="One customer",
     tags=["customers"],
     responses=ok(schemas.Customer, "The customer", can_404=True),
@@ -157,6 +166,7 @@ async def get_customer(state: AppState, customer_id: PathId, min_position: MinPo
 
 @get(
     "/subscriptions/{subscription_id:str}",
+    operation_id="getSubscription",
     summary="One subscription",
     tags=["subscriptions"],
     responses=ok(schemas.Subscription, "The subscription", can_404=True),
@@ -173,6 +183,7 @@ InvoiceStatus = Literal["draft", "open", "paid", "void", "uncollectible"]
 
 @get(
     "/invoices/{invoice_id:str}",
+    operation_id="getInvoice",
     summary="One invoice",
     tags=["subscriptions"],
     responses=ok(schemas.Invoice, "The invoice", can_404=True),
@@ -185,6 +196,7 @@ async def get_invoice(state: AppState, invoice_id: PathId, min_position: MinPosi
 
 @get(
     "/invoices",
+    operation_id="listInvoices",
     summary="Invoices, newest first",
     tags=["subscriptions"],
     responses=ok(schemas.InvoicePage, "A page of invoices"),
@@ -217,6 +229,7 @@ async def list_invoices(
 
 @get(
     "/projections",
+    operation_id="listProjections",
     summary="Every projection's position, lag and state",
     tags=["operations"],
     responses=ok(schemas.FollowerStatuses, "Every projection and the fulfillment reactor"),
@@ -229,6 +242,7 @@ async def list_projections(state: AppState, min_position: MinPosition = None) ->
 
 @get(
     "/inventory",
+    operation_id="getInventory",
     summary="Quantity sold, restocked and net per price and product, for one mode",
     tags=["inventory"],
     responses=ok(schemas.InventoryLevels, "One row per (price, product) of the mode"),
@@ -245,6 +259,7 @@ async def get_inventory(
 
 @get(
     "/inventory/adjustments",
+    operation_id="listInventoryAdjustments",
     summary="The inventory adjustments feed, oldest first",
     tags=["inventory"],
     responses=ok(schemas.AdjustmentPage, "A page of the feed"),

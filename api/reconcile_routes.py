@@ -23,6 +23,7 @@ __all__ = ["RECONCILE_ROUTES"]
 
 @post(
     "/orders/{checkout_session_id:str}/sync",
+    operation_id="syncOrder",
     status_code=200,
     summary="Ask Flex for a session now and answer its order (for the success page)",
     description="Fetches the checkout session, its payment intents and its refunds from Flex's API, records "
@@ -72,6 +73,7 @@ async def sync_order(state: AppState, checkout_session_id: PathId) -> Response[A
 
 @get(
     "/reconcile",
+    operation_id="getReconcileStatus",
     summary="Reconcile runs: the automatic runner, totals, and the most recent runs",
     tags=["operations"],
     responses=ok(schemas.ReconcileStatus, "The runner's state, totals, and the latest runs, newest first"),

@@ -13,7 +13,17 @@ from projections.shapes import Adjustment, Customer, InventoryLevel, Invoice, Or
 from reactors.reconcile import ReconcileStatus
 from reactors.status import FollowerStatus
 
-__all__ = ["ERRORS", "Customer", "ErrorBody", "Invoice", "Order", "ReconcileStatus", "Subscription", "ok"]
+__all__ = [
+    "ERRORS",
+    "READINESS",
+    "Customer",
+    "ErrorBody",
+    "Invoice",
+    "Order",
+    "ReconcileStatus",
+    "Subscription",
+    "ok",
+]
 
 
 class OrderPage(msgspec.Struct):
@@ -54,6 +64,22 @@ ERRORS = {
     503: _error("The database is unavailable; retry (see Retry-After)."),
 }
 NOT_FOUND = {404: _error("Not known (yet: with min_position, see the Ledger-Projection-Fresh header).")}
+
+
+class Readiness(msgspec.Struct):
+    status: str  # "ready"
+    schema_version: int
+
+
+# /readyz: ready, or not (an orchestrator takes the process out of rotation on 503).
+READINESS = {
+    200: ResponseSpec(
+        data_container=Readiness,
+        description="The database answers and its schema is this release's.",
+        generate_examples=False,
+    ),
+    503: _error("Not ready: the database is unreachable (Retry-After), or its schema is not this release's."),
+}
 
 
 def ok(body: type[msgspec.Struct], description: str, *, can_404: bool = False) -> dict[int, ResponseSpec]:

@@ -15,8 +15,18 @@ from typing import Any
 
 import msgspec
 from litestar import asgi
+from litestar.enums import ParamType
 from litestar.openapi.spec import OpenAPIMediaType as MediaType
-from litestar.openapi.spec import OpenAPIResponse, OpenAPIType, Operation, PathItem, Reference, RequestBody, Schema
+from litestar.openapi.spec import (
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Parameter,
+    PathItem,
+    Reference,
+    RequestBody,
+    Schema,
+)
 from litestar.types import Receive, Scope, Send
 
 from api.errors import INTERNAL_ERROR, describe, error_body
@@ -141,13 +151,44 @@ def _error(description: str) -> OpenAPIResponse:
     return OpenAPIResponse(description=description, content={"application/json": MediaType(schema=error)})
 
 
+def _header(name: str, description: str) -> Parameter:
+    return Parameter(
+        name=name,
+        param_in=ParamType.HEADER,
+        required=False,
+        description=description,
+        schema=Schema(type=OpenAPIType.STRING),
+    )
+
+
+# Svix sends its three headers under one of two sets of names (``svix-*``, or ``webhook-*`` as the
+# Standard Webhooks spec names them); every delivery needs one whole set.
+_SIGNATURE_HEADERS: list[Parameter | Reference] = [
+    header
+    for prefix in ("webhook", "svix")
+    for header in (
+        _header(
+            f"{prefix}-id",
+            f"The message id (unique per message, the same when resent). `{prefix}-*` or the "
+            f"other set of names is required.",
+        ),
+        _header(f"{prefix}-timestamp", "Unix seconds when signed; refused more than LEDGER_WEBHOOK_TOLERANCE away."),
+        _header(
+            f"{prefix}-signature",
+            "Space-separated `v1,<base64 HMAC-SHA256 of id.timestamp.body>` signatures; one must verify with a "
+            "secret of LEDGER_WEBHOOK_SECRETS.",
+        ),
+    )
+]
+
 WEBHOOK_OPERATION = PathItem(
     post=Operation(
         tags=["webhooks"],
         summary="Receive a signed Flex webhook",
         description="Verifies the Svix signature (`svix-id`, `svix-timestamp`, `svix-signature`, or the "
         "`webhook-*` names) over the raw body and appends the event to the log before answering.",
-        operation_id="ReceiveFlexWebhook",
+        operation_id="receiveFlexWebhook",
+        parameters=_SIGNATURE_HEADERS,
         request_body=RequestBody(
             required=True,
             description="The event exactly as Flex signed it.",
