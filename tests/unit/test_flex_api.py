@@ -136,3 +136,24 @@ async def test_an_unusable_reply_is_a_permanent_failure(body: dict[str, object])
     await c.aclose()
     assert len(seen) == 1
     assert sleeps == []
+
+
+async def test_a_post_is_attempted_once_even_when_flex_answers_503() -> None:
+    # Flex documents no idempotency key: a POST retried after a lost answer could create twice
+    c, seen = client([httpx.Response(503), httpx.Response(200, json={"webhook": {}})], [])
+    with pytest.raises(TransientFlexError):
+        await c.post("/webhooks", {"webhook": {"url": "https://x.test/h", "events": ["a.b"]}})
+    await c.aclose()
+    assert len(seen) == 1
+    assert seen[0].method == "POST"
+    assert seen[0].headers["content-type"] == "application/json"
+    assert b'"url":"https://x.test/h"' in seen[0].content.replace(b" ", b"")
+
+
+async def test_a_delete_is_retried_like_a_read_and_an_empty_answer_is_none() -> None:
+    sleeps: list[float] = []
+    c, seen = client([httpx.Response(503), httpx.Response(204)], sleeps)
+    assert await c.delete("/webhooks/wh_1") is None
+    await c.aclose()
+    assert [r.method for r in seen] == ["DELETE", "DELETE"]
+    assert len(sleeps) == 1
