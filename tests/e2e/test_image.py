@@ -1,6 +1,7 @@
 """The image as an operator runs it: built from the Dockerfile, run as a non-root user, ``migrate``
 then ``serve`` against a real PostgreSQL, a signed webhook taken, and ``docker stop`` a clean
-shutdown within seconds.
+shutdown within seconds; and ``compose.yaml`` brought up whole (PostgreSQL, migrate, two serve,
+work) until every service is healthy, taking webhooks on both servers.
 
 Needs a Docker engine. No registry is reachable here, so the build starts ``FROM`` the local base
 ``LEDGER_IMAGE_BASE`` names (``../shared/tools/image-base`` makes one; CI does). Without an engine
@@ -55,6 +56,15 @@ def image() -> str:
     build = ["build", "--network", "host", "-t", TAG, *(["--build-arg", f"BASE={base}"] if base else []), str(ROOT)]
     docker(*build, timeout=1800)
     return TAG
+
+
+def _compose_command() -> list[str]:
+    if subprocess.run(["docker", "compose", "version"], capture_output=True, check=False).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    _unavailable("no Docker Compose: install it (Debian: apt-get install docker-compose) to test compose.yaml")
+    raise AssertionError  # unreachable: _unavailable skips or fails
 
 
 @pytest.fixture
@@ -149,3 +159,82 @@ def test_migrate_serve_a_signed_webhook_and_a_clean_docker_stop(image: str, tcp_
         assert "Traceback" not in logs.stdout + logs.stderr
     finally:
         docker("rm", "-f", name, check=False)
+
+
+def _wait_healthy(compose: list[str], cwd: Path, env: dict[str, str], services: set[str], timeout: float = 240) -> None:
+    def run(*args: str) -> str:
+        return subprocess.run([*compose, *args], cwd=cwd, env=env, capture_output=True, text=True, check=True).stdout
+
+    deadline = time.monotonic() + timeout
+    while True:
+        ids = run("ps", "-q").split()
+        states = {}
+        for cid in ids:
+            info = json.loads(docker("inspect", cid).stdout)[0]
+            service = info["Config"]["Labels"].get("com.docker.compose.service")
+            states[service] = info["State"]
+        health = {s: (states.get(s) or {}).get("Health", {}).get("Status") for s in services}
+        if all(h == "healthy" for h in health.values()):
+            migrate = states.get("migrate")
+            assert migrate is None or migrate["ExitCode"] == 0, migrate
+            return
+        assert time.monotonic() < deadline, f"not healthy: {health}\n{run('logs', '--tail', '30')[-6000:]}"
+        time.sleep(2)
+
+
+def test_compose_brings_up_postgres_migrate_two_servers_and_a_worker(image: str, tmp_path: Path) -> None:
+    compose = _compose_command()
+    base = os.environ.get("LEDGER_IMAGE_BASE", "").strip()
+    postgres = "postgres:17"
+    if base:  # no registry: PostgreSQL from Debian's packages on the local base, as the official image
+        postgres = "flex-ledger-test/postgres:15"
+        standin = ROOT / "tests" / "e2e" / "postgres_image"
+        docker("build", "--network", "host", "--build-arg", f"BASE={base}", "-t", postgres, str(standin), timeout=900)
+    # the shipped file and example settings, as a user copies them (the secrets filled in)
+    shutil.copy(ROOT / "compose.yaml", tmp_path / "compose.yaml")
+    example = (ROOT / "flex-ledger.env.example").read_text()
+    settings = example.replace("LEDGER_WEBHOOK_SECRETS=whsec_REPLACE_ME", f"LEDGER_WEBHOOK_SECRETS={SECRET}")
+    settings = settings.replace("LEDGER_API_TOKENS=\n", f"LEDGER_API_TOKENS={API_TOKEN}\n")
+    assert settings != example
+    (tmp_path / "flex-ledger.env").write_text(settings)
+    ports = [free_port(), free_port()]
+    env = {
+        **os.environ,
+        "COMPOSE_PROJECT_NAME": f"ledgertest{uuid.uuid4().hex[:8]}",
+        "LEDGER_IMAGE": image,
+        "LEDGER_POSTGRES_IMAGE": postgres,
+        "LEDGER_SERVE_1_PORT": str(ports[0]),
+        "LEDGER_SERVE_2_PORT": str(ports[1]),
+    }
+    run = {"env": env, "cwd": tmp_path, "capture_output": True, "text": True, "timeout": 600, "check": False}
+    try:
+        up = subprocess.run([*compose, "up", "-d", "--no-build"], **run)  # type: ignore[call-overload]
+        assert up.returncode == 0, up.stdout + up.stderr
+        _wait_healthy(compose, tmp_path, env, {"postgres", "serve-1", "serve-2", "work"})
+        c = Checkout(seed=991)
+        last = 0
+        for i, event in enumerate(checkout_events(c)):  # alternately to each server: one log
+            body = json.dumps(event)
+            reply = httpx.post(
+                f"http://127.0.0.1:{ports[i % 2]}/webhooks/flex", content=body, headers=signed_headers(body), timeout=30
+            )
+            assert reply.status_code == 200, reply.text
+            last = max(last, reply.json()["position"])
+        headers = {"authorization": f"Bearer {API_TOKEN}"}
+        for port in ports:  # each server reads what both took, once `work` has projected it
+            deadline = time.monotonic() + 30
+            while True:
+                order = httpx.get(
+                    f"http://127.0.0.1:{port}/v1/orders/{c.session_id}",
+                    params={"min_position": last},
+                    headers=headers,
+                    timeout=30,
+                )
+                if order.status_code == 200 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert order.status_code == 200, order.text
+            assert order.json()["amount_total"] == c.total
+    finally:
+        down = subprocess.run([*compose, "down", "-v", "--timeout", "20"], **run)  # type: ignore[call-overload]
+        assert down.returncode == 0, down.stdout + down.stderr
