@@ -124,7 +124,8 @@ def cmd_create(args: argparse.Namespace) -> int:
         print(f"id:          {webhook.get('webhook_id', '')}")
         print(f"url:         {webhook.get('url', args.url)}")
         print(f"events:      {', '.join(webhook.get('events') or events)}")
-        print(f"mode:        {'test' if webhook.get('test_mode') else args.mode}")
+        mode = args.mode if "test_mode" not in webhook else "test" if webhook["test_mode"] else "live"
+        print(f"mode:        {mode}")
         if not isinstance(secret, str) or not secret:
             print("ledger flex: Flex returned no signing secret; find it in Flex's dashboard", file=sys.stderr)
             return 0

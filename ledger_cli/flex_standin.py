@@ -30,7 +30,7 @@ Run it with ``ledger flex-standin --port 8100`` and point ``FLEX_API_BASE_URL`` 
 * webhook endpoints as the seed guide manages them: ``POST /v1/webhooks`` (body ``{"webhook":
   {"url", "events"}}``, answered ``{"webhook": {"webhook_id", "url", "events", "signing_secret",
   "test_mode", "created_at"}}``; ``test_mode`` when the bearer key holds ``_test_``), ``GET
-  /v1/webhooks``, ``GET`` and ``DELETE /v1/webhooks/{id}``; and ``POST /v1/events/{id}/retry``
+  /v1/webhooks`` (the key's mode's), ``GET`` and ``DELETE /v1/webhooks/{id}``; and ``POST /v1/events/{id}/retry``
   (body ``{"event": {"webhook_id"}}``) for an event it learned: answered with the event, which it
   then POSTs to that endpoint's URL signed with its secret as Svix signs (each delivery recorded as
   a call of route ``delivery``).
@@ -259,8 +259,8 @@ class FlexStandIn:
         return learned
 
     def _webhook_call(self, method: str, hook_id: str | None, body: bytes, test_mode: bool) -> tuple[int, Any]:
-        if hook_id is None and method == "GET":
-            return 200, {"webhooks": list(self.webhooks.values())}
+        if hook_id is None and method == "GET":  # a key lists its own mode's endpoints
+            return 200, {"webhooks": [h for h in self.webhooks.values() if h["test_mode"] == test_mode]}
         if hook_id is None and method == "POST":
             try:
                 spec = json.loads(body or b"{}").get("webhook") or {}
