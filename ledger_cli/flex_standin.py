@@ -52,8 +52,10 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
+import httpx
+
 from ledger.settings import decode_secret
-from ledger.signing import sign
+from ledger_cli.send import signed_headers
 from projections.fields import epoch_micros
 
 __all__ = ["FlexStandIn", "made_up_line_items"]
@@ -306,19 +308,9 @@ class FlexStandIn:
         return 200, {"event": {**shown, "test_mode": hook["test_mode"], "created_at": created}}
 
     async def _redeliver(self, hook: dict[str, Any], event: dict[str, Any]) -> None:
-        import httpx
-
         body = json.dumps(event).encode()
         msg_id = "msg_" + hashlib.sha256(f"{event['event_id']}/{hook['webhook_id']}".encode()).hexdigest()[:24]
-        timestamp = str(int(time.time()))
-        key = decode_secret(hook["signing_secret"])
-        signature = base64.b64encode(sign(key, msg_id, timestamp, body)).decode()
-        headers = {
-            "content-type": "application/json",
-            "svix-id": msg_id,
-            "svix-timestamp": timestamp,
-            "svix-signature": f"v1,{signature}",
-        }
+        headers = signed_headers(decode_secret(hook["signing_secret"]), msg_id, body)
         record: dict[str, Any] = {"route": "delivery", "event_id": event["event_id"], "at": time.time()}
         self.calls.append(record)
         try:

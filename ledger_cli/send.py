@@ -31,7 +31,7 @@ from ledger_cli.scenarios import (
     renewal_events,
 )
 
-__all__ = ["SCENARIOS", "load_events", "scenario_line_items", "send", "tell_standin"]
+__all__ = ["SCENARIOS", "load_events", "scenario_line_items", "send", "signed_headers", "tell_standin"]
 
 # name: (the checkout, what happens after the sale)
 SCENARIOS: dict[str, tuple[dict[str, Any], Callable[[Checkout], list[dict[str, Any]]]]] = {
@@ -83,7 +83,8 @@ def load_events(source: str, seed: int) -> list[dict[str, Any]]:
     return events
 
 
-def _headers(key: bytes, msg_id: str, body: bytes, style: str) -> dict[str, str]:
+def signed_headers(key: bytes, msg_id: str, body: bytes, style: str = "svix") -> dict[str, str]:
+    """The headers of ``body`` signed with ``key`` as Svix signs (``style``: svix, webhook or the legacy flex)."""
     ts = str(int(time.time()))
     signature = base64.b64encode(sign(key, msg_id, ts, body)).decode()
     if style == "flex":
@@ -154,7 +155,7 @@ def send(
                 print(f"{label} -> dropped (not delivered)", file=out, flush=True)
                 continue
             try:
-                reply = client.post(url, content=body, headers=_headers(key, msg_id, body, style))
+                reply = client.post(url, content=body, headers=signed_headers(key, msg_id, body, style))
             except httpx.HTTPError as exc:
                 print(f"{label} -> error: {exc}", file=out, flush=True)
                 failures += 1
