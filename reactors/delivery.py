@@ -227,6 +227,16 @@ class _Destination:
         if self.delivered:
             await self._round(0, 0)
 
+    async def _leave(self) -> None:
+        """When the sender stops: records what was delivered, and unleases what it claimed ahead
+        and will not attempt, so that it is due at once (when the destination is enabled again)."""
+        await self._flush()
+        ahead = [r["message_id"] for r in self.ready]
+        self.ready.clear()
+        if ahead:
+            async with connection(self.worker.pool) as conn:
+                await conn.execute(sql.messages_release, self.id, ahead)
+
     def _start(self) -> None:
         """Attempts what was claimed, up to ``concurrency`` in flight."""
         while not self.gone and self.ready and len(self.in_flight) < self.worker.concurrency:
@@ -253,6 +263,8 @@ class _Destination:
             worker.observe(row["type"], outcome, time.perf_counter() - started)
             if outcome.delivered and outcome.status is not None:
                 self.delivered.append((message_id, outcome.status))
+                if self.gone:  # its send loop has stopped: nothing else would record it
+                    await self._flush()
                 return
             async with connection(worker.pool) as conn:
                 await self._record(conn, row, outcome)
@@ -267,11 +279,7 @@ class _Destination:
         async with conn.transaction():
             if outcome.status == 410:  # Gone: the receiver asks us to stop
                 await conn.execute(sql.destination_set_state, self.id, "disabled_by_receiver")
-                # what was claimed ahead is not attempted, and is due at once when enabled again
-                self.gone = True
-                ahead = [r["message_id"] for r in self.ready]
-                self.ready.clear()
-                await conn.execute(sql.messages_release, self.id, ahead)
+                self.gone = True  # nothing claimed ahead is attempted; the worker stops this sender
                 delay: float | None = 0.0  # kept, due when enabled again
                 _log.warning("delivery: %s answered 410 Gone: disabled", self.id)
             else:
@@ -411,9 +419,10 @@ class DeliveryWorker:
     async def _drop(self, destination_id: str) -> None:
         """Stops a destination's sender; its attempts in flight finish and are recorded."""
         stopped = self._destinations.pop(destination_id)
+        stopped.gone = True
         stopped.task.cancel()
         with contextlib.suppress(Exception):
-            await stopped._flush()
+            await stopped._leave()
 
     async def send(self, url: str, keys: Sequence[bytes], message_id: str, body: bytes) -> Outcome:
         """One attempt: the address checked (after DNS), the message signed and POSTed to it."""

@@ -30,7 +30,8 @@ RETURNING destination_id;
 UPDATE public.destination_messages SET next_attempt_at = now() WHERE destination_id = $1 AND status = 'retrying';
 
 -- name: messages_release
--- Messages claimed ahead that will not be attempted now (the receiver answered 410): unleased.
+-- Messages a stopped sender had claimed ahead and will not attempt (disabled, by hand or by a 410;
+-- deleted): unleased, so they are due at once when it is enabled again.
 UPDATE public.destination_messages SET leased_until = NULL
 WHERE destination_id = $1 AND message_id = ANY($2::text[]) AND status = 'retrying';
 

@@ -300,6 +300,30 @@ def test_410_disables_the_destination_and_nothing_more_is_attempted(db_dsn: str,
         )
 
 
+def test_disabled_by_hand_sends_nothing_more_and_resumes_at_once_when_enabled(db_dsn: str, tmp_path: Path) -> None:
+    # one attempt at a time, each answered slowly: a message is always claimed ahead, and must be
+    # neither sent while disabled nor held until its lease ends once enabled
+    with (
+        receiving(Receiver(delay=0.5)) as receiver,
+        ledger_with_delivery(tmp_path, db_dsn, concurrency=1) as (server, env),
+    ):
+        destination, _ = add_destination(env, receiver.url)
+        deliver(server, checkout_events(Checkout(seed=935, items=4)))
+        wait_for(lambda: len(receiver.got) >= 1, what="the first attempt")
+        ledger(env, "destinations", "disable", destination)
+        time.sleep(2)  # the worker sees the state within its poll interval; an attempt in flight ends
+        sent = len(receiver.got)
+        time.sleep(3)
+        assert len(receiver.got) == sent
+        assert server.get(f"/v1/destinations/{destination}").json()["retrying"] > 0
+        ledger(env, "destinations", "enable", destination)
+        wait_for(
+            lambda: server.get(f"/v1/destinations/{destination}").json()["retrying"] == 0,
+            what="sent after enable",
+            timeout=15,
+        )
+
+
 def test_failed_after_the_schedule_then_retried_on_request(db_dsn: str, tmp_path: Path) -> None:
     with (
         receiving(Receiver(answer=lambda _, __: 503)) as receiver,

@@ -71,9 +71,7 @@ def test_an_endpoint_made_from_the_command_line_receives_a_lost_event_sent_again
         secret = line.group(1)
         assert f"secret:      {secret}" in made.stdout
         assert "mode:        test" in made.stdout
-        rotating = flex(
-            {**env, "LEDGER_WEBHOOK_SECRETS": SECRET}, "webhooks", "create", endpoint, "--mode", "test"
-        )
+        rotating = flex({**env, "LEDGER_WEBHOOK_SECRETS": SECRET}, "webhooks", "create", endpoint, "--mode", "test")
         assert 'LEDGER_WEBHOOK_SECRETS="$LEDGER_WEBHOOK_SECRETS,whsec_' in rotating.stdout  # the old one kept
         second = re.search(r"^id:\s+(\S+)$", rotating.stdout, re.M)
         assert second
