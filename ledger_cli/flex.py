@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from ledger.errors import ConfigError
 from ledger.settings import Settings, load_settings
-from reactors.flex_client import FlexApiError, FlexClient
+from reactors.flex_client import FlexApiError, FlexClient, client_for
 
 __all__ = ["READ_EVENT_TYPES", "add_parser"]
 
@@ -69,13 +69,7 @@ def _client(settings: Settings, mode: str) -> FlexClient:
     if not key:
         needed = "FLEX_TEST_API_KEY or FLEX_API_KEY" if mode == "test" else "FLEX_API_KEY"
         raise ConfigError(f"{needed} is not set: the command calls Flex's API with it")
-    return FlexClient(
-        settings.flex_api_base_url,
-        key,
-        read_timeout=settings.flex_api_timeout,
-        deadline=settings.flex_api_deadline,
-        max_bytes=settings.flex_api_max_bytes,
-    )
+    return client_for(settings, key)
 
 
 def _run(args: argparse.Namespace, work: Callable[[FlexClient], Awaitable[int]]) -> int:

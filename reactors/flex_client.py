@@ -37,6 +37,7 @@ __all__ = [
     "FlexClient",
     "PermanentFlexError",
     "TransientFlexError",
+    "client_for",
     "clients_for",
     "retry_after_seconds",
 ]
@@ -274,20 +275,33 @@ def clients_for(
     deadline: float | None = None,
 ) -> dict[str, FlexClient]:
     """One client per configured key: ``live`` (``FLEX_API_KEY``) and ``test`` (``FLEX_TEST_API_KEY``)."""
-    clients = {}
-    for mode, key in (("live", settings.flex_api_key), ("test", settings.flex_test_api_key)):
-        if key:
-            clients[mode] = FlexClient(
-                settings.flex_api_base_url,
-                key,
-                read_timeout=settings.flex_api_timeout,
-                concurrency=concurrency or settings.fulfillment_concurrency,
-                on_call=on_call,
-                attempts=attempts,
-                deadline=deadline if deadline is not None else settings.flex_api_deadline,
-                max_bytes=settings.flex_api_max_bytes,
-            )
-    return clients
+    return {
+        mode: client_for(settings, key, concurrency=concurrency, on_call=on_call, attempts=attempts, deadline=deadline)
+        for mode, key in (("live", settings.flex_api_key), ("test", settings.flex_test_api_key))
+        if key
+    }
+
+
+def client_for(
+    settings: Settings,
+    key: str,
+    *,
+    concurrency: int | None = None,
+    on_call: Callable[[int | None, float], None] | None = None,
+    attempts: int = 4,
+    deadline: float | None = None,
+) -> FlexClient:
+    """A client of Flex's API with ``key``, as the settings configure it."""
+    return FlexClient(
+        settings.flex_api_base_url,
+        key,
+        read_timeout=settings.flex_api_timeout,
+        concurrency=concurrency or settings.fulfillment_concurrency,
+        on_call=on_call,
+        attempts=attempts,
+        deadline=deadline if deadline is not None else settings.flex_api_deadline,
+        max_bytes=settings.flex_api_max_bytes,
+    )
 
 
 def _transient(message: str, status: int | None, retry_after: float | None) -> TransientFlexError:
