@@ -31,13 +31,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
 import asyncpg
@@ -201,7 +203,7 @@ async def live(server: Server, rate: int, seconds: int, concurrency: int) -> Non
     )
 
 
-async def post_paced(client: httpx.AsyncClient, bodies: list[str], rate: float) -> None:
+async def post_paced(client: httpx.AsyncClient, bodies: Iterable[str], rate: float) -> None:
     """POSTs each body, signed, to the webhook endpoint at ``rate`` a second, not waiting for
     answers before the next is due; returns when every one is answered."""
     from bench.common import signed_headers
@@ -232,7 +234,7 @@ async def wait_ready(client: httpx.AsyncClient) -> None:
 @contextlib.asynccontextmanager
 async def ingesting(env: dict[str, str], rate: float) -> AsyncIterator[None]:
     """``ledger serve --no-workers`` taking ``rate`` signed webhooks a second for the context."""
-    from bench.common import SECRET, events
+    from bench.common import SECRET, checkout_event
 
     if not rate:
         yield
@@ -248,7 +250,8 @@ async def ingesting(env: dict[str, str], rate: float) -> AsyncIterator[None]:
             base_url=f"http://127.0.0.1:{port}", timeout=30, transport=AiohttpTransport()
         ) as client:
             await wait_ready(client)
-            load = asyncio.ensure_future(post_paced(client, events(int(rate * 3600), seed=11), rate))
+            rng = random.Random(11)  # made as they are sent: the run's length is not known ahead
+            load = asyncio.ensure_future(post_paced(client, (checkout_event(i, rng) for i in itertools.count()), rate))
             try:
                 yield
             finally:
